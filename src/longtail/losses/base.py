@@ -1,0 +1,98 @@
+"""Shared machinery for every loss: input checks, class counts, switchable class weights."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def check_class_counts(class_counts, num_classes: int | None = None) -> torch.Tensor:
+    """Return class counts as a float64 CPU tensor, or raise ValueError naming the problem."""
+    try:
+        counts = torch.as_tensor(class_counts, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"class_counts must be a 1-D sequence of positive numbers, got {class_counts!r}") from exc
+    if counts.dim() != 1 or counts.numel() == 0:
+        raise ValueError(f"class_counts must be a non-empty 1-D sequence (one count per class), got shape {tuple(counts.shape)}")
+    if not torch.isfinite(counts).all() or (counts <= 0).any():
+        bad = [i for i, c in enumerate(counts.tolist()) if not (c > 0 and c != float("inf"))][:5]
+        raise ValueError(f"class_counts must all be positive and finite; classes {bad} are not "
+                         "(a class with no training images cannot be learned: drop it or fix the split)")
+    if num_classes is not None and counts.numel() != num_classes:
+        raise ValueError(f"class_counts has {counts.numel()} entries but the model has {num_classes} classes")
+    return counts
+
+
+def check_inputs(logits: torch.Tensor, target: torch.Tensor, num_classes: int, check_finite: bool = True) -> None:
+    """Raise ValueError unless logits is (B, C) with C == num_classes and target is (B,) labels in [0, C)."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"logits must be a (batch, classes) tensor, got {getattr(logits, 'shape', type(logits))}")
+    if logits.shape[1] != num_classes:
+        raise ValueError(f"logits has {logits.shape[1]} columns but the loss was built for {num_classes} classes")
+    if not isinstance(target, torch.Tensor) or target.dim() != 1 or target.shape[0] != logits.shape[0]:
+        raise ValueError(f"target must be a 1-D tensor of {logits.shape[0]} class indices (one per logits row), "
+                         f"got {getattr(target, 'shape', type(target))}")
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        raise ValueError(f"target labels must lie in [0, {num_classes}), got range "
+                         f"[{int(target.min())}, {int(target.max())}]")
+    if check_finite and not torch.isfinite(logits).all():
+        raise ValueError("logits contain NaN or inf (diverged model or bad input); lower the learning rate "
+                         "or check the data")
+
+
+def class_balanced_weights(class_counts, beta: float = 0.9999) -> torch.Tensor:
+    """Class-balanced weights (Cui et al.): w_j = (1 - beta) / (1 - beta^n_j), normalised to sum to C."""
+    counts = check_class_counts(class_counts)
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must lie in [0, 1), got {beta}")
+    w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+    return (w / w.sum() * counts.numel()).float()
+
+
+class LongTailLoss(nn.Module):
+    """Base of every loss: built from `class_counts`, called as `loss(logits, target)`.
+
+    Subclasses implement `compute(logits, target)`. Class weights (for DRW or `cb`) can be
+    switched on or off at any time with `set_class_weights`; they enter the cross-entropy as
+    PyTorch's `weight=` does (weighted mean: sum_i w_{y_i} l_i / sum_i w_{y_i}).
+    """
+
+    def __init__(self, class_counts: Sequence[float] | torch.Tensor, check_finite: bool = True):
+        super().__init__()
+        counts = check_class_counts(class_counts)
+        self.num_classes = counts.numel()
+        self.check_finite = check_finite
+        self.register_buffer("class_counts", counts.float(), persistent=False)
+        self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=True)
+        self.weighted = False
+
+    def set_class_weights(self, weights: torch.Tensor | Sequence[float] | None) -> None:
+        """Switch per-class weights on (a length-C positive vector) or off (None)."""
+        if weights is None:
+            self.class_weights.fill_(1.0)
+            self.weighted = False
+            return
+        w = torch.as_tensor(weights, dtype=torch.float32)
+        if w.shape != (self.num_classes,) or not torch.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"class weights must be {self.num_classes} non-negative finite numbers, got shape {tuple(w.shape)}")
+        self.class_weights.copy_(w.to(self.class_weights.device))
+        self.weighted = True
+
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """CE with the current class weights (if switched on)."""
+        weight = self.class_weights.to(logits.dtype) if self.weighted else None
+        return F.cross_entropy(logits, target, weight=weight, reduction=reduction)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        check_inputs(logits, target, self.num_classes, self.check_finite)
+        return self.compute(logits, target)
+
+    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, weighted={self.weighted}"
