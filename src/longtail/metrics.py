@@ -1,0 +1,330 @@
+"""Evaluation metrics for long-tailed classification (SPEC section 1, "Shot groups").
+
+Functional forms plus one accumulator, in the spirit of torchmetrics:
+
+    acc = top1(logits, targets)                       # percent
+    res = evaluate(logits, targets, train_counts)     # plain dict, JSON-ready
+
+    acc = EvalAccumulator(num_classes)
+    for x, y in loader:
+        acc.update(model(x), y)
+    res = acc.compute(train_counts)                   # same dict on every DDP rank
+
+Units: every accuracy (top-1, per-class, many/medium/few) and the calibration error are
+returned in PERCENT (0..100), as long-tail papers report them. Anything undefined (no samples,
+a class absent from the targets, an empty shot group) is None in dicts and NaN in tensors;
+nothing divides by zero.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "top1",
+    "per_class_accuracy",
+    "shot_groups",
+    "group_accuracies",
+    "expected_calibration_error",
+    "evaluate",
+    "EvalAccumulator",
+    "Accumulator",
+]
+
+GROUPS = ("many", "medium", "few")
+
+
+# ----------------------------------------------------------------------------- input checks
+
+def _check_logits(logits, name: str = "logits") -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"{name} must be a (samples, classes) tensor, got {getattr(logits, 'shape', type(logits))}")
+    if not logits.dtype.is_floating_point:
+        raise ValueError(f"{name} must be floating point, got dtype {logits.dtype}")
+    if logits.shape[1] == 0:
+        raise ValueError(f"{name} has no class columns")
+    if not torch.isfinite(logits).all():
+        raise ValueError(f"{name} contain NaN or inf (diverged model or bad input)")
+    return logits
+
+
+def _check_targets(targets, n: int, num_classes: int | None, name: str = "targets") -> torch.Tensor:
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor of class indices, got {getattr(targets, 'shape', type(targets))}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.is_complex():
+        raise ValueError(f"{name} must hold integer class indices, got dtype {targets.dtype}")
+    if targets.shape[0] != n:
+        raise ValueError(f"{name} has {targets.shape[0]} entries but there are {n} predictions (one per sample)")
+    if targets.numel() and int(targets.min()) < 0:
+        raise ValueError(f"{name} contain a negative label ({int(targets.min())})")
+    if num_classes is not None and targets.numel() and int(targets.max()) >= num_classes:
+        raise ValueError(f"{name} contain label {int(targets.max())} but there are only {num_classes} classes")
+    return targets.long()
+
+
+def _check_train_counts(train_counts, num_classes: int | None = None) -> torch.Tensor:
+    """Training counts as float64 CPU; zeros are allowed here (such a class is simply 'few')."""
+    try:
+        counts = torch.as_tensor(train_counts, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"train_counts must be a 1-D sequence of non-negative numbers, got {train_counts!r}") from exc
+    if counts.dim() != 1 or counts.numel() == 0:
+        raise ValueError(f"train_counts must be a non-empty 1-D sequence (one count per class), got shape {tuple(counts.shape)}")
+    if not torch.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError("train_counts must be finite and non-negative")
+    if num_classes is not None and counts.numel() != num_classes:
+        raise ValueError(f"train_counts has {counts.numel()} entries but there are {num_classes} classes")
+    return counts
+
+
+def _as_preds(logits_or_preds, name: str) -> torch.Tensor:
+    """(N, C) scores -> argmax labels; (N,) integer labels pass through."""
+    if isinstance(logits_or_preds, torch.Tensor) and logits_or_preds.dim() == 2:
+        return _check_logits(logits_or_preds, name).argmax(dim=1)
+    if not isinstance(logits_or_preds, torch.Tensor) or logits_or_preds.dim() != 1:
+        raise ValueError(f"{name} must be (N, C) scores or (N,) predicted labels, "
+                         f"got {getattr(logits_or_preds, 'shape', type(logits_or_preds))}")
+    if logits_or_preds.dtype.is_floating_point or logits_or_preds.dtype == torch.bool:
+        raise ValueError(f"{name} given as 1-D must hold integer labels, got dtype {logits_or_preds.dtype}")
+    return logits_or_preds.long()
+
+
+def _nan_to_none(values: torch.Tensor) -> list:
+    return [None if v != v else float(v) for v in values.tolist()]
+
+
+# ----------------------------------------------------------------------------- functional
+
+def top1(logits_or_preds: torch.Tensor, targets: torch.Tensor) -> float | None:
+    """Top-1 accuracy in percent. Accepts (N, C) scores (argmax taken) or (N,) labels.
+
+    None when there are no samples.
+    """
+    preds = _as_preds(logits_or_preds, "logits_or_preds")
+    targets = _check_targets(targets, preds.shape[0], None)
+    if preds.numel() == 0:
+        return None
+    return 100.0 * (preds == targets.to(preds.device)).sum().item() / preds.numel()
+
+
+def per_class_accuracy(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Accuracy of each class in percent, a float64 (num_classes,) CPU tensor.
+
+    preds may be (N,) labels or (N, C) scores. Classes with no sample in `targets` get NaN
+    (their accuracy is undefined, not 0).
+    """
+    if int(num_classes) <= 0:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    preds = _as_preds(preds, "preds")
+    if preds.numel() and (int(preds.min()) < 0 or int(preds.max()) >= num_classes):
+        raise ValueError(f"preds must lie in [0, {num_classes}), got range [{int(preds.min())}, {int(preds.max())}]")
+    targets = _check_targets(targets, preds.shape[0], num_classes).to(preds.device)
+    total = torch.bincount(targets, minlength=num_classes).cpu().double()
+    correct = torch.bincount(targets[preds == targets], minlength=num_classes).cpu().double()
+    acc = torch.full((num_classes,), float("nan"), dtype=torch.float64)
+    present = total > 0
+    acc[present] = 100.0 * correct[present] / total[present]
+    return acc
+
+
+def shot_groups(train_counts, many: float = 100, few: float = 20) -> dict[str, torch.Tensor]:
+    """Boolean class masks by training count (SPEC): many n > `many`, medium `few` <= n <= `many`,
+    few n < `few`. Every class lands in exactly one group."""
+    counts = _check_train_counts(train_counts)
+    if few > many:
+        raise ValueError(f"few ({few}) must not exceed many ({many})")
+    return {"many": counts > many, "medium": (counts >= few) & (counts <= many), "few": counts < few}
+
+
+def group_accuracies(per_class: torch.Tensor, train_counts, many: float = 100, few: float = 20) -> dict[str, float | None]:
+    """Mean per-class accuracy (same unit as `per_class`, percent from `per_class_accuracy`) in each
+    shot group, over the group's classes that have test samples (non-NaN entries).
+
+    None for a group with no classes, or none with test samples.
+    """
+    per_class = torch.as_tensor(per_class, dtype=torch.float64).cpu()
+    if per_class.dim() != 1:
+        raise ValueError(f"per_class must be a 1-D tensor (one accuracy per class), got shape {tuple(per_class.shape)}")
+    groups = shot_groups(_check_train_counts(train_counts, per_class.numel()), many, few)
+    out: dict[str, float | None] = {}
+    for name in GROUPS:
+        vals = per_class[groups[name] & ~torch.isnan(per_class)]
+        out[name] = float(vals.mean()) if vals.numel() else None
+    return out
+
+
+def _confidences(probs_or_logits: torch.Tensor, from_logits: bool | None) -> torch.Tensor:
+    x = _check_logits(probs_or_logits, "probs_or_logits").double()
+    if from_logits is None:
+        # Auto-detect: rows that are already distributions are probabilities, anything else logits.
+        from_logits = not (x.numel() and bool((x >= 0).all() and (x <= 1).all()
+                                              and torch.allclose(x.sum(1), torch.ones_like(x[:, 0]), atol=1e-4)))
+    p = F.softmax(x, dim=1) if from_logits else x
+    return p
+
+
+def expected_calibration_error(probs_or_logits: torch.Tensor, targets: torch.Tensor, n_bins: int = 15,
+                               from_logits: bool | None = None) -> float | None:
+    """Expected calibration error (Guo et al. 2017) in percent, with `n_bins` equal-width bins.
+
+    Confidence c_i = max_j p_ij, prediction argmax_j p_ij; bin b holds c in (b/M, (b+1)/M]
+    (M = n_bins); ECE = sum_b |B_b| / N * |acc(B_b) - conf(B_b)|, times 100.
+    `from_logits=None` guesses: rows that are non-negative and sum to 1 are taken as
+    probabilities, anything else as logits (softmax applied); pass True/False to be explicit.
+    None when there are no samples.
+    """
+    if int(n_bins) < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    p = _confidences(probs_or_logits, from_logits)
+    targets = _check_targets(targets, p.shape[0], p.shape[1]).to(p.device)
+    n = p.shape[0]
+    if n == 0:
+        return None
+    conf, pred = p.max(dim=1)
+    correct = (pred == targets).double()
+    inner = torch.arange(1, n_bins, dtype=torch.float64, device=p.device) / n_bins
+    # right=False: index b with inner[b-1] < c <= inner[b], i.e. bins closed on the right.
+    idx = torch.bucketize(conf, inner, right=False)
+    count = torch.bincount(idx, minlength=n_bins).double()
+    sum_conf = torch.bincount(idx, weights=conf, minlength=n_bins)
+    sum_acc = torch.bincount(idx, weights=correct, minlength=n_bins)
+    # sum_b |B_b|/N * |acc_b - conf_b| = sum_b |sum_acc_b - sum_conf_b| / N: no empty-bin division.
+    return 100.0 * float((sum_acc - sum_conf).abs().sum() / n)
+
+
+def evaluate(logits: torch.Tensor, targets: torch.Tensor, train_counts=None, many: float = 100,
+             few: float = 20, n_bins: int = 15) -> dict:
+    """All metrics at once, as a plain JSON-ready dict:
+
+    {"top1": %, "many": %, "medium": %, "few": %, "ece": %, "per_class": [% or None, ...],
+     "num_samples": int}
+
+    Accuracies and ECE are floats in percent; "many"/"medium"/"few" are the mean per-class
+    accuracy over each shot group's classes that have test samples (None if none, or if
+    `train_counts` is None); "per_class" has None for classes absent from `targets`; "top1" and
+    "ece" are None when there are no samples. `logits` may be any scores whose argmax is the
+    prediction; ECE applies softmax to them, so pass real logits if ECE matters.
+    """
+    logits = _check_logits(logits)
+    c = logits.shape[1]
+    targets = _check_targets(targets, logits.shape[0], c)
+    counts = None if train_counts is None else _check_train_counts(train_counts, c)
+    pc = per_class_accuracy(logits, targets, c)
+    groups = group_accuracies(pc, counts, many, few) if counts is not None else dict.fromkeys(GROUPS)
+    return {
+        "top1": top1(logits, targets),
+        **groups,
+        "ece": expected_calibration_error(logits, targets, n_bins, from_logits=True),
+        "per_class": _nan_to_none(pc),
+        "num_samples": int(logits.shape[0]),
+    }
+
+
+# ----------------------------------------------------------------------------- accumulator
+
+def _dist_ready() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_rows(x: torch.Tensor, width: int) -> torch.Tensor:
+    """all_gather a (n_rank, width) tensor whose n_rank differs by rank; concatenated in rank order.
+
+    all_gather needs equal shapes, so every rank pads to the largest n, and the true lengths
+    (gathered first) trim the padding off again.
+    """
+    import torch.distributed as dist
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    world = dist.get_world_size()
+    n = torch.tensor([x.shape[0]], dtype=torch.int64, device=dev)
+    lengths = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(lengths, n)
+    lengths = [int(t.item()) for t in lengths]
+    max_n = max(lengths)
+    if max_n == 0:
+        return x.new_zeros((0, width))
+    padded = x.new_zeros((max_n, width), device=dev)
+    padded[: x.shape[0]] = x.to(dev)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:k] for p, k in zip(parts, lengths)]).to(x.device)
+
+
+class EvalAccumulator:
+    """Collects logits and targets batch by batch; `compute()` gives `evaluate`'s dict.
+
+    Logits are kept (as float32, on `device`, CPU by default) rather than reduced to counts,
+    because the post-hoc adjustments (`longtail.posthoc`) need the whole score matrix.
+
+    Distributed: when torch.distributed is initialised with more than one rank, `gather()`
+    (used by `compute()`) collects every rank's samples, so all ranks get the same, global
+    result; the collective must be called on every rank. Ranks may hold different numbers of
+    samples: they are padded to the largest count and trimmed with the gathered lengths. The
+    caller must pass only real samples: a DistributedSampler pads the dataset by repeating
+    samples so that ranks are equal, and those duplicates must be dropped before `update`
+    (e.g. with `DistributedSampler(..., drop_last=False)` plus an index mask, or an unpadded
+    sharding), otherwise they are counted twice.
+    """
+
+    def __init__(self, num_classes: int | None = None, device: torch.device | str = "cpu"):
+        if num_classes is not None and int(num_classes) <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.device = torch.device(device)
+        self.reset()
+
+    def reset(self) -> None:
+        self._logits: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+
+    @property
+    def num_samples(self) -> int:
+        """Samples seen on this rank (not gathered)."""
+        return sum(t.shape[0] for t in self._targets)
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        logits = _check_logits(logits)
+        if self.num_classes is None:
+            self.num_classes = logits.shape[1]
+        elif logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits has {logits.shape[1]} columns but the accumulator holds {self.num_classes} classes")
+        targets = _check_targets(targets, logits.shape[0], self.num_classes)
+        self._logits.append(logits.detach().float().to(self.device))
+        self._targets.append(targets.detach().to(self.device))
+
+    def _local(self) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.num_classes or 0
+        if not self._logits:
+            return torch.zeros((0, c), device=self.device), torch.zeros(0, dtype=torch.long, device=self.device)
+        return torch.cat(self._logits), torch.cat(self._targets)
+
+    def gather(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, targets) of all samples: this rank's, or every rank's (in rank order) under DDP."""
+        logits, targets = self._local()
+        if not _dist_ready():
+            return logits, targets
+        import torch.distributed as dist
+        # A rank that saw no batch may not know the class count: agree on it first.
+        c = torch.tensor([self.num_classes or 0], dtype=torch.int64)
+        if dist.get_backend() == "nccl":
+            c = c.cuda()
+        dist.all_reduce(c, op=dist.ReduceOp.MAX)
+        c = int(c.item())
+        if logits.shape[1] != c:
+            logits = logits.new_zeros((0, c))
+        all_logits = _gather_rows(logits, c)
+        all_targets = _gather_rows(targets[:, None], 1)[:, 0]
+        return all_logits, all_targets
+
+    def compute(self, train_counts=None, many: float = 100, few: float = 20, n_bins: int = 15) -> dict:
+        """`evaluate(...)` on all gathered samples (a collective under DDP: call it on every rank)."""
+        logits, targets = self.gather()
+        if logits.shape[1] == 0:
+            raise ValueError("EvalAccumulator.compute: no samples were added on any rank and num_classes is unknown")
+        return evaluate(logits, targets, train_counts, many, few, n_bins)
+
+
+Accumulator = EvalAccumulator

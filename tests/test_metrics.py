@@ -1,0 +1,223 @@
+"""Metrics (SPEC section 1, shot groups) against independent loop computations."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from longtail.metrics import (EvalAccumulator, evaluate, expected_calibration_error, group_accuracies,
+                              per_class_accuracy, shot_groups, top1)
+
+
+def _data(n=60, c=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    z[torch.arange(n), y] += 1.0  # better than chance, not perfect
+    return z, y
+
+
+def _loop_per_class(preds, targets, c):
+    out = []
+    for j in range(c):
+        idx = [i for i in range(len(targets)) if targets[i] == j]
+        out.append(None if not idx else 100.0 * sum(preds[i] == j for i in idx) / len(idx))
+    return out
+
+
+def test_top1_logits_and_preds():
+    z, y = _data()
+    preds = z.argmax(1).tolist()
+    expected = 100.0 * sum(p == t for p, t in zip(preds, y.tolist())) / len(preds)
+    assert top1(z, y) == pytest.approx(expected)
+    assert top1(z.argmax(1), y) == pytest.approx(expected)
+    assert 0 < expected < 100
+    assert top1(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)) is None
+
+
+def test_per_class_accuracy_with_absent_class():
+    z, y = _data(40, 6, seed=1)
+    y[y == 4] = 2  # class 4 absent from the targets
+    got = per_class_accuracy(z.argmax(1), y, 6)
+    expected = _loop_per_class(z.argmax(1).tolist(), y.tolist(), 6)
+    assert expected[4] is None and math.isnan(got[4])
+    for g, e in zip(got.tolist(), expected):
+        assert (e is None and math.isnan(g)) or g == pytest.approx(e)
+    assert torch.equal(per_class_accuracy(z, y, 6).nan_to_num(-1), got.nan_to_num(-1))  # logits form
+
+
+def test_shot_groups_boundaries_and_loop():
+    counts = [500, 101, 100, 99, 20, 19, 1, 0, 250, 20]
+    groups = shot_groups(counts)
+    for j, n in enumerate(counts):
+        name = "many" if n > 100 else ("few" if n < 20 else "medium")
+        for g in ("many", "medium", "few"):
+            assert bool(groups[g][j]) == (g == name), (j, n, g)
+    custom = shot_groups(counts, many=50, few=5)
+    assert custom["many"].tolist() == [n > 50 for n in counts]
+    assert custom["few"].tolist() == [n < 5 for n in counts]
+
+
+def test_imagenet_lt_group_sizes(shared_data):
+    path = shared_data / "splits" / "ImageNet_LT" / "ImageNet_LT_train_class_counts.json"
+    counts = json.loads(path.read_text())
+    assert len(counts) == 1000 and sum(counts) == 115846  # SPEC: ImageNet-LT train size
+    groups = shot_groups(counts)
+    by_loop = (sum(n > 100 for n in counts), sum(20 <= n <= 100 for n in counts), sum(n < 20 for n in counts))
+    got = tuple(int(groups[g].sum()) for g in ("many", "medium", "few"))
+    assert got == by_loop
+    assert got == (385, 479, 136)  # the sizes reported throughout the ImageNet-LT literature
+
+
+def test_group_accuracies_means_and_none():
+    per_class = torch.tensor([80.0, float("nan"), 40.0, 10.0, 30.0, float("nan")], dtype=torch.float64)
+    counts = [300, 200, 50, 60, 5, 3]  # many: 0,1  medium: 2,3  few: 4,5
+    got = group_accuracies(per_class, counts)
+    assert got == {"many": pytest.approx(80.0), "medium": pytest.approx(25.0), "few": pytest.approx(30.0)}
+    # few group whose classes have no test samples -> None; empty many group -> None
+    got = group_accuracies(torch.tensor([float("nan"), 50.0, float("nan")]), [5, 50, 2])
+    assert got == {"many": None, "medium": pytest.approx(50.0), "few": None}
+    with pytest.raises(ValueError, match="train_counts"):
+        group_accuracies(per_class, counts[:4])
+
+
+def _ece_loop(p, y, n_bins):
+    n = len(y)
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        members = [i for i in range(n) if lo < max(p[i]) <= hi]
+        if members:
+            conf = sum(max(p[i]) for i in members) / len(members)
+            acc = sum(int(np.argmax(p[i]) == y[i]) for i in members) / len(members)
+            total += len(members) / n * abs(acc - conf)
+    return 100.0 * total
+
+
+@pytest.mark.parametrize("n_bins", [1, 10, 15])
+def test_ece_matches_loop(n_bins):
+    z, y = _data(200, 4, seed=2)
+    p = torch.softmax(z.double(), 1)
+    expected = _ece_loop(p.tolist(), y.tolist(), n_bins)
+    assert expected > 0
+    assert expected_calibration_error(z, y, n_bins) == pytest.approx(expected, rel=1e-9)
+    assert expected_calibration_error(p, y, n_bins) == pytest.approx(expected, rel=1e-9)  # probabilities detected
+    assert expected_calibration_error(p, y, n_bins, from_logits=False) == pytest.approx(expected, rel=1e-9)
+
+
+def test_ece_simple_cases():
+    y = torch.tensor([0, 0, 1, 1])
+    # confidence 0.9 everywhere, 3 of 4 right: |0.75 - 0.9| = 15 %
+    p = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.9, 0.1]])
+    assert expected_calibration_error(p, y) == pytest.approx(15.0)
+    # confidence exactly on a bin edge (0.5 with 2 bins) belongs to the lower bin (b/M, (b+1)/M]
+    # (the two edge samples are wrong: lower bin 0.5 * |0 - 0.5| + upper 0.5 * |1 - 0.9| = 30 %;
+    # putting them in the upper bin instead would give |0.5 - 0.7| = 20 %)
+    p = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.1, 0.9], [0.1, 0.9]])
+    y = torch.tensor([1, 1, 1, 1])
+    expected = _ece_loop(p.tolist(), y.tolist(), 2)
+    assert expected == pytest.approx(30.0)
+    assert expected_calibration_error(p, y, n_bins=2) == pytest.approx(expected)
+    assert expected_calibration_error(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)) is None
+
+
+def test_evaluate_dict():
+    z, y = _data(90, 6, seed=3)
+    y[y == 5] = 0  # class 5 absent
+    counts = [400, 150, 60, 30, 10, 2]
+    res = evaluate(z, y, counts)
+    assert set(res) == {"top1", "many", "medium", "few", "ece", "per_class", "num_samples"}
+    json.dumps(res)  # plain types only
+    assert isinstance(res["num_samples"], int) and res["num_samples"] == 90
+    assert res["top1"] == pytest.approx(top1(z, y))
+    loop = _loop_per_class(z.argmax(1).tolist(), y.tolist(), 6)
+    assert res["per_class"][5] is None
+    assert res["per_class"][:5] == pytest.approx(loop[:5])
+    assert res["many"] == pytest.approx((loop[0] + loop[1]) / 2)
+    assert res["medium"] == pytest.approx((loop[2] + loop[3]) / 2)
+    assert res["few"] == pytest.approx(loop[4])  # class 5 has no test samples: excluded
+    assert res["ece"] == pytest.approx(_ece_loop(torch.softmax(z.double(), 1).tolist(), y.tolist(), 15))
+    assert all(isinstance(res[k], float) for k in ("top1", "many", "medium", "few", "ece"))
+    assert evaluate(z, y)["many"] is None  # no train counts, no groups
+    empty = evaluate(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), [5, 50, 500])
+    assert empty["top1"] is None and empty["ece"] is None and empty["many"] is None
+    assert empty["per_class"] == [None, None, None] and empty["num_samples"] == 0
+
+
+def test_bad_inputs():
+    z, y = _data(10, 3)
+    with pytest.raises(ValueError, match="targets"):
+        top1(z, y[:4])
+    with pytest.raises(ValueError, match="targets"):
+        evaluate(z, torch.full((10,), 3), [1, 2, 3])
+    with pytest.raises(ValueError, match="targets"):
+        top1(z, y.float())
+    bad = z.clone()
+    bad[1, 2] = float("inf")
+    with pytest.raises(ValueError, match="logits"):
+        evaluate(bad, y, [1, 2, 3])
+    with pytest.raises(ValueError, match="train_counts"):
+        evaluate(z, y, [1, 2])
+    with pytest.raises(ValueError, match="train_counts"):
+        shot_groups([5, -1])
+    with pytest.raises(ValueError, match="preds"):
+        per_class_accuracy(torch.tensor([0, 5]), torch.tensor([0, 1]), 3)
+    with pytest.raises(ValueError, match="n_bins"):
+        expected_calibration_error(z, y, n_bins=0)
+
+
+def test_accumulator_equals_evaluate_on_concatenation():
+    z, y = _data(70, 5, seed=4)
+    acc = EvalAccumulator()
+    for lo in range(0, 70, 16):
+        acc.update(z[lo:lo + 16].half() if lo == 16 else z[lo:lo + 16], y[lo:lo + 16])
+    assert acc.num_samples == 70
+    z_ref = z.clone()
+    z_ref[16:32] = z_ref[16:32].half().float()  # stored as float32
+    counts = [300, 80, 40, 10, 2]
+    assert acc.compute(counts) == evaluate(z_ref, y, counts)
+    logits, targets = acc.gather()
+    assert torch.equal(logits, z_ref) and torch.equal(targets, y)
+    with pytest.raises(ValueError, match="columns"):
+        acc.update(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
+    acc.reset()
+    assert acc.num_samples == 0
+    with pytest.raises(ValueError, match="no samples"):
+        EvalAccumulator().compute()
+
+
+def _ddp_worker(rank, world, init_file, out_dir, cases):
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        outs = []
+        for sizes in cases:
+            z, y = _data(sum(sizes), 4, seed=7)
+            lo = sum(sizes[:rank])
+            # a rank that never sees a batch does not know num_classes: it must still take part
+            acc = EvalAccumulator()
+            if sizes[rank]:
+                acc.update(z[lo:lo + sizes[rank]], y[lo:lo + sizes[rank]])
+            res = acc.compute([100, 50, 10, 1])
+            logits, targets = acc.gather()
+            outs.append({"res": res, "logits": logits, "targets": targets})
+        torch.save(outs, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_accumulator_gathers_uneven_ranks(tmp_path):
+    # uneven ranks (padding trimmed from the shorter one) and an empty first rank
+    cases = [[7, 3], [2, 9], [0, 5]]
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), cases), nprocs=2, join=True)
+    for rank in range(2):
+        outs = torch.load(tmp_path / f"{rank}.pt")
+        for sizes, out in zip(cases, outs):
+            z, y = _data(sum(sizes), 4, seed=7)
+            # every sample exactly once, in rank order, and the same result on every rank
+            assert torch.equal(out["logits"], z) and torch.equal(out["targets"], y)
+            assert out["res"] == evaluate(z, y, [100, 50, 10, 1])
