@@ -1,0 +1,73 @@
+"""Cross-entropy, focal loss and class-balanced cross-entropy (SPEC section 3)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from longtail.losses.base import LongTailLoss, class_balanced_weights
+
+
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 (bf16/fp16 under autocast lose too much in exp/log); float64 stays."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def check_param(name: str, value, *, positive: bool = False, non_negative: bool = False) -> float:
+    """Return `value` as a float, or raise ValueError naming the hyper-parameter."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    if non_negative and v < 0:
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+    return v
+
+
+class CrossEntropy(LongTailLoss):
+    """Plain cross-entropy on z ("ce")."""
+
+    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.cross_entropy(upcast(logits), target)
+
+
+class Focal(LongTailLoss):
+    """Focal loss ("focal"): mean_i (1 - p_i)^gamma * l_i.
+
+    As in LDAM-DRW's FocalLoss, l_i = w_{y_i} * CE_i when class weights are on, p_i = exp(-l_i)
+    (so p_i = p_{y_i} exactly when unweighted), and the result is a plain mean over the batch.
+    """
+
+    def __init__(self, class_counts, gamma: float = 1.0, check_finite: bool = True):
+        super().__init__(class_counts, check_finite=check_finite)
+        self.gamma = check_param("gamma", gamma, non_negative=True)
+
+    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = self.cross_entropy(upcast(logits), target, reduction="none")
+        if self.gamma == 0.0:
+            return ce.mean()
+        # 1 - exp(-ce) via expm1 keeps digits for confident samples; clamp guards ce rounding below 0.
+        one_minus_p = (-torch.expm1(-ce)).clamp_min(0.0)
+        return (one_minus_p.pow(self.gamma) * ce).mean()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, gamma={self.gamma}"
+
+
+class ClassBalancedCE(LongTailLoss):
+    """Cross-entropy weighted by class-balanced weights (Cui et al.), switched on from construction ("cb")."""
+
+    def __init__(self, class_counts, beta: float = 0.9999, check_finite: bool = True):
+        super().__init__(class_counts, check_finite=check_finite)
+        self.beta = check_param("beta", beta)
+        self.set_class_weights(class_balanced_weights(self.class_counts, self.beta))
+
+    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.cross_entropy(upcast(logits), target)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, beta={self.beta}"

@@ -1,0 +1,54 @@
+"""GCL: Gaussian clouded logit loss on the cosine head (SPEC section 3)."""
+from __future__ import annotations
+
+import torch
+
+from longtail.losses.base import LongTailLoss
+from longtail.losses.ce import check_param, upcast
+
+# SPEC's "eps ~ N(0, 1/3)" follows the released code (Keke921/GCLLoss, losses.py), which draws
+# from torch.distributions.normal.Normal(0, 1/3): the second argument is the standard deviation,
+# so eps = 1/3 * N(0, 1), clipped to [-1, 1] (3 sigma).
+NOISE_STD = 1.0 / 3.0
+
+
+class GCL(LongTailLoss):
+    """GCL ("gcl"): every logit j gets
+    s * (cos_j - noise_mul * |eps_ij| * (log n_max - log n_j) / (log n_max - log n_min)),
+    eps_ij ~ N(0, std 1/3) clipped to [-1, 1], fresh per sample, class and call; then CE.
+
+    Expects cosine-head logits z = scale * cos. Pass a `torch.Generator` (or set `.generator`) for
+    reproducible noise. With all counts equal there is no imbalance and no noise is added
+    (the released code would divide 0 by 0 there).
+    """
+
+    def __init__(self, class_counts, scale: float = 30.0, noise_mul: float = 0.5,
+                 generator: torch.Generator | None = None, check_finite: bool = True):
+        super().__init__(class_counts, check_finite=check_finite)
+        self.scale = check_param("scale", scale, positive=True)
+        self.noise_mul = check_param("noise_mul", noise_mul, non_negative=True)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.generator = generator
+        log_n = torch.log(self.class_counts.double())
+        spread = log_n.max() - log_n.min()
+        rel = (log_n.max() - log_n) / spread if spread > 0 else torch.zeros_like(log_n)
+        self.register_buffer("noise_scale", rel.float(), persistent=False)
+
+    def sample_noise(self, shape, device: torch.device | str | None = None) -> torch.Tensor:
+        """eps: float32, N(0, std 1/3) clipped to [-1, 1], drawn from `self.generator` if set."""
+        gen = self.generator
+        draw_on = gen.device if gen is not None else device
+        eps = torch.randn(shape, generator=gen, device=draw_on, dtype=torch.float32) * NOISE_STD
+        eps = eps.clamp_(-1.0, 1.0)
+        return eps if device is None else eps.to(device)
+
+    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        z = upcast(logits)
+        eps = self.sample_noise(z.shape, z.device).to(z.dtype)
+        # s * (cos - d) = z - s * d, with cos = z / s.
+        shift = (self.scale * self.noise_mul) * eps.abs() * self.noise_scale.to(z.dtype)
+        return self.cross_entropy(z - shift, target)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale}, noise_mul={self.noise_mul}"
