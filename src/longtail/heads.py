@@ -18,16 +18,17 @@ class CosineHead(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, scale: float = 30.0):
         super().__init__()
-        if scale <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
+        if not (scale > 0 and scale != float("inf")):
+            raise ValueError(f"scale must be a positive finite number, got {scale}")
         self.in_features, self.num_classes, self.scale = in_features, num_classes, float(scale)
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 even under autocast: the norms of low-precision features lose digits.
-        f = F.normalize(features.float(), dim=1)
-        w = F.normalize(self.weight.float(), dim=1)
+        # Normalise in at least float32 even under autocast: low-precision norms lose digits.
+        dtype = torch.promote_types(features.dtype, torch.float32)
+        f = F.normalize(features.to(dtype), dim=1)
+        w = F.normalize(self.weight.to(dtype), dim=1)
         return self.scale * (f @ w.t())
 
     def extra_repr(self) -> str:

@@ -1,0 +1,224 @@
+"""The `longtail` command: demo | train | eval | report | data."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repository's configs/ (editable install)
+
+DEMO_METHODS = [  # (run name, loss overrides)
+    ("ce", ["loss.name=ce"]),
+    ("la", ["loss.name=la"]),
+    ("ala", ["loss.name=ala"]),
+    ("gala", ["loss.name=gala", "loss.mode=reference"]),
+]
+
+DEMO_CONFIG = {
+    "data": {"name": "digits-lt", "imb_factor": 20, "image_size": 8, "augment": "crop_flip", "val_per_class": 10},
+    "model": {"name": "convnet"},
+    "optim": {"epochs": 30, "batch_size": 32, "lr": 0.05, "weight_decay": 5e-4, "warmup_epochs": 2,
+              "schedule": "cosine"},
+    "eval": {"every": 1, "batch_size": 1024},
+    "precision": "fp32",
+    "channels_last": False,
+    "progress": "quiet",
+}
+
+
+def resolve_config_path(name: str) -> Path:
+    p = Path(name)
+    if p.is_file():
+        return p
+    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(c.stem for c in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    hint = f" Known configs: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}" if known else ""
+    raise SystemExit(f"error: config {name!r} not found (a YAML path, or a name in {CONFIG_DIR}).{hint}")
+
+
+def cmd_train(args) -> int:
+    from longtail.config import load_config
+    from longtail.train import resume_config, train
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise SystemExit("error: --resume takes only the run folder; its saved config.yaml is used")
+        cfg = resume_config(args.resume)
+        train(cfg, run_dir=args.resume, resume=True)
+        return 0
+    if not args.config:
+        raise SystemExit("error: give a CONFIG (YAML path or name) or --resume RUN_DIR")
+    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    run_dir = train(cfg, run_dir=args.run_dir)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from longtail.config import load_config
+    from longtail.data.augment import build_eval_transform
+    from longtail.distributed import pick_device
+    from longtail.evaluation import posthoc_report, predict, report_markdown
+    from longtail.train import build_model, load_data, method_name
+
+    target = Path(args.target)
+    ckpt_path = target / "best.pt" if target.is_dir() else target
+    if target.is_dir() and not ckpt_path.exists():
+        ckpt_path = target / "last.pt"
+    if not ckpt_path.is_file():
+        raise SystemExit(f"error: no checkpoint at {ckpt_path} (give a run folder or a .pt file)")
+    run_dir = ckpt_path.parent
+    cfg = load_config(run_dir / "config.yaml", args.overrides)
+    if args.pr_tau is not None:
+        cfg.eval.published_pr_tau = args.pr_tau
+    device = pick_device(cfg.device)
+    bench = load_data(cfg)
+    in_ch = bench.test.images.shape[1] if hasattr(bench.test, "images") else 3
+    model = build_model(cfg, bench.num_classes, in_ch).to(device)
+    model.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False)["model"])
+    tf = build_eval_transform(bench.mean, bench.std)
+    a = (tf, device, cfg.precision, cfg.eval.batch_size, False, cfg.data.workers)
+    val = predict(model, bench.val, *a) if bench.val is not None else (None, None)
+    test = predict(model, bench.test, *a)
+    report = posthoc_report(val[0], val[1], test[0], test[1], bench.class_counts, cfg.eval.tau_grid,
+                            cfg.eval.published_pr_tau)
+    results = {"method": method_name(cfg), "checkpoint": str(ckpt_path), "checkpoints": {ckpt_path.stem: report}}
+    out = run_dir / f"eval-{ckpt_path.stem}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(report_markdown(results))
+    print(f"written: {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from longtail.report import load_results, markdown_table, plot_summary, summarize
+
+    rows = summarize(load_results(args.runs), checkpoint=args.checkpoint)
+    text = markdown_table(rows)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"written: {args.out}")
+    if args.plot:
+        plot_summary(rows, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from longtail.config import apply_overrides, config_from_dict
+    from longtail.report import load_results, markdown_table, plot_summary, summarize
+    from longtail.train import train
+
+    import copy
+
+    out = Path(args.out) / time.strftime("demo-%Y%m%d-%H%M%S")
+    t0 = time.perf_counter()
+    for name, overrides in DEMO_METHODS:
+        data = copy.deepcopy(DEMO_CONFIG)
+        data.update({"out_dir": str(out), "run_name": name, "seed": args.seed})
+        extra = [f"optim.epochs={args.epochs}"] if args.epochs else []
+        cfg = config_from_dict(apply_overrides(data, overrides + extra))
+        t = time.perf_counter()
+        print(f"== training {name} on the embedded long-tailed digits ...", flush=True)
+        train(cfg, run_dir=out / name)
+        print(f"== {name} done in {time.perf_counter() - t:.1f} s", flush=True)
+    rows = summarize(load_results([out]))
+    table = markdown_table(rows)
+    (out / "summary.md").write_text(table)
+    plot_summary(rows, out / "summary.png")
+    print("\n" + table)
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s; runs, per-class plots (per_class.png) and "
+          f"summary.png are in {out}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    if args.data_cmd == "check":
+        from longtail.data.listfile import check_list
+
+        report = check_list(args.root, args.list_file, num_classes=args.num_classes, decode=not args.no_decode)
+        print(report.summary() if hasattr(report, "summary") else report)
+        return 0 if getattr(report, "ok", True) else 1
+    if args.data_cmd == "info":
+        from longtail.data import load_benchmark
+
+        b = load_benchmark(args.name, args.root, imb_factor=args.imb_factor)
+        counts = b.class_counts
+        print(f"{b.name}: {b.num_classes} classes, {sum(counts)} training images "
+              f"(max {max(counts)}, min {min(counts)}, imbalance {max(counts) / min(counts):.1f}); "
+              f"val {len(b.val) if b.val is not None else 0}, test {len(b.test)}")
+        return 0
+    raise SystemExit("error: `longtail data check LIST --root ROOT` or `longtail data info NAME --root ROOT`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="longtail", description="Long-tailed image classification: ALA, GALA, PR "
+                                "and the standard baselines.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train CE, LA, ALA and GALA on the embedded long-tailed digits and compare")
+    d.add_argument("--out", default="runs", help="where the run folders go (default: runs)")
+    d.add_argument("--epochs", type=int, default=None, help="epochs per method (default 30)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train from a YAML config with key=value overrides")
+    t.add_argument("config", nargs="?", help="YAML file, or a config name from configs/")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.name=gala optim.lr=0.05 seed=1")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--run-dir", help="run folder (default: out_dir/run_name or a timestamped name)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="re-evaluate a run folder or checkpoint, with post-hoc adjustments")
+    e.add_argument("target", help="run folder (uses best.pt, else last.pt) or a .pt checkpoint")
+    e.add_argument("overrides", nargs="*", help="overrides, e.g. data.root=/elsewhere eval.tau_grid=[0,1,2]")
+    e.add_argument("--pr-tau", type=float, default=None, help="tau for the transductive PR figure")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("report", help="merge run folders into one markdown table (mean ± std over seeds)")
+    r.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
+    r.add_argument("--out", help="also write the table to this markdown file")
+    r.add_argument("--plot", help="also write a bar chart PNG here")
+    r.add_argument("--checkpoint", default="best_val", choices=("best_val", "last"))
+    r.set_defaults(func=cmd_report)
+
+    da = sub.add_parser("data", help="check list files, describe benchmarks")
+    dsub = da.add_subparsers(dest="data_cmd", required=True)
+    c = dsub.add_parser("check", help="report missing/unreadable files and label problems in a list file")
+    c.add_argument("list_file")
+    c.add_argument("--root", required=True, help="image root the list's relative paths start from")
+    c.add_argument("--num-classes", type=int, default=None)
+    c.add_argument("--no-decode", action="store_true", help="only check that files exist (faster)")
+    i = dsub.add_parser("info", help="class counts of a benchmark")
+    i.add_argument("name")
+    i.add_argument("--root", default=None)
+    i.add_argument("--imb-factor", type=float, default=100.0)
+    da.set_defaults(func=cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from longtail.config import ConfigError
+    from longtail.train import CheckpointWriteError, TrainingDiverged, TrainingInterrupted
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TrainingInterrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 130
+    except (ConfigError, TrainingDiverged, CheckpointWriteError, FileNotFoundError, FileExistsError,
+            ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, (ConfigError, FileNotFoundError, FileExistsError, ValueError)) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

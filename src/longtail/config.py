@@ -1,0 +1,283 @@
+"""Typed run configuration: dataclasses, YAML files, dotted command-line overrides.
+
+    cfg = load_config("configs/cifar100_lt_if100_gala.yaml", ["loss.lambda1=1.0", "seed=1"])
+
+Unknown keys and values of the wrong type are rejected with the valid choices listed. Loss
+hyper-parameters sit beside `loss.name` (e.g. `loss.lambda1`) and are checked against the
+signature of that loss's constructor.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says what is valid."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar100-lt"  # one of longtail.data.BENCHMARKS
+    root: str | None = None  # folder holding the dataset (for CIFAR: the folder with cifar-100-python/)
+    imb_factor: float = 100.0
+    val_per_class: int = 20
+    val_seed: int = 0  # the validation split stays the same across training seeds
+    download: bool = False
+    train_list: str | None = None
+    val_list: str | None = None
+    test_list: str | None = None
+    image_size: int = 32
+    resize: int = 256
+    augment: str = "autoaugment"  # longtail.data.augment.AUGMENTS
+    limit_per_class: int | None = None  # cap per-class training images (tiny smoke runs)
+    limit_eval_per_class: int | None = None
+    workers: int = 4  # DataLoader workers for list datasets
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet32"
+    head: str = "auto"  # auto = cosine for the losses defined on it (ldam, gcl, ala), else linear
+    scale: float = 30.0
+    pretrained: str | None = None  # a torchvision-format ImageNet state dict for the backbone
+    sync_bn: bool = False
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"
+    drw_epoch: int | None = None  # switch on class-balanced weights from this (0-based) epoch
+    drw_beta: float = 0.9999
+    params: dict[str, Any] = field(default_factory=dict)  # the loss's own hyper-parameters
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 200
+    batch_size: int = 64  # global batch: split across ranks under torchrun
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine" or "step"
+    warmup_epochs: int = 2  # linear: lr * (epoch + 1) / warmup_epochs for the first epochs
+    milestones: list[int] = field(default_factory=lambda: [160, 180])  # "step": lr *= factor from these epochs
+    step_factors: list[float] = field(default_factory=lambda: [0.01, 0.0001])  # total factor from each milestone
+    drop_last: bool = True
+    grad_clip: float | None = None
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1  # evaluate on validation every N epochs (and on the last)
+    track_test: bool = True  # also evaluate test at the same cadence, only to report the best-on-test figure
+    published_pr_tau: float = 1.0  # the paper's transductive PR tau for this dataset, reported beside ours
+    tau_grid: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])
+    batch_size: int = 512
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu
+    precision: str = "bf16"  # fp32 | bf16 | fp16 (autocast)
+    channels_last: bool = True
+    compile: bool = False
+    threads: int | None = None  # CPU threads (torch.set_num_threads)
+    out_dir: str = "runs"
+    run_name: str | None = None
+    tensorboard: bool = False
+    progress: str = "auto"  # bar | log (a JSON line per epoch) | quiet | auto (bar on a terminal, else log)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        params = d["loss"].pop("params")
+        d["loss"].update(params)  # files and the run folder show loss params beside the name
+        return d
+
+
+_CHOICES = {
+    "precision": ("fp32", "bf16", "fp16"),
+    "optim.schedule": ("cosine", "step"),
+    "model.head": ("auto", "linear", "cosine"),
+    "progress": ("auto", "bar", "log", "quiet"),
+}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check `value` against the annotation `tp` (int/float/str/bool, optional, lists)."""
+    if isinstance(tp, str):
+        tp = eval(tp, vars(typing) | {"Any": Any})  # annotations are strings under `from __future__`
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list like [1, 2], got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if origin is dict or tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: cannot check values of type {_type_name(tp)}")  # pragma: no cover
+
+
+def _loss_param_types(name: str) -> dict[str, Any]:
+    """The loss's own hyper-parameters (from its constructor) with their defaults."""
+    from longtail import losses
+
+    if name not in losses.REGISTRY:
+        raise ConfigError(f"loss.name {name!r} is unknown; choose one of {', '.join(losses.available())}")
+    sig = inspect.signature(losses.REGISTRY[name].__init__)
+    return {p.name: p.default for p in sig.parameters.values()
+            if p.name not in ("self", "class_counts", "generator") and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def _check_loss_params(name: str, params: dict) -> dict:
+    valid = _loss_param_types(name)
+    out = {}
+    for k, v in params.items():
+        if k not in valid:
+            raise ConfigError(f"loss.{k} is not a parameter of loss {name!r}; its parameters are: "
+                              f"{', '.join(sorted(valid)) or '(none)'}")
+        default = valid[k]
+        if isinstance(default, bool):
+            v = _coerce(v, bool, f"loss.{k}")
+        elif isinstance(default, float):
+            v = _coerce(v, float, f"loss.{k}")
+        elif isinstance(default, int):
+            v = _coerce(v, int, f"loss.{k}")
+        elif isinstance(default, str):
+            v = _coerce(v, str, f"loss.{k}")
+        out[k] = v
+    return out
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    names = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    extra = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names or (cls is LossConfig and key == "params"):
+            if cls is LossConfig:
+                extra[key] = value  # a loss hyper-parameter, checked against the loss below
+                continue
+            raise ConfigError(f"unknown key {dotted!r}; valid keys here: {', '.join(sorted(names))}")
+        f = names[key]
+        if dataclasses.is_dataclass(f.default_factory() if f.default_factory is not dataclasses.MISSING else None):
+            kwargs[key] = _build(type(f.default_factory()), value or {}, dotted + ".")
+        else:
+            value = _coerce(value, f.type, dotted)
+            if dotted in _CHOICES and value not in _CHOICES[dotted]:
+                raise ConfigError(f"{dotted} must be one of {', '.join(_CHOICES[dotted])}, got {value!r}")
+            kwargs[key] = value
+    obj = cls(**kwargs)
+    if cls is LossConfig:
+        obj.params = _check_loss_params(obj.name, extra)
+    return obj
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = _build(Config, data, "")
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: Config) -> None:
+    from longtail.data import BENCHMARKS
+    from longtail.data.augment import AUGMENTS
+    from longtail.models import available_models
+
+    if cfg.data.name not in BENCHMARKS:
+        raise ConfigError(f"data.name {cfg.data.name!r} is unknown; choose one of {', '.join(BENCHMARKS)}")
+    if cfg.data.augment not in AUGMENTS:
+        raise ConfigError(f"data.augment {cfg.data.augment!r} is unknown; choose one of {', '.join(AUGMENTS)}")
+    if cfg.model.name not in available_models():
+        raise ConfigError(f"model.name {cfg.model.name!r} is unknown; choose one of {', '.join(available_models())}")
+    o = cfg.optim
+    if o.epochs < 1 or o.batch_size < 1 or o.lr <= 0 or o.warmup_epochs < 0:
+        raise ConfigError("optim.epochs and optim.batch_size must be >= 1, optim.lr > 0, optim.warmup_epochs >= 0")
+    if len(o.milestones) != len(o.step_factors):
+        raise ConfigError("optim.milestones and optim.step_factors must have the same length")
+    if cfg.eval.every < 1:
+        raise ConfigError("eval.every must be >= 1")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=0.05")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str) and value.lower() in ("none", "null"):
+        value = None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults), apply dotted overrides, check everything."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (data, model, loss, optim, ...)")
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

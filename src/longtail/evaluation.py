@@ -1,0 +1,117 @@
+"""Evaluate a trained model: logits over a split, then raw and post-hoc metrics.
+
+Every post-hoc tau is chosen on the validation split. The paper's transductive prediction
+re-balancing (class marginal taken on the test set itself, published tau) is reported beside
+the honest numbers and labelled so.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from longtail import distributed, metrics, posthoc
+from longtail.data import TensorSplit
+
+
+def autocast_context(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict(model, split, transform, device: torch.device, precision: str = "fp32", batch_size: int = 512,
+            channels_last: bool = False, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and labels for every sample of `split`, in split order.
+
+    Under torchrun each rank predicts every world_size-th sample and the results are gathered,
+    so every sample is counted exactly once.
+    """
+    was_training = model.training
+    model.eval()
+    rank = torch.distributed.get_rank() if distributed.is_active() else 0
+    world = torch.distributed.get_world_size() if distributed.is_active() else 1
+    index = torch.arange(rank, len(split), world)
+    outs, labels = [], []
+
+    def run(x):
+        x = transform(x.to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, precision):
+            return model(x).float()
+
+    if isinstance(split, TensorSplit):
+        for chunk in index.split(batch_size):
+            outs.append(run(split.images[chunk.to(split.images.device)]))
+            labels.append(split.labels[chunk.to(split.labels.device)].to(device))
+    else:
+        loader = DataLoader(Subset(split, index.tolist()), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, pin_memory=device.type == "cuda")
+        for x, y in loader:
+            outs.append(run(x))
+            labels.append(y.to(device))
+    logits = torch.cat(outs) if outs else torch.empty(0, 0, device=device)
+    targets = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
+    logits, targets, index = (distributed.all_gather_varlen(t) for t in (logits, targets, index.to(device)))
+    order = torch.argsort(index)
+    model.train(was_training)
+    return logits[order].cpu(), targets[order].cpu()
+
+
+def posthoc_report(val_logits: torch.Tensor | None, val_targets: torch.Tensor | None, test_logits: torch.Tensor,
+                   test_targets: torch.Tensor, class_counts, tau_grid, published_pr_tau: float) -> dict:
+    """Raw test metrics plus PR and post-hoc logit adjustment, each tau chosen on validation."""
+    report = {"raw": metrics.evaluate(test_logits, test_targets, class_counts)}
+    if val_logits is not None and len(val_logits):
+        marginal_val = posthoc.class_marginal(val_logits)
+        tau, val_acc, _ = posthoc.search_tau(
+            val_logits, val_targets, lambda z, t: posthoc.rebalance(z, t, marginal=marginal_val), tau_grid)
+        report["pr"] = {**metrics.evaluate(posthoc.rebalance(test_logits, tau, marginal=marginal_val), test_targets,
+                                           class_counts), "tau": tau, "val_top1": val_acc,
+                        "protocol": "marginal and tau from validation"}
+        tau, val_acc, _ = posthoc.search_tau(
+            val_logits, val_targets, lambda z, t: posthoc.adjust(z, class_counts, t), tau_grid)
+        report["la"] = {**metrics.evaluate(posthoc.adjust(test_logits, class_counts, tau), test_targets,
+                                           class_counts), "tau": tau, "val_top1": val_acc,
+                        "protocol": "post-hoc logit adjustment, tau from validation"}
+    report["pr_transductive"] = {
+        **metrics.evaluate(posthoc.rebalance(test_logits, published_pr_tau), test_targets, class_counts),
+        "tau": published_pr_tau, "protocol": "transductive: marginal from the test set, published tau"}
+    for key in ("pr", "la", "pr_transductive"):  # softmax of re-balanced scores is no calibrated probability
+        if key in report:
+            report[key]["ece"] = None
+    return report
+
+
+VARIANT_LABELS = {
+    "raw": "raw",
+    "pr": "PR (tau on val)",
+    "la": "post-hoc LA (tau on val)",
+    "pr_transductive": "PR transductive (test marginal, published tau)",
+}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def report_markdown(results: dict) -> str:
+    """A markdown table: one row per checkpoint x post-hoc variant."""
+    lines = ["| checkpoint | variant | top-1 | many | medium | few | ECE | tau |", "|---|---|---|---|---|---|---|---|"]
+    for ckpt, variants in results["checkpoints"].items():
+        for key, label in VARIANT_LABELS.items():
+            if key not in variants:
+                continue
+            r = variants[key]
+            lines.append(f"| {ckpt} | {label} | {_fmt(r['top1'])} | {_fmt(r['many'])} | {_fmt(r['medium'])} | "
+                         f"{_fmt(r['few'])} | {_fmt(r.get('ece'))} | {r.get('tau', '-')} |")
+    best_test = results.get("best_test_epoch")
+    if best_test:
+        lines.append("")
+        lines.append(f"Best epoch selected on TEST (as papers report; not an honest estimate): "
+                     f"{best_test['top1']:.2f} at epoch {best_test['epoch']}.")
+    return "\n".join(lines) + "\n"

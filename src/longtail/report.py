@@ -1,0 +1,124 @@
+"""Result tables (markdown) across runs and seeds, and per-class accuracy plots."""
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load_results(run_dirs) -> list[dict]:
+    """results.json of each run folder (or of each run folder found one level below a given folder)."""
+    found = []
+    for d in map(Path, run_dirs):
+        files = [d / "results.json"] if (d / "results.json").exists() else sorted(d.glob("*/results.json"))
+        if not files:
+            raise FileNotFoundError(f"{d} holds no results.json (is the run finished? `longtail eval {d}` "
+                                    "re-creates it from a checkpoint)")
+        for f in files:
+            r = json.loads(f.read_text())
+            r["_dir"] = str(f.parent)
+            found.append(r)
+    return found
+
+
+def _mean_std(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
+    """One row per (dataset, imbalance factor, method): metrics as mean ± std over seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["dataset"], r.get("imb_factor"), r["method"])].append(r)
+    rows = []
+    for (dataset, imb, method), runs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        def pick(variant, metric):
+            out = []
+            for r in runs:
+                ck = r["checkpoints"].get(checkpoint) or r["checkpoints"].get("last")
+                out.append(ck.get(variant, {}).get(metric) if ck else None)
+            return out
+
+        row = {"dataset": dataset, "imb_factor": imb, "method": method, "seeds": len(runs),
+               "seed_list": sorted(r["seed"] for r in runs)}
+        for variant in ("raw", "pr", "pr_transductive", "la"):
+            for metric in ("top1", "many", "medium", "few"):
+                row[f"{variant}.{metric}"] = _mean_std(pick(variant, metric))
+        row["best_on_test"] = _mean_std([(r.get("best_test_epoch") or {}).get("top1") for r in runs])
+        row["train_time_s"] = _mean_std([r.get("train_time_s") for r in runs])
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict], published: dict | None = None) -> str:
+    """Method, seeds, top-1 / many / medium / few raw and with PR (tau on val), transductive PR,
+    best-epoch-on-test, and the published figure when given ({method: number})."""
+    head = ("| dataset | method | seeds | top-1 | many | medium | few | +PR top-1 | +PR many | +PR medium | "
+            "+PR few | PR transductive | best epoch on TEST | published |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        pub = (published or {}).get(r["method"], "-")
+        ds = r["dataset"] + (f" IF{r['imb_factor']:g}" if r.get("imb_factor") and "cifar" in r["dataset"] else "")
+        lines.append(f"| {ds} | {r['method']} | {r['seeds']} | {r['raw.top1']} | {r['raw.many']} | {r['raw.medium']} | "
+                     f"{r['raw.few']} | {r['pr.top1']} | {r['pr.many']} | {r['pr.medium']} | {r['pr.few']} | "
+                     f"{r['pr_transductive.top1']} | {r['best_on_test']} | {pub} |")
+    lines.append("")
+    lines.append("Top-1 and groups: checkpoint selected on validation, mean ± std over seeds. PR: prediction "
+                 "re-balancing with the class marginal and tau from validation. PR transductive: the paper's "
+                 "protocol (marginal from the test set, published tau). Best epoch on TEST: selected on the test "
+                 "set as papers report it; not an honest estimate.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_per_class(curves: dict[str, list], class_counts, path, title: str = "") -> Path:
+    """Per-class test accuracy against training count (classes sorted by count, log-scale x)."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    order = sorted(range(len(class_counts)), key=lambda j: -class_counts[j])
+    xs = [class_counts[j] for j in order]
+    for label, acc in curves.items():
+        ys = [acc[j] if acc[j] is not None else float("nan") for j in order]
+        ax.plot(xs, ys, marker=".", linestyle="none", alpha=0.7, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class")
+    ax.set_ylabel("test accuracy of the class (%)")
+    for threshold in (20, 100):
+        ax.axvline(threshold, color="grey", linewidth=0.5)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_summary(rows: list[dict], path) -> Path:
+    """Bar chart of top-1 (raw and +PR) per method."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(max(5, len(rows) * 0.9), 3.5))
+
+    def first(s):
+        return float(s.split(" ")[0]) if s not in ("-", None) else 0.0
+
+    names = [r["method"] for r in rows]
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [first(r["raw.top1"]) for r in rows], width=0.4, label="raw")
+    ax.bar([x + 0.2 for x in xs], [first(r["pr.top1"]) for r in rows], width=0.4, label="+PR (tau on val)")
+    ax.set_xticks(list(xs), names, rotation=30, ha="right")
+    ax.set_ylabel("test top-1 (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

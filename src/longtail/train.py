@@ -1,0 +1,456 @@
+"""The training loop, top to bottom: one process or torchrun/DDP, checkpoints, logging, resume.
+
+    run_dir = train(load_config("configs/cifar100_lt_if100_gala_reference.yaml"))
+
+Small datasets (CIFAR, digits) are held as one uint8 tensor on the training device and batched
+by index with augmentation done on the batch there; large ones stream through a DataLoader whose
+workers decode JPEGs. The batch order of epoch e is a pure function of (seed, e), and the
+augmentation generator's state is saved with each checkpoint, so a run interrupted at any step
+resumes to the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from longtail import distributed, losses, models
+from longtail.config import Config, save_config
+from longtail.data import TensorSplit, load_benchmark
+from longtail.data.augment import build_eval_transform, build_train_augment
+from longtail.evaluation import autocast_context, posthoc_report, predict, report_markdown
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C / SIGTERM: a checkpoint was written and `--resume` continues from it."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, ...); the previous one is intact."""
+
+
+# ----------------------------------------------------------------------------- schedule and batches
+
+def learning_rate(epoch: int, cfg) -> float:
+    """Per-epoch learning rate (SPEC section 5): linear warm-up lr*(e+1)/W, then cosine or step."""
+    o = cfg
+    if epoch < o.warmup_epochs:
+        return o.lr * (epoch + 1) / o.warmup_epochs
+    if o.schedule == "cosine":
+        span = max(o.epochs - o.warmup_epochs, 1)
+        return o.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
+    factor = 1.0
+    for milestone, f in zip(o.milestones, o.step_factors):
+        if epoch >= milestone:
+            factor = f
+    return o.lr * factor
+
+
+def epoch_batches(num_samples: int, global_batch: int, epoch: int, seed: int, rank: int = 0, world: int = 1,
+                  drop_last: bool = True) -> list[torch.Tensor]:
+    """This rank's index batches for one epoch: a permutation fixed by (seed, epoch), cut into global
+    batches, each split evenly across ranks (so N ranks see exactly the batches one process would)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(num_samples, generator=g)
+    n_batches = num_samples // global_batch if drop_last else math.ceil(num_samples / global_batch)
+    local = global_batch // world
+    out = []
+    for b in range(n_batches):
+        batch = perm[b * global_batch:(b + 1) * global_batch]
+        part = batch[rank * local:(rank + 1) * local] if len(batch) == global_batch else batch[rank::world]
+        out.append(part)
+    return out
+
+
+# ----------------------------------------------------------------------------- run folder I/O
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temp file then rename: a crash or full disk never leaves a broken checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        prev = f"the previous {path.name} is intact" if path.exists() else "no earlier checkpoint existed"
+        raise CheckpointWriteError(f"could not write checkpoint {path} ({exc.strerror or exc}); {prev}. "
+                                   "Free disk space, then continue with `longtail train --resume "
+                                   f"{path.parent}`") from exc
+
+
+def environment_info(rt: distributed.Runtime, cfg: Config) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "platform": platform.platform(), "device": str(rt.device), "world_size": rt.world_size,
+            "threads": torch.get_num_threads(), "seed": cfg.seed, "argv": sys.argv}
+    if rt.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(rt.device)
+    return info
+
+
+class Progress:
+    """A one-line progress display on a terminal; silent otherwise."""
+
+    def __init__(self, mode: str, enabled: bool):
+        self.on = enabled and (mode == "bar" or (mode == "auto" and sys.stderr.isatty()))
+
+    def update(self, text: str) -> None:
+        if self.on:
+            sys.stderr.write("\r" + text[:150].ljust(150))
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on:
+            sys.stderr.write("\n")
+
+
+def new_run_dir(cfg: Config) -> Path:
+    name = cfg.run_name or f"{cfg.data.name}-{cfg.loss.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.out_dir) / name
+    if (run_dir / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; use `longtail train --resume {run_dir}` or another "
+                              "run_name")
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+def build_model(cfg: Config, num_classes: int, in_channels: int):
+    head = cfg.model.head
+    if head == "auto":
+        head = "cosine" if cfg.loss.name in losses.COSINE_HEAD_LOSSES else "linear"
+    scale = float(cfg.loss.params.get("scale", cfg.model.scale))
+    return models.build_model(cfg.model.name, num_classes, head=head, scale=scale, in_channels=in_channels,
+                              pretrained=cfg.model.pretrained)
+
+
+def load_data(cfg: Config):
+    d = cfg.data
+    return load_benchmark(d.name, d.root, imb_factor=d.imb_factor, val_per_class=d.val_per_class,
+                          seed=d.val_seed, download=d.download, train_list=d.train_list, val_list=d.val_list,
+                          test_list=d.test_list, image_size=d.image_size, resize=d.resize,
+                          limit_per_class=d.limit_per_class, limit_eval_per_class=d.limit_eval_per_class)
+
+
+def apply_drw(criterion, cfg: Config, epoch: int, counts) -> None:
+    if cfg.loss.drw_epoch is not None and epoch >= cfg.loss.drw_epoch:
+        if not criterion.weighted:
+            criterion.set_class_weights(losses.class_balanced_weights(counts, cfg.loss.drw_beta))
+    elif cfg.loss.name != "cb":  # `cb` carries its weights from the start
+        criterion.set_class_weights(None)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) -> Path:
+    """Train per `cfg`; returns the run folder. With `resume`, continue the run in `run_dir`."""
+    rt = distributed.init_runtime(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    main = rt.is_main
+    if cfg.optim.batch_size % rt.world_size:
+        raise ValueError(f"optim.batch_size {cfg.optim.batch_size} (global) must be divisible by the "
+                         f"{rt.world_size} processes")
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    seed_everything(cfg.seed + rt.rank)
+
+    bench = load_data(cfg)
+    counts = bench.class_counts
+    in_channels = (bench.train.images.shape[1] if isinstance(bench.train, TensorSplit) else 3)
+    model = build_model(cfg, bench.num_classes, in_channels).to(rt.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = losses.build(cfg.loss.name, class_counts=counts, **cfg.loss.params).to(rt.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.precision == "fp16")
+
+    state = {"epoch": 0, "step": 0, "best_val": -1.0, "best_val_epoch": None, "best_test": -1.0,
+             "best_test_epoch": None, "images_seen": 0, "train_time": 0.0}
+    aug_gen = torch.Generator(device=rt.device)
+    if resume:
+        ckpt = torch.load(run_dir / "last.pt", map_location=rt.device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        criterion.load_state_dict(ckpt["loss"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state.update(ckpt["state"])
+        aug_gen.set_state(ckpt["aug_rng"][rt.rank].cpu())
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        if rt.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), rt.device)
+        if main:
+            print(f"resuming {run_dir} at epoch {state['epoch'] + 1} step {state['step']}", flush=True)
+    elif main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "environment.json").write_text(json.dumps(environment_info(rt, cfg), indent=2))
+    distributed.barrier()
+
+    net = model
+    if cfg.model.sync_bn and rt.distributed:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if rt.distributed:
+        net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    mean, std = bench.mean, bench.std
+    augment = build_train_augment(cfg.data.augment, mean, std, cfg.data.image_size)
+    eval_tf = build_eval_transform(mean, std)
+    held = isinstance(bench.train, TensorSplit)
+    if held:
+        bench.train = bench.train.to(rt.device)
+    writer = None
+    if cfg.tensorboard and main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError("tensorboard=true needs the tensorboard package: pip install 'longtail[tensorboard]'")
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    stop = {"flag": False}
+
+    def request_stop(signum, frame):
+        stop["flag"] = True
+
+    old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def checkpoint(epoch: int, step: int, name: str = "last.pt") -> None:
+        rngs = [aug_gen.get_state()]
+        if rt.distributed:  # every rank's augmentation stream, so each resumes its own
+            rngs = [torch.as_tensor(r) for r in _gather_objects(aug_gen.get_state().cpu())]
+        if main:
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "loss": criterion.state_dict(), "scaler": scaler.state_dict(),
+                         "state": {**state, "epoch": epoch, "step": step}, "aug_rng": rngs,
+                         "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
+                         "cuda_rng": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None},
+                        run_dir / name)
+
+    if resume and main:
+        keep = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                if line.strip() and json.loads(line)["epoch"] <= state["epoch"]]
+        (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in keep))
+    log = open(run_dir / "metrics.jsonl", "a") if main else None
+    progress = Progress(cfg.progress, main)
+    start_epoch = state["epoch"]
+    try:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            lr = learning_rate(epoch, cfg.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            apply_drw(criterion, cfg, epoch, counts)
+            start_step = state["step"] if epoch == start_epoch else 0
+            if start_step == 0:
+                aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + rt.rank)
+            n_train = len(bench.train)
+            batches = epoch_batches(n_train, cfg.optim.batch_size, epoch, cfg.seed, rt.rank, rt.world_size,
+                                    cfg.optim.drop_last)
+            if held:
+                source = ((bench.train.images[b.to(rt.device)], bench.train.labels[b.to(rt.device)])
+                          for b in batches[start_step:])
+            else:
+                source = DataLoader(bench.train, batch_sampler=[b.tolist() for b in batches[start_step:]],
+                                    num_workers=cfg.data.workers, pin_memory=rt.device.type == "cuda",
+                                    persistent_workers=False)
+            model.train()
+            criterion.train()
+            loss_sum = torch.zeros((), device=rt.device)
+            correct = torch.zeros((), device=rt.device)
+            seen = 0
+            t0 = time.perf_counter()
+            step = start_step
+            for x, y in source:
+                x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+                x = augment(x, aug_gen)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast_context(rt.device, cfg.precision):
+                    logits = net(x)
+                logits = logits.float()
+                if not torch.isfinite(logits).all():
+                    raise TrainingDiverged(f"non-finite logits at epoch {epoch + 1} step {step + 1}")
+                loss = criterion(logits, y)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.optim.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+                if progress.on and step % 10 == 0:
+                    rate = seen / (time.perf_counter() - t0)
+                    progress.update(f"epoch {epoch + 1}/{cfg.optim.epochs} step {step}/{len(batches)} "
+                                    f"loss {loss_sum.item() / seen:.4f} acc {100 * correct.item() / seen:.1f}% "
+                                    f"{rate * rt.world_size:.0f} img/s")
+                if distributed.any_rank(stop["flag"], rt.device):
+                    state["train_time"] += time.perf_counter() - t0
+                    checkpoint(epoch, step)
+                    raise TrainingInterrupted(f"interrupted at epoch {epoch + 1} step {step}; a checkpoint "
+                                              f"was written: continue with `longtail train --resume {run_dir}`")
+            elapsed = time.perf_counter() - t0
+            state["train_time"] += elapsed
+            state["images_seen"] += seen * rt.world_size
+            record = {"epoch": epoch + 1, "lr": lr, "loss": _global_mean(loss_sum, seen),
+                      "train_acc": 100 * _global_mean(correct, seen), "time_s": round(elapsed, 3),
+                      "images_per_s": round(seen * rt.world_size / max(elapsed, 1e-9), 1)}
+            last_epoch = epoch + 1 == cfg.optim.epochs
+            if bench.val is not None and ((epoch + 1) % cfg.eval.every == 0 or last_epoch):
+                val_top1 = _top1(predict(model, bench.val, eval_tf, rt.device, cfg.precision, cfg.eval.batch_size,
+                                         cfg.channels_last, cfg.data.workers))
+                record["val_acc"] = val_top1
+                if val_top1 > state["best_val"]:
+                    state["best_val"], state["best_val_epoch"] = val_top1, epoch + 1
+                    checkpoint(epoch + 1, 0, "best.pt")
+                if cfg.eval.track_test:
+                    test_top1 = _top1(predict(model, bench.test, eval_tf, rt.device, cfg.precision,
+                                              cfg.eval.batch_size, cfg.channels_last, cfg.data.workers))
+                    record["test_acc_for_best_on_test_figure"] = test_top1
+                    if test_top1 > state["best_test"]:
+                        state["best_test"], state["best_test_epoch"] = test_top1, epoch + 1
+            if main:  # log before the checkpoint: a resume drops log lines the checkpoint does not cover
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            checkpoint(epoch + 1, 0)
+            if main:
+                if writer:
+                    for k, v in record.items():
+                        if k != "epoch":
+                            writer.add_scalar(k, v, epoch + 1)
+                progress.update(f"epoch {epoch + 1}/{cfg.optim.epochs} loss {record['loss']:.4f} "
+                                f"train {record['train_acc']:.1f}% val {record.get('val_acc', float('nan')):.1f}% "
+                                f"{record['images_per_s']:.0f} img/s")
+                if not progress.on and cfg.progress != "quiet":
+                    print(json.dumps(record), flush=True)
+            state["epoch"], state["step"] = epoch + 1, 0
+        progress.close()
+        results = final_evaluation(cfg, run_dir, model, criterion, bench, rt, eval_tf, state)
+    except TrainingDiverged as exc:
+        good = run_dir / "last.pt"
+        where = (f"the last good checkpoint is {good} (end of epoch {state['epoch']})" if good.exists()
+                 else "no checkpoint was written before it")
+        raise TrainingDiverged(f"training diverged: {exc}; {where}. Lower optim.lr, use precision=fp32, or "
+                               "check the data") from None
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if log:
+            log.close()
+        if writer:
+            writer.close()
+    if main and cfg.progress != "quiet":
+        print(report_markdown(results), flush=True)
+    distributed.shutdown()
+    return run_dir
+
+
+def _gather_objects(obj):
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _global_mean(total: torch.Tensor, count: int) -> float:
+    t = torch.stack([total.float(), torch.tensor(float(count), device=total.device)])
+    if distributed.is_active():
+        torch.distributed.all_reduce(t)
+    return float(t[0] / max(float(t[1]), 1.0))
+
+
+def _top1(pred) -> float:
+    logits, targets = pred
+    return 100.0 * float((logits.argmax(1) == targets).float().mean()) if len(targets) else 0.0
+
+
+def final_evaluation(cfg: Config, run_dir: Path, model, criterion, bench, rt, eval_tf, state: dict) -> dict:
+    """Test the best-on-validation and the last checkpoints once; write results.json/.md and the plot."""
+    results = {"run": run_dir.name, "dataset": cfg.data.name, "imb_factor": cfg.data.imb_factor,
+               "method": method_name(cfg), "seed": cfg.seed, "epochs": cfg.optim.epochs,
+               "train_time_s": round(state["train_time"], 1),
+               "train_images_per_s": round(state["images_seen"] / max(state["train_time"], 1e-9), 1),
+               "best_val": {"epoch": state["best_val_epoch"], "top1": state["best_val"]},
+               "best_test_epoch": ({"epoch": state["best_test_epoch"], "top1": state["best_test"],
+                                    "note": "epoch selected on the TEST set, as papers report; not honest"}
+                                   if state["best_test_epoch"] else None),
+               "checkpoints": {}}
+    per_class = {}
+    for name in ("best", "last"):
+        path = run_dir / f"{name}.pt"
+        if name == "best":
+            if not path.exists():
+                continue
+            model.load_state_dict(torch.load(path, map_location=rt.device, weights_only=False)["model"])
+        else:
+            model.load_state_dict(torch.load(run_dir / "last.pt", map_location=rt.device, weights_only=False)["model"])
+        args = (eval_tf, rt.device, cfg.precision, cfg.eval.batch_size, cfg.channels_last, cfg.data.workers)
+        val = predict(model, bench.val, *args) if bench.val is not None else (None, None)
+        test = predict(model, bench.test, *args)
+        key = "best_val" if name == "best" else "last"
+        results["checkpoints"][key] = posthoc_report(val[0], val[1], test[0], test[1], bench.class_counts,
+                                                     cfg.eval.tau_grid, cfg.eval.published_pr_tau)
+        per_class[key] = results["checkpoints"][key]
+    if rt.is_main:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        (run_dir / "results.md").write_text(f"# {results['method']} on {cfg.data.name} (seed {cfg.seed})\n\n"
+                                            + report_markdown(results))
+        from longtail.report import plot_per_class
+
+        chosen = per_class.get("best_val") or per_class["last"]
+        plot_per_class({"raw": chosen["raw"]["per_class"], **({"PR (tau on val)": chosen["pr"]["per_class"]}
+                                                                if "pr" in chosen else {})},
+                       bench.class_counts, run_dir / "per_class.png", title=f"{results['method']} ({cfg.data.name})")
+    return results
+
+
+def method_name(cfg: Config) -> str:
+    name = cfg.loss.name
+    p = cfg.loss.params
+    if name == "gala":
+        name += f"-{p.get('mode', 'paper')}"
+    if name == "la" and "tau" in p:
+        name += f"(tau={p['tau']})"
+    if cfg.loss.drw_epoch is not None:
+        name += "-drw"
+    return name
+
+
+def resume_config(run_dir: str | Path) -> Config:
+    """The resolved config saved in a run folder."""
+    from longtail.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "last.pt").exists():
+        raise FileNotFoundError(f"{run_dir} has no last.pt checkpoint to resume from")
+    return load_config(run_dir / "config.yaml")
+
+
+__all__ = ["train", "learning_rate", "epoch_batches", "atomic_save", "TrainingDiverged", "TrainingInterrupted",
+           "CheckpointWriteError", "resume_config", "method_name", "replace"]

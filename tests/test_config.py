@@ -1,0 +1,91 @@
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from longtail.config import ConfigError, Config, load_config, save_config
+from longtail.train import epoch_batches, learning_rate
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_overrides_and_types(tmp_path):
+    cfg = load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml",
+                      ["loss.lambda1=1.0", "optim.lr=0.05", "seed=3", "data.limit_per_class=5"])
+    assert cfg.loss.name == "gala" and cfg.loss.params == {"lambda1": 1.0, "lambda2": 0.9, "mode": "reference"}
+    assert cfg.optim.lr == 0.05 and cfg.seed == 3 and cfg.data.limit_per_class == 5
+    # switching the loss by override keeps only parameters that loss takes
+    with pytest.raises(ConfigError, match="not a parameter of loss 'ce'"):
+        load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml", ["loss.name=ce"])
+    # a saved config loads back to the same thing
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=0.1", "unknown key 'optim.lrr'; valid keys here: batch_size"),
+    ("optim.lr=fast", "optim.lr must be a number"),
+    ("optim.epochs=1.5", "optim.epochs must be an integer"),
+    ("precision=fp8", "precision must be one of fp32, bf16, fp16"),
+    ("loss.name=nope", "loss.name 'nope' is unknown; choose one of"),
+    ("model.name=vgg", "model.name 'vgg' is unknown"),
+    ("data.name=mnist", "data.name 'mnist' is unknown"),
+    ("channels_last=maybe", "channels_last must be true or false"),
+    ("loss.lambda9=1", "loss.lambda9 is not a parameter of loss 'gala'; its parameters are: check_finite, eps, lambda1, lambda2, mode, phi"),
+    ("nonsense", "must look like key=value"),
+])
+def test_bad_overrides_name_the_choices(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml", [override])
+    assert message in str(err.value)
+
+
+def test_every_shipped_config_loads():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert len(files) >= 88 + 20
+    for f in files:
+        cfg = load_config(f)
+        assert isinstance(cfg, Config)
+        assert cfg.data.root, f"{f.name} must name its data root"
+
+
+def test_cifar_configs_follow_the_two_recipes():
+    gala = load_config(CONFIGS / "cifar100_lt_if100_gala_paper.yaml")
+    assert (gala.optim.batch_size, gala.optim.weight_decay, gala.optim.schedule, gala.data.augment) == \
+        (64, 5e-4, "cosine", "autoaugment")
+    ldam = load_config(CONFIGS / "cifar100_lt_if100_ldam_drw.yaml")
+    assert (ldam.optim.batch_size, ldam.optim.weight_decay, ldam.optim.warmup_epochs, ldam.loss.drw_epoch) == \
+        (128, 2e-4, 5, 160)
+    raw = yaml.safe_load((CONFIGS / "cifar10_lt_if50_ala.yaml").read_text())
+    assert raw["data"]["imb_factor"] == 50 and raw["data"]["name"] == "cifar10-lt"
+
+
+def test_gala_schedule_matches_spec():
+    o = load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml").optim
+    lrs = [learning_rate(e, o) for e in range(200)]
+    assert lrs[0] == pytest.approx(0.05) and lrs[1] == pytest.approx(0.1)
+    # cosine from 0.1 at epoch 2 (0-based) towards 0 at epoch 200
+    for e in range(2, 200):
+        assert lrs[e] == pytest.approx(0.05 * (1 + math.cos(math.pi * (e - 2) / 198)))
+    assert lrs[-1] < 1e-4
+
+
+def test_ldam_schedule_matches_spec():
+    o = load_config(CONFIGS / "cifar100_lt_if100_ce.yaml").optim
+    # LDAM-DRW's adjust_learning_rate with 1-based epoch E: E<=5 -> lr*E/5; E>180 -> 1e-4 lr; E>160 -> 1e-2 lr
+    for e in range(200):
+        E = e + 1
+        want = 0.1 * E / 5 if E <= 5 else 0.1 * (1e-4 if E > 180 else 1e-2 if E > 160 else 1)
+        assert learning_rate(e, o) == pytest.approx(want), e
+
+
+def test_epoch_batches_split_global_batches_across_ranks():
+    one = epoch_batches(103, 16, epoch=4, seed=7)
+    assert len(one) == 6 and all(len(b) == 16 for b in one)  # drop_last
+    two = [epoch_batches(103, 16, epoch=4, seed=7, rank=r, world=2) for r in range(2)]
+    for b, (r0, r1) in zip(one, zip(*two)):
+        assert r0.tolist() + r1.tolist() == b.tolist()
+    assert epoch_batches(103, 16, 5, 7)[0].tolist() != one[0].tolist()  # a new order every epoch
+    keep = epoch_batches(103, 16, 4, 7, drop_last=False)
+    assert sorted(int(i) for b in keep for i in b) == list(range(103))

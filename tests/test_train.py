@@ -1,0 +1,157 @@
+"""End to end on the real CIFAR-100: train, artefacts, resume after a kill, bad input, report."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from longtail import cli
+from longtail import train as train_mod
+from longtail.config import load_config
+from longtail.train import CheckpointWriteError, TrainingDiverged, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+pytestmark = pytest.mark.slow
+
+
+def tiny(shared_data, tmp_path, name, *extra):
+    """A few hundred real CIFAR-100-LT images (4 per class), GALA reference, a couple of epochs."""
+    return load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml", [
+        f"data.root={shared_data}", "data.limit_per_class=4", "data.limit_eval_per_class=2",
+        "optim.epochs=3", "optim.batch_size=32", "optim.warmup_epochs=1", f"out_dir={tmp_path}",
+        f"run_name={name}", "progress=quiet", "threads=2", "eval.batch_size=256", *extra])
+
+
+def weights(run_dir, name="last.pt"):
+    return torch.load(Path(run_dir) / name, map_location="cpu", weights_only=False)
+
+
+def test_train_writes_every_artefact_and_report_renders(shared_data, tmp_path, capsys):
+    run = train(tiny(shared_data, tmp_path, "full"))
+    for f in ("config.yaml", "environment.json", "metrics.jsonl", "last.pt", "best.pt", "results.json",
+              "results.md", "per_class.png"):
+        assert (run / f).is_file() and (run / f).stat().st_size > 0, f
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert {"loss", "lr", "train_acc", "val_acc", "time_s", "images_per_s"} <= set(log[0])
+    results = json.loads((run / "results.json").read_text())
+    assert results["method"] == "gala-reference"
+    best = results["checkpoints"]["best_val"]
+    assert set(best) == {"raw", "pr", "la", "pr_transductive"}
+    assert best["raw"]["num_samples"] == 200  # 2 test images per class
+    assert best["pr"]["tau"] in load_config(run / "config.yaml").eval.tau_grid
+    assert results["best_test_epoch"]["epoch"] in (1, 2, 3)
+    # the best-on-val checkpoint is the epoch with the highest logged validation accuracy
+    accs = [r["val_acc"] for r in log]
+    assert results["best_val"]["epoch"] == 1 + accs.index(max(accs))
+    ck = weights(run)
+    assert ck["loss"]["theta"].abs().sum() > 0  # GALA's statistics travel with the checkpoint
+
+    capsys.readouterr()
+    assert cli.main(["report", str(run), "--out", str(tmp_path / "table.md")]) == 0
+    out = capsys.readouterr().out
+    assert "| cifar100-lt IF100 | gala-reference | 1 |" in out
+    assert (tmp_path / "table.md").read_text() == out.split("written:")[0].rstrip("\n") + "\n"
+
+
+def _launch(cfg_overrides, shared_data, tmp_path, name):
+    args = [sys.executable, "-m", "longtail", "train", str(CONFIGS / "cifar100_lt_if100_gala_reference.yaml"),
+            f"data.root={shared_data}", "data.limit_per_class=8", "data.limit_eval_per_class=1",
+            "optim.epochs=4", "optim.batch_size=32", "optim.warmup_epochs=1", f"out_dir={tmp_path}",
+            f"run_name={name}", "progress=quiet", "threads=2", "eval.track_test=false", *cfg_overrides]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_resume_after_kill_gives_identical_weights(shared_data, tmp_path, sig):
+    reference = _launch([], shared_data, tmp_path, "reference")
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+
+    proc = _launch([], shared_data, tmp_path, "killed")
+    log = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=120)
+    if sig == signal.SIGINT:
+        assert code == 130, proc.stderr.read()
+        assert "--resume" in proc.stderr.read()
+    else:
+        assert code == -signal.SIGKILL
+    assert len(log.read_text().splitlines()) < 4, "the run finished before it was interrupted"
+
+    resumed = subprocess.run([sys.executable, "-m", "longtail", "train", "--resume", str(tmp_path / "killed")],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(tmp_path / "reference"), weights(tmp_path / "killed")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["loss"]:
+        assert torch.equal(a["loss"][key], b["loss"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(shared_data, tmp_path, monkeypatch):
+    real_build = train_mod.losses.build
+    calls = {"n": 0}
+
+    def build_poisoned(name, **kw):
+        loss = real_build(name, **kw)
+        compute = loss.compute
+
+        def poisoned(logits, target):
+            calls["n"] += 1
+            value = compute(logits, target)
+            return value * float("nan") if calls["n"] == 16 else value  # step 4 of epoch 2 (12 steps/epoch)
+        loss.compute = poisoned
+        return loss
+
+    monkeypatch.setattr(train_mod.losses, "build", build_poisoned)
+    cfg = tiny(shared_data, tmp_path, "nan")
+    with pytest.raises(TrainingDiverged) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert "epoch 2 step 4" in msg and "last good checkpoint" in msg and "end of epoch 1" in msg
+    ck = weights(tmp_path / "nan")
+    assert ck["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_disk_full_keeps_previous_checkpoint(shared_data, tmp_path, monkeypatch):
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save(obj, path, *a, **k):
+        if str(path).endswith("last.pt.tmp"):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the end-of-epoch-2 checkpoint: write half a file, then fail
+                Path(path).write_bytes(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(train_mod.torch, "save", save)
+    with pytest.raises(CheckpointWriteError, match="No space left on device.*previous last.pt is intact"):
+        train(tiny(shared_data, tmp_path, "full-disk"))
+    run = tmp_path / "full-disk"
+    assert not (run / "last.pt.tmp").exists()
+    assert weights(run)["state"]["epoch"] == 1
+
+
+def test_missing_dataset_and_bad_override_fail_clearly(tmp_path, capsys):
+    code = cli.main(["train", str(CONFIGS / "cifar100_lt_if100_ce.yaml"), f"data.root={tmp_path / 'nowhere'}",
+                     f"out_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cifar-100-python" in err and "data.root" in err
+    assert cli.main(["train", str(CONFIGS / "cifar100_lt_if100_ce.yaml"), "optim.momentum=high"]) == 2
+    assert "optim.momentum must be a number" in capsys.readouterr().err
+    assert not any(tmp_path.glob("*/last.pt"))
