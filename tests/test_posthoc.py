@@ -164,7 +164,7 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="marginal"):
         rebalance(z, 1.0, marginal=[1.0, 2.0])
     with pytest.raises(ValueError, match="marginal"):
-        rebalance(z, 1.0, marginal=[1.0, 0.0, 2.0])
+        rebalance(z, 1.0, marginal=[1.0, -1.0, 2.0])
     bad = z.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="logits"):
@@ -183,3 +183,17 @@ def test_bad_inputs_name_the_argument():
         search_tau(z, y, lambda s, t: s[:, :2])
     with pytest.raises(ValueError, match="tau"):
         rebalance(z, float("inf"))
+
+
+def test_rebalance_accepts_an_underflowed_validation_marginal():
+    # a very confident model: some classes get softmax mass below the smallest float64
+    z_val = torch.tensor([[0.0, 900.0, -900.0], [0.0, 900.0, 5.0]], dtype=torch.float64)
+    m = class_marginal(z_val)
+    assert m[0] == 0 and m[2] == 0
+    z_test = torch.tensor([[1.0, 2.0, 0.5]], dtype=torch.float64)
+    scores = rebalance(z_test, 1.0, marginal=m)
+    tiny_log = math.log(torch.finfo(torch.float64).tiny)
+    assert torch.allclose(scores, z_test - torch.tensor([tiny_log, math.log(float(m[1])), tiny_log],
+                                                        dtype=torch.float64))
+    with pytest.raises(ValueError, match="marginal"):
+        rebalance(z_test, 1.0, marginal=torch.tensor([-1.0, 1.0, 1.0]))

@@ -90,7 +90,11 @@ def rebalance(logits: torch.Tensor, tau: float, marginal: torch.Tensor | Sequenc
             raise ValueError("logits has no rows: pass `marginal` (e.g. from validation) to rebalance an empty set")
         log_s = _log_class_marginal(logits)
     else:
-        log_s = _check_positive_vector(marginal, "marginal", logits.shape[1]).log()
+        m = torch.as_tensor(marginal, dtype=torch.float64).detach().cpu()
+        # A class no sample gives any probability underflows to exactly 0 (confident models):
+        # floor it at the smallest float64 rather than reject it; its score then drops to -tau*744.
+        m = torch.where(m == 0, torch.full_like(m, torch.finfo(torch.float64).tiny), m)
+        log_s = _check_positive_vector(m, "marginal", logits.shape[1]).log()
     dt = _score_dtype(logits)
     return logits.to(dt) - (tau * log_s).to(dt).to(logits.device)
 
