@@ -1,0 +1,89 @@
+"""Cost of each batched augmentation kind against a ResNet-32 training step, on CPU.
+
+    python benchmarks/augment_cost.py [--threads 2] [--batch 64] [--out benchmarks/augment_cost.txt]
+
+Times a batch of 64 uint8 32x32 CIFAR-sized images through build_train_augment(kind) and one
+ResNet-32 (100 classes) SGD step (forward + backward + step) in fp32 and in bf16 autocast with
+channels_last, all in the same run; prints each augmentation's cost as a fraction of the steps.
+Median of repeated timings after warm-up. Target: "autoaugment" under 15% of the fp32 step.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from longtail.data.augment import AUGMENTS, build_train_augment
+from longtail.models import build_model
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+def timeit(fn, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--append", action="store_true", help="append to --out instead of overwriting")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    b = args.batch
+    images = torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 100, (b,))
+    lines = [f"$ python {' '.join(sys.argv)}",
+             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+             f"threads={torch.get_num_threads()}, batch={b}, median of {args.reps}, "
+             f"load average at start {os.getloadavg()[0]:.1f} (other jobs on the machine inflate the step times)"]
+
+    steps = {}
+    for mode in ("fp32", "bf16+channels_last"):
+        model = build_model("resnet32", 100)
+        fmt = torch.channels_last if mode != "fp32" else torch.contiguous_format
+        model = model.to(memory_format=fmt)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        x = torch.randn(b, 3, 32, 32).contiguous(memory_format=fmt)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "fp32"):
+                loss = F.cross_entropy(model(x), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        steps[mode] = timeit(step, 3, max(5, args.reps // 2))
+        lines.append(f"resnet32 train step [{mode}]: {steps[mode] * 1e3:8.2f} ms")
+
+    g = torch.Generator().manual_seed(0)
+    lines.append(f"{'augment':>12s} {'ms/batch':>9s} {'/ fp32 step':>12s} {'/ bf16 step':>12s}")
+    for kind in AUGMENTS:
+        aug = build_train_augment(kind, MEAN, STD, 32)
+        t = timeit(lambda: aug(images, g), 3, args.reps)
+        lines.append(f"{kind:>12s} {t * 1e3:9.2f} {t / steps['fp32']:11.1%} "
+                     f"{t / steps['bf16+channels_last']:11.1%}")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "a" if args.append else "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

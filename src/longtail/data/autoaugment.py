@@ -1,0 +1,360 @@
+"""Batched AutoAugment (CIFAR-10 policy) and its 14 operations, on image tensors.
+
+Reference: the DeepVoltaire `CIFAR10Policy` (PIL) that the released GALA code uses. A sub-policy is
+drawn per image; each of its two operations is applied with its probability and magnitude; signed
+operations draw their sign per image. Images are grouped by operation and every operation runs once
+per group as a batched tensor call, on whatever device the batch lives on.
+
+Every operation takes images on the 0..255 scale, shape (N, C, H, W), uint8 or floating point, and
+returns the input dtype. Results are quantised as PIL quantises them (integer valued), so uint8 and
+float inputs give the same numbers. Per-image parameters are 1-D tensors of length N (or scalars).
+The one difference from PIL: shear uses nearest sampling like the other geometric operations,
+where PIL's shear is bicubic; every other operation reproduces PIL's numbers exactly.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "OPS", "CIFAR10_POLICY", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "affine",
+    "color", "posterize", "solarize", "contrast", "sharpness", "brightness", "autocontrast",
+    "equalize", "invert", "autoaugment_cifar10",
+]
+
+OPS = ("shearX", "shearY", "translateX", "translateY", "rotate", "color", "posterize", "solarize",
+       "contrast", "sharpness", "brightness", "autocontrast", "equalize", "invert")
+_GEOMETRIC = frozenset(range(5))
+
+# (p1, op1, magnitude index 1, p2, op2, magnitude index 2): the 25 sub-policies of CIFAR10Policy.
+CIFAR10_POLICY = (
+    (0.1, "invert", 7, 0.2, "contrast", 6),
+    (0.7, "rotate", 2, 0.3, "translateX", 9),
+    (0.8, "sharpness", 1, 0.9, "sharpness", 3),
+    (0.5, "shearY", 8, 0.7, "translateY", 9),
+    (0.5, "autocontrast", 8, 0.9, "equalize", 2),
+    (0.2, "shearY", 7, 0.3, "posterize", 7),
+    (0.4, "color", 3, 0.6, "brightness", 7),
+    (0.3, "sharpness", 9, 0.7, "brightness", 9),
+    (0.6, "equalize", 5, 0.5, "equalize", 1),
+    (0.6, "contrast", 7, 0.6, "sharpness", 5),
+    (0.7, "color", 7, 0.5, "translateX", 8),
+    (0.3, "equalize", 7, 0.4, "autocontrast", 8),
+    (0.4, "translateY", 3, 0.2, "sharpness", 6),
+    (0.9, "brightness", 6, 0.2, "color", 8),
+    (0.5, "solarize", 2, 0.0, "invert", 3),
+    (0.2, "equalize", 0, 0.6, "autocontrast", 0),
+    (0.2, "equalize", 8, 0.8, "equalize", 4),
+    (0.9, "color", 9, 0.6, "equalize", 6),
+    (0.8, "autocontrast", 4, 0.2, "solarize", 8),
+    (0.1, "brightness", 3, 0.7, "color", 0),
+    (0.4, "solarize", 5, 0.9, "autocontrast", 3),
+    (0.9, "translateY", 9, 0.7, "translateY", 9),
+    (0.9, "autocontrast", 2, 0.8, "solarize", 3),
+    (0.8, "equalize", 8, 0.1, "invert", 3),
+    (0.7, "translateY", 9, 0.9, "autocontrast", 1),
+)
+
+
+def _linspace(a: float, b: float) -> list[float]:
+    # numpy's own values, so magnitudes agree with the reference to the last bit
+    return np.linspace(a, b, 10).tolist()
+
+
+# Magnitude ranges of SubPolicy (index 0..9). Translations are fractions of the image size.
+MAGNITUDES = {
+    "shearX": _linspace(0, 0.3), "shearY": _linspace(0, 0.3),
+    "translateX": _linspace(0, 150 / 331), "translateY": _linspace(0, 150 / 331),
+    "rotate": _linspace(0, 30), "color": _linspace(0, 0.9),
+    "posterize": np.round(np.linspace(8, 4, 10)).tolist(),  # 8 8 7 7 6 6 5 5 4 4
+    "solarize": _linspace(256, 0), "contrast": _linspace(0, 0.9), "sharpness": _linspace(0, 0.9),
+    "brightness": _linspace(0, 0.9),
+    "autocontrast": [0.0] * 10, "equalize": [0.0] * 10, "invert": [0.0] * 10,
+}
+
+
+def _as_param(v, n: int, x: Tensor) -> Tensor:
+    t = torch.as_tensor(v, dtype=torch.float32, device=x.device)
+    return t.expand(n) if t.dim() == 0 else t
+
+
+def _restore(out: Tensor, like: Tensor) -> Tensor:
+    """Clamp to 0..255 and return in the dtype of `like` (values are already integral)."""
+    out = out.clamp_(0, 255)
+    return out.to(torch.uint8) if like.dtype == torch.uint8 else out.to(like.dtype)
+
+
+def _float(x: Tensor) -> Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def _bc(v: Tensor) -> Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Geometric operations (PIL `Image.transform(AFFINE)` semantics, nearest sampling)
+# ---------------------------------------------------------------------------------------------------
+
+def affine(x: Tensor, matrix: Tensor, fill: float = 128.0) -> Tensor:
+    """Per-image affine warp. `matrix` (N, 2, 3) maps an OUTPUT pixel coordinate to the INPUT one in
+    PIL's convention (continuous coordinates, pixel (i, j) covers [j, j+1) x [i, i+1), origin at the
+    top-left corner). Input pixels are taken at floor(coordinate) as PIL's nearest filter does;
+    outside the image the value is `fill`."""
+    n, _, h, w = x.shape
+    xf = _float(x)
+    m = matrix.to(device=x.device, dtype=torch.float32)
+    # grid_sample rounds (coordinate - 0.5) to the nearest pixel; shifting by a small epsilon turns
+    # that into floor(coordinate), PIL's rule, also when the coordinate is an exact integer.
+    eps = 1e-3
+    # Normalised coordinates u = 2 p / size - 1 (align_corners=False): theta = N A N^-1.
+    sx, sy = 2.0 / w, 2.0 / h
+    theta = torch.empty(n, 2, 3, device=x.device, dtype=torch.float32)
+    theta[:, 0, 0] = m[:, 0, 0]
+    theta[:, 0, 1] = m[:, 0, 1] * (sx / sy)
+    theta[:, 1, 0] = m[:, 1, 0] * (sy / sx)
+    theta[:, 1, 1] = m[:, 1, 1]
+    # translation: N (A N^-1 [0,0,1]) with N^-1 u = (u + 1) / s
+    theta[:, 0, 2] = sx * (m[:, 0, 0] / sx + m[:, 0, 1] / sy + m[:, 0, 2] + eps) - 1
+    theta[:, 1, 2] = sy * (m[:, 1, 0] / sx + m[:, 1, 1] / sy + m[:, 1, 2] + eps) - 1
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    # Sampling (x - fill) with zero padding and adding fill back gives fill outside the image.
+    out = F.grid_sample(xf - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return _restore(out.add_(fill), x)
+
+
+def _shear_matrix(m: Tensor, axis: int) -> Tensor:
+    a = torch.zeros(m.numel(), 2, 3, device=m.device)
+    a[:, 0, 0] = a[:, 1, 1] = 1
+    a[:, axis, 1 - axis] = m
+    return a
+
+
+def _translate_matrix(t: Tensor, axis: int) -> Tensor:
+    a = torch.zeros(t.numel(), 2, 3, device=t.device)
+    a[:, 0, 0] = a[:, 1, 1] = 1
+    a[:, axis, 2] = t
+    return a
+
+
+def _rotate_matrix(degrees: Tensor, h: int, w: int) -> Tensor:
+    # PIL Image.rotate: counter-clockwise about the centre (w/2, h/2), inverse-mapped.
+    r = torch.deg2rad(degrees.float())
+    c, s = torch.cos(r), torch.sin(r)
+    cx, cy = w / 2.0, h / 2.0
+    a = torch.empty(r.numel(), 2, 3, device=r.device)
+    a[:, 0, 0], a[:, 0, 1], a[:, 0, 2] = c, -s, -c * cx + s * cy + cx
+    a[:, 1, 0], a[:, 1, 1], a[:, 1, 2] = s, c, -s * cx - c * cy + cy
+    return a
+
+
+def shear_x(x: Tensor, m, fill: float = 128.0) -> Tensor:
+    """PIL transform (1, m, 0, 0, 1, 0): input x = x + m y (shear about the top-left corner)."""
+    return affine(x, _shear_matrix(_as_param(m, x.shape[0], x), 0), fill)
+
+
+def shear_y(x: Tensor, m, fill: float = 128.0) -> Tensor:
+    """PIL transform (1, 0, 0, m, 1, 0): input y = m x + y."""
+    return affine(x, _shear_matrix(_as_param(m, x.shape[0], x), 1), fill)
+
+
+def translate_x(x: Tensor, pixels, fill: float = 128.0) -> Tensor:
+    """PIL transform (1, 0, t, 0, 1, 0): output(x) = input(x + t); positive t moves content left."""
+    return affine(x, _translate_matrix(_as_param(pixels, x.shape[0], x), 0), fill)
+
+
+def translate_y(x: Tensor, pixels, fill: float = 128.0) -> Tensor:
+    return affine(x, _translate_matrix(_as_param(pixels, x.shape[0], x), 1), fill)
+
+
+def rotate(x: Tensor, degrees, fill: float = 128.0) -> Tensor:
+    """PIL Image.rotate(degrees) (counter-clockwise, nearest) with the area outside filled."""
+    return affine(x, _rotate_matrix(_as_param(degrees, x.shape[0], x), x.shape[2], x.shape[3]), fill)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Colour operations (PIL ImageOps / ImageEnhance semantics)
+# ---------------------------------------------------------------------------------------------------
+
+def _gray(xf: Tensor) -> Tensor:
+    """PIL's RGB -> L: (19595 R + 38470 G + 7471 B + 2^15) >> 16, exact in float32 (sums < 2^24)."""
+    if xf.shape[1] == 1:
+        return xf
+    r, g, b = xf[:, 0:1], xf[:, 1:2], xf[:, 2:3]
+    return torch.floor((r * 19595 + g * 38470 + b * 7471 + 32768) * (1.0 / 65536))
+
+
+def _blend(degenerate: Tensor, xf: Tensor, factor: Tensor) -> Tensor:
+    # PIL Image.blend on uint8: truncate(in1 + alpha (in2 - in1)) in single precision, clipped.
+    return torch.floor((degenerate + _bc(factor) * (xf - degenerate)).clamp_(0, 255))
+
+
+def color(x: Tensor, factor) -> Tensor:
+    """ImageEnhance.Color: blend with the grayscale image."""
+    xf = _float(x)
+    return _restore(_blend(_gray(xf), xf, _as_param(factor, x.shape[0], x)), x)
+
+
+def brightness(x: Tensor, factor) -> Tensor:
+    """ImageEnhance.Brightness: blend with black."""
+    xf = _float(x)
+    return _restore(_blend(torch.zeros_like(xf), xf, _as_param(factor, x.shape[0], x)), x)
+
+
+def contrast(x: Tensor, factor) -> Tensor:
+    """ImageEnhance.Contrast: blend with a flat image at the rounded mean of the grayscale image."""
+    xf = _float(x)
+    mean = torch.floor(_gray(xf).mean(dim=(1, 2, 3), keepdim=True) + 0.5)
+    return _restore(_blend(mean.expand_as(xf), xf, _as_param(factor, x.shape[0], x)), x)
+
+
+_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+
+
+def sharpness(x: Tensor, factor) -> Tensor:
+    """ImageEnhance.Sharpness: blend with ImageFilter.SMOOTH of the image (border pixels unchanged)."""
+    xf = _float(x)
+    n, c, h, w = xf.shape
+    k = _SMOOTH.to(xf.device).expand(c, 1, 3, 3)
+    smooth = torch.floor(F.conv2d(xf, k, groups=c) + 0.5)
+    degenerate = xf.clone()
+    degenerate[:, :, 1:-1, 1:-1] = smooth
+    return _restore(_blend(degenerate, xf, _as_param(factor, n, x)), x)
+
+
+def posterize(x: Tensor, bits) -> Tensor:
+    """ImageOps.posterize: keep the `bits` high bits of each channel."""
+    xf = _float(x)
+    step = _bc(torch.pow(2.0, 8 - _as_param(bits, x.shape[0], x)))
+    return _restore(torch.floor(torch.round(xf) / step) * step, x)
+
+
+def solarize(x: Tensor, threshold) -> Tensor:
+    """ImageOps.solarize: invert every value at or above the threshold."""
+    xf = _float(x)
+    t = _bc(_as_param(threshold, x.shape[0], x))
+    return _restore(torch.where(xf < t, xf, 255 - xf), x)
+
+
+def invert(x: Tensor) -> Tensor:
+    """ImageOps.invert: 255 - x."""
+    return _restore(255 - _float(x), x)
+
+
+def autocontrast(x: Tensor) -> Tensor:
+    """ImageOps.autocontrast (cutoff 0), per image and channel: map [min, max] to [0, 255]."""
+    xf = torch.round(_float(x))
+    lo = xf.amin(dim=(2, 3), keepdim=True)
+    hi = xf.amax(dim=(2, 3), keepdim=True)
+    # PIL truncates x * scale + offset computed in double precision; doing the same in float64
+    # reproduces its results exactly (including values like 254.99999... that truncate to 254).
+    # (a true division: torch's `scalar / tensor` multiplies by a reciprocal and can differ in the last bit)
+    d = (hi - lo).clamp_(min=1).double()
+    scale = torch.full_like(d, 255.0) / d
+    out = torch.floor(xf.double() * scale - lo.double() * scale).float()
+    return _restore(torch.where(hi > lo, out, xf), x)
+
+
+def equalize(x: Tensor) -> Tensor:
+    """ImageOps.equalize, per image and channel, via batched histograms (scatter_add + cumsum)."""
+    n, c, h, w = x.shape
+    flat = (x.long() if x.dtype == torch.uint8 else torch.round(_float(x)).clamp_(0, 255).long()).reshape(n * c, h * w)
+    hist = torch.zeros(n * c, 256, dtype=torch.long, device=x.device)
+    hist.scatter_add_(1, flat, torch.ones_like(flat))
+    last = hist.gather(1, flat.amax(dim=1, keepdim=True))  # count of the highest value present
+    step = torch.div(h * w - last, 255, rounding_mode="floor")
+    cum = hist.cumsum(1) - hist  # exclusive cumulative histogram
+    lut = torch.div(cum + step // 2, step.clamp(min=1), rounding_mode="floor").clamp_(max=255)
+    lut = torch.where(step > 0, lut, torch.arange(256, device=x.device).expand_as(lut))
+    out = lut.gather(1, flat).reshape(n, c, h, w)
+    return out.to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype if x.is_floating_point() else torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The policy
+# ---------------------------------------------------------------------------------------------------
+
+_POLICY_CACHE: dict = {}
+
+
+def _policy_tables(device: torch.device):
+    key = str(device)
+    if key not in _POLICY_CACHE:
+        ops = torch.tensor([[OPS.index(p[1]), OPS.index(p[4])] for p in CIFAR10_POLICY], device=device)
+        probs = torch.tensor([[p[0], p[3]] for p in CIFAR10_POLICY], device=device)
+        # float64: enhancement factors 1 +- m are formed in double precision as in the reference
+        mags = torch.tensor([[MAGNITUDES[p[1]][p[2]], MAGNITUDES[p[4]][p[5]]] for p in CIFAR10_POLICY],
+                            dtype=torch.float64, device=device)
+        _POLICY_CACHE[key] = (ops, probs, mags)
+    return _POLICY_CACHE[key]
+
+
+def _apply_op(op: int, xs: Tensor, mag: Tensor, sign: Tensor) -> Tensor:
+    name = OPS[op]
+    if name in ("color", "contrast", "sharpness", "brightness"):
+        return {"color": color, "contrast": contrast, "sharpness": sharpness,
+                "brightness": brightness}[name](xs, (1 + mag * sign).float())
+    if name == "posterize":
+        return posterize(xs, mag.float())
+    if name == "solarize":
+        return solarize(xs, mag.float())
+    if name == "autocontrast":
+        return autocontrast(xs)
+    if name == "equalize":
+        return equalize(xs)
+    if name == "invert":
+        return invert(xs)
+    raise AssertionError(name)
+
+
+def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fill: float = 128.0) -> Tensor:
+    """CIFAR10Policy on a batch: a sub-policy per image, each op with its probability and magnitude.
+
+    x: (N, C, H, W) on the 0..255 scale, uint8 or float. Returns the input dtype (integer valued).
+    Cost: one batched call per operation present in the batch, per slot (at most 10 per slot: the
+    five geometric operations share one grid_sample call); one host sync per slot to split groups.
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    out = _float(x).clone()
+    ops_t, probs_t, mags_t = _policy_tables(dev)
+    pol = torch.randint(len(CIFAR10_POLICY), (n,), generator=generator, device=dev)
+    u = torch.rand(n, 2, generator=generator, device=dev)
+    sign = torch.randint(0, 2, (n, 2), generator=generator, device=dev).double() * 2 - 1
+    for slot in range(2):
+        op = ops_t[pol, slot]
+        mag = mags_t[pol, slot]
+        op = torch.where(u[:, slot] < probs_t[pol, slot], op, torch.full_like(op, -1))
+        # Geometric ops share one warp: build every image's matrix, then warp the subset that needs it.
+        geo = op < 5
+        key = torch.where(geo, torch.full_like(op, 0), op)  # group id; 0 = any geometric op
+        key = torch.where(op < 0, torch.full_like(op, -1), key)
+        order = torch.argsort(key, stable=True)
+        counts = torch.bincount(key + 1, minlength=len(OPS) + 1).tolist()  # the one host sync
+        start = counts[0]  # skip images with no op in this slot
+        for g in range(len(OPS)):
+            cnt = counts[g + 1]
+            if cnt == 0:
+                continue
+            idx = order[start:start + cnt]
+            start += cnt
+            xs = out.index_select(0, idx)
+            m_s, s_s, o_s = mag.index_select(0, idx), sign[:, slot].index_select(0, idx), op.index_select(0, idx)
+            if g == 0:
+                sm = (m_s * s_s).float()
+                m_s = m_s.float()
+                a = torch.zeros(cnt, 2, 3, device=dev)
+                a[:, 0, 0] = a[:, 1, 1] = 1
+                a = torch.where((o_s == 0).view(-1, 1, 1), _shear_matrix(sm, 0), a)
+                a = torch.where((o_s == 1).view(-1, 1, 1), _shear_matrix(sm, 1), a)
+                a = torch.where((o_s == 2).view(-1, 1, 1), _translate_matrix(sm * w, 0), a)
+                a = torch.where((o_s == 3).view(-1, 1, 1), _translate_matrix(sm * h, 1), a)
+                # DeepVoltaire's rotate has no random sign: always counter-clockwise.
+                a = torch.where((o_s == 4).view(-1, 1, 1), _rotate_matrix(m_s, h, w), a)
+                ys = affine(xs, a, fill)
+            else:
+                ys = _apply_op(g, xs, m_s, s_s)
+            out.index_copy_(0, idx, ys)
+    return _restore(out, x) if x.dtype == torch.uint8 else out.to(x.dtype)

@@ -1,0 +1,175 @@
+"""Models: parameter counts against analytic / torchvision counts, shapes, heads, channels_last,
+pretrained loading with torchvision-style names."""
+import pytest
+import torch
+
+from longtail.heads import CosineHead, LinearHead
+from longtail.models import Classifier, available_models, build_model
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def conv(cin, cout, k, groups=1):
+    return cin // groups * cout * k * k
+
+
+def bn(c):
+    return 2 * c
+
+
+def resnet32_count(num_classes):
+    total = conv(3, 16, 3) + bn(16)
+    cin = 16
+    for width in (16, 32, 64):
+        for _ in range(5):  # option-A shortcuts have no parameters
+            total += conv(cin, width, 3) + bn(width) + conv(width, width, 3) + bn(width)
+            cin = width
+    return total + 64 * num_classes + num_classes
+
+
+def imagenet_resnet_count(block, layers, num_classes, groups=1, width_per_group=64):
+    total = conv(3, 64, 7) + bn(64)
+    cin = 64
+    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+        for b in range(blocks):
+            if block == "basic":
+                out = planes
+                total += conv(cin, planes, 3) + bn(planes) + conv(planes, planes, 3) + bn(planes)
+            else:
+                width = int(planes * width_per_group / 64) * groups
+                out = planes * 4
+                total += conv(cin, width, 1) + bn(width) + conv(width, width, 3, groups) + bn(width) \
+                    + conv(width, out, 1) + bn(out)
+            if b == 0 and (i > 0 or cin != out):
+                total += conv(cin, out, 1) + bn(out)
+            cin = out
+    return total + cin * num_classes + num_classes
+
+
+def test_registry_lists_all_models():
+    assert set(available_models()) >= {"resnet32", "resnet10", "resnet50", "resnet152", "resnext50_32x4d", "convnet"}
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("vit_huge", 10)
+
+
+def test_resnet32_parameter_count_and_forward():
+    m = build_model("resnet32", 100)
+    assert n_params(m) == resnet32_count(100)
+    assert abs(n_params(m) - 0.47e6) < 0.005e6  # the published "0.47M"
+    assert m.feature_dim == 64 and isinstance(m.head, LinearHead)
+    x = torch.randn(3, 3, 32, 32)
+    assert m(x).shape == (3, 100) and m.features(x).shape == (3, 64)
+    # option-A shortcut: stage 2's first block has no projection parameters
+    assert not any(p.numel() for p in m.backbone.layer2[0].shortcut.parameters())
+
+
+@pytest.mark.parametrize("name,block,layers,kw,published", [
+    ("resnet10", "basic", (1, 1, 1, 1), {}, None),
+    ("resnet50", "bottleneck", (3, 4, 6, 3), {}, 25_557_032),
+    ("resnet152", "bottleneck", (3, 8, 36, 3), {}, 60_192_808),
+    ("resnext50_32x4d", "bottleneck", (3, 4, 6, 3), {"groups": 32, "width_per_group": 4}, 25_028_904),
+])
+def test_imagenet_parameter_counts_and_forward(name, block, layers, kw, published):
+    m = build_model(name, 1000)
+    count = n_params(m)
+    assert count == imagenet_resnet_count(block, layers, 1000, **kw)
+    if published is not None:
+        assert count == published  # torchvision's count
+    else:
+        assert abs(count - 5.4e6) < 0.1e6
+    m.eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    assert m.feature_dim == (512 if block == "basic" else 2048)
+
+
+def test_convnet_digits_and_grayscale():
+    m = build_model("convnet", 10, in_channels=1)
+    assert m(torch.randn(5, 1, 8, 8)).shape == (5, 10)
+    assert n_params(m) < 200_000
+    m32 = build_model("resnet32", 10, in_channels=1)
+    assert m32(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_cosine_head_bounded_by_scale():
+    m = build_model("resnet32", 10, head="cosine", scale=16.0)
+    assert isinstance(m.head, CosineHead)
+    z = m(torch.randn(4, 3, 32, 32) * 5)
+    assert z.abs().max() <= 16.0 + 1e-4
+    f = m.features(torch.randn(4, 3, 32, 32))
+    w = m.head.weight
+    ref = 16.0 * (f / f.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).t()
+    torch.testing.assert_close(m.head(f), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,size", [("resnet32", 32), ("resnet10", 64), ("convnet", 8)])
+def test_channels_last_matches_contiguous(name, size):
+    torch.manual_seed(0)
+    m = build_model(name, 7).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ref = m(x)
+        m_cl = m.to(memory_format=torch.channels_last)
+        out = m_cl(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_train_step_changes_backbone_and_head():
+    torch.manual_seed(0)
+    m = build_model("resnet32", 5)
+    before = [p.detach().clone() for p in (m.backbone.conv1.weight, m.head.weight)]
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(m(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, (m.backbone.conv1.weight, m.head.weight)))
+
+
+def torchvision_style_state(model):
+    """A state dict named like torchvision's resnet (backbone names + fc.*)."""
+    state = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    state["fc.weight"] = torch.randn(1000, model.feature_dim)
+    state["fc.bias"] = torch.randn(1000)
+    return state
+
+
+def test_pretrained_round_trip(tmp_path):
+    torch.manual_seed(0)
+    src = build_model("resnet10", 1000)
+    for p in src.backbone.parameters():  # make the weights distinctive
+        p.data.normal_()
+    state = torchvision_style_state(src)
+    assert "layer1.0.conv1.weight" in state and "layer2.0.downsample.0.weight" in state and "bn1.running_mean" in state
+    path = tmp_path / "resnet10.pth"
+    torch.save(state, path)
+    dst = build_model("resnet10", 37, head="cosine", pretrained=str(path))
+    for k, v in src.backbone.state_dict().items():
+        assert torch.equal(dst.backbone.state_dict()[k], v), k
+    assert dst.head.weight.shape == (37, 512)
+    # wrapped and DDP-prefixed checkpoints load too
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "wrapped.pth")
+    again = build_model("resnet10", 3, pretrained=str(tmp_path / "wrapped.pth"))
+    assert torch.equal(again.backbone.conv1.weight, src.backbone.conv1.weight)
+
+
+def test_pretrained_wrong_names_or_shapes_fail_clearly(tmp_path):
+    state = torchvision_style_state(build_model("resnet10", 10))
+    bad = {k.replace("layer1", "stage1"): v for k, v in state.items()}
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"missing: .*layer1.*unexpected: .*stage1"):
+        build_model("resnet10", 10, pretrained=str(tmp_path / "bad.pth"))
+    # a ResNet-50 file into a ResNet-10
+    torch.save(torchvision_style_state(build_model("resnet50", 10)), tmp_path / "r50.pth")
+    with pytest.raises(ValueError, match="do not match"):
+        build_model("resnet10", 10, pretrained=str(tmp_path / "r50.pth"))
+    with pytest.raises(FileNotFoundError):
+        build_model("resnet10", 10, pretrained=str(tmp_path / "nope.pth"))
+
+
+def test_classifier_wraps_any_backbone():
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6))
+    backbone.num_features = 6
+    m = Classifier(backbone, LinearHead(6, 2))
+    assert m(torch.randn(3, 3, 2, 2)).shape == (3, 2) and m.feature_dim == 6
