@@ -173,3 +173,15 @@ def test_classifier_wraps_any_backbone():
     backbone.num_features = 6
     m = Classifier(backbone, LinearHead(6, 2))
     assert m(torch.randn(3, 3, 2, 2)).shape == (3, 2) and m.feature_dim == 6
+
+
+def test_mlp_matches_an_independent_computation_and_has_no_batchnorm():
+    torch.manual_seed(0)
+    m = build_model("mlp", 10, in_channels=1)
+    assert not any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in m.modules())
+    x = torch.randn(4, 1, 16, 16)
+    lin = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
+    pooled = x.reshape(4, 1, 8, 2, 8, 2).mean(dim=(3, 5)).reshape(4, 64)  # 2x2 average pooling to 8x8
+    h = torch.relu(pooled @ lin[0].weight.T + lin[0].bias)
+    h = torch.relu(h @ lin[1].weight.T + lin[1].bias)
+    torch.testing.assert_close(m(x), h @ lin[2].weight.T + lin[2].bias)

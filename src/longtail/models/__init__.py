@@ -18,7 +18,7 @@ from torch import nn
 from ..heads import LinearHead, build_head
 from .resnet import ResNet, resnet10, resnet50, resnet152, resnext50_32x4d
 from .resnet_cifar import CifarResNet, resnet32
-from .small import ConvNet, convnet
+from .small import MLP, ConvNet, convnet, mlp
 
 __all__ = ["Classifier", "build_model", "available_models", "register_model", "load_backbone_weights",
            "CifarResNet", "ResNet", "ConvNet"]
@@ -38,7 +38,7 @@ def register_model(name: str, fn: Callable[..., nn.Module] | None = None):
 
 
 for _name, _fn in [("resnet32", resnet32), ("resnet10", resnet10), ("resnet50", resnet50),
-                   ("resnet152", resnet152), ("resnext50_32x4d", resnext50_32x4d), ("convnet", convnet)]:
+                   ("resnet152", resnet152), ("resnext50_32x4d", resnext50_32x4d), ("convnet", convnet), ("mlp", mlp)]:
     register_model(_name, _fn)
 
 

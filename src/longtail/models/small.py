@@ -28,3 +28,21 @@ class ConvNet(nn.Module):
 
 def convnet(in_channels: int = 1) -> ConvNet:
     return ConvNet(in_channels)
+
+
+class MLP(nn.Module):
+    """Pool to 8x8, flatten, two hidden layers: no BatchNorm, so its training under data parallelism
+    matches one process exactly (used by the distributed tests), and it trains in a blink."""
+
+    def __init__(self, in_channels: int = 1, hidden: int = 128, grid: int = 8):
+        super().__init__()
+        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(grid), nn.Flatten(), nn.Linear(in_channels * grid * grid, hidden),
+                                 nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
+        self.num_features = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def mlp(in_channels: int = 1) -> MLP:
+    return MLP(in_channels)
