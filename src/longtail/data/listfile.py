@@ -1,0 +1,329 @@
+"""Datasets defined by list files: lines of ``relative/path label``.
+
+The format of ImageNet-LT, Places-LT and iNaturalist 2018 (and of your own data): one image per
+line, the path relative to an image root, whitespace, an integer label in [0, num_classes). The
+label is taken after the LAST run of whitespace, so paths may contain spaces. Blank lines are
+skipped; a UTF-8 byte-order mark and CRLF line ends are accepted.
+
+:class:`ListDataset` decodes with Pillow inside DataLoader workers and returns uint8 tensors; the
+random augmentation happens later, batched on the device. :func:`check_list` audits a list against
+the images on disk before a long run.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .imbalance import limit_per_class as _limit_indices
+
+__all__ = ["read_list", "class_counts_from_list", "ListDataset", "ListReport", "check_list", "decode_image"]
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class _Parsed:
+    paths: list[str]
+    labels: np.ndarray  # int64
+    lines: np.ndarray  # 1-based line number of each entry
+    problems: list[tuple[int, str, str]]  # (line number, line text, what is wrong)
+
+
+def _read_text(list_file: Path) -> str:
+    try:
+        raw = list_file.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"list file not found: {list_file}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{list_file}:{line}: not valid UTF-8 ({e.reason}); save the list as UTF-8") from None
+
+
+def _parse(list_file: Path, num_classes: int | None, strict: bool) -> _Parsed:
+    text = _read_text(list_file)
+    paths: list[str] = []
+    label_text: list[str] = []
+    line_no: list[int] = []
+    problems: list[tuple[int, str, str]] = []
+    expect = "expected 'relative/path label' (an integer label after the last space)"
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2:
+            if not parts:  # blank line
+                continue
+            problems.append((n, line, f"{expect}, got only one field"))
+            if strict:
+                break
+            continue
+        p, lab = parts
+        p = p.strip()
+        if not (lab.isascii() and lab.lstrip("-+").isdigit() and len(lab) < 19):
+            problems.append((n, line, f"{expect}; label {lab!r} is not an integer"))
+            if strict:
+                break
+            continue
+        paths.append(p)
+        label_text.append(lab)
+        line_no.append(n)
+    labels = np.array([int(s) for s in label_text], dtype=np.int64)
+    lines = np.array(line_no, dtype=np.int64)
+    # range check on every parsed entry (in strict mode only the first problem is reported)
+    bad = labels < 0 if num_classes is None else (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        rng = "must be >= 0" if num_classes is None else f"must be in [0, {num_classes})"
+        for i in np.flatnonzero(bad)[: (1 if strict else None)]:
+            problems.append((int(lines[i]), f"{paths[i]} {labels[i]}", f"label {labels[i]} {rng}"))
+        keep = ~bad
+        paths = [p for p, k in zip(paths, keep) if k]
+        labels, lines = labels[keep], lines[keep]
+    problems.sort()
+    if strict and problems:
+        n, line, why = problems[0]
+        raise ValueError(f"{list_file}:{n}: {why}: {line!r}. Fix or remove that line (see `check_list`)")
+    return _Parsed(paths, labels, lines, problems)
+
+
+def read_list(list_file: str | os.PathLike, num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
+    """Parse a list file into (paths, labels int64 array).
+
+    Raises ValueError naming ``file:line`` for the first line that does not parse or whose label is
+    negative or (when ``num_classes`` is given) not below ``num_classes``.
+    """
+    parsed = _parse(Path(list_file), num_classes, strict=True)
+    return parsed.paths, parsed.labels
+
+
+def class_counts_from_list(list_file_or_labels, num_classes: int | None = None) -> list[int]:
+    """Images per class, from a list file or a labels array; length ``num_classes`` (default max+1)."""
+    if isinstance(list_file_or_labels, (str, os.PathLike)):
+        _, labels = read_list(list_file_or_labels, num_classes)
+    else:
+        labels = np.asarray(list_file_or_labels, dtype=np.int64)
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.size else 0
+    return np.bincount(labels, minlength=num_classes).tolist()
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _resize_short(img: Image.Image, size: int) -> Image.Image:
+    """Short side to ``size``, aspect kept (torchvision ``Resize(size)`` sizing, bilinear, antialiased)."""
+    w, h = img.size
+    if (w <= h and w == size) or (h <= w and h == size):
+        return img
+    if w < h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    return img.resize((nw, nh), Image.BILINEAR)
+
+
+def _center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Centre ``size`` x ``size`` crop (torchvision ``CenterCrop`` placement)."""
+    w, h = img.size
+    if w < size or h < size:  # only after rounding; pad by resizing up
+        img = img.resize((max(w, size), max(h, size)), Image.BILINEAR)
+        w, h = img.size
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode_image(path: str | os.PathLike, resize: int, crop: int) -> torch.Tensor:
+    """Decode an image file to a uint8 (3, crop, crop) tensor: RGB, short side ``resize``, centre crop."""
+    with Image.open(path) as im:
+        img = im.convert("RGB")
+    img = _center_crop(_resize_short(img, resize), crop)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """Images listed in a list file, decoded with Pillow; items are ``(uint8 (3, S, S) tensor, label)``.
+
+    train=True: short side to ``resize``, centre crop ``resize`` x ``resize`` (S = resize); the random
+    resized crop, flip and colour jitter are applied afterwards, batched on the device.
+    train=False: short side to ``resize``, centre crop ``image_size`` (S = image_size), the standard
+    evaluation transform.
+
+    ``limit_per_class`` keeps only the first k listed images of each class (tiny runs).
+    Paths are stored in one numpy byte buffer rather than a list of Python strings, so DataLoader
+    workers do not copy them page by page through reference counting.
+    """
+
+    def __init__(self, root: str | os.PathLike, list_file: str | os.PathLike, num_classes: int | None = None,
+                 train: bool = True, image_size: int = 224, resize: int = 256, *,
+                 limit_per_class: int | None = None):
+        if resize < image_size:
+            raise ValueError(f"resize ({resize}) must be >= image_size ({image_size})")
+        self.root = Path(root)
+        self.list_file = Path(list_file)
+        self.train = train
+        self.image_size = image_size
+        self.resize = resize
+        paths, labels = read_list(self.list_file, num_classes)
+        if not paths:
+            raise ValueError(f"{self.list_file} lists no images")
+        self.num_classes = int(num_classes) if num_classes is not None else int(labels.max()) + 1
+        keep = _limit_indices(labels, np.arange(len(paths)), limit_per_class)
+        if keep.size != len(paths):
+            paths = [paths[i] for i in keep]
+            labels = labels[keep]
+        encoded = [p.encode("utf-8") for p in paths]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
+        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self.labels = torch.from_numpy(labels)
+
+    @property
+    def out_size(self) -> int:
+        return self.resize if self.train else self.image_size
+
+    @property
+    def class_counts(self) -> list[int]:
+        return np.bincount(self.labels.numpy(), minlength=self.num_classes).tolist()
+
+    def path(self, i: int) -> str:
+        return self._blob[self._offsets[i]:self._offsets[i + 1]].tobytes().decode("utf-8")
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path(i) for i in range(len(self))]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        rel = self.path(i)
+        full = self.root / rel
+        try:
+            img = decode_image(full, self.resize, self.out_size)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"image not found: {full} (listed in {self.list_file}); check data.root or run check_list"
+            ) from None
+        except Exception as e:
+            raise OSError(f"cannot decode {full} (listed in {self.list_file}): {e}; run check_list to find all bad files") from e
+        return img, int(self.labels[i])
+
+    def __repr__(self) -> str:
+        return (f"ListDataset({len(self)} images, {self.num_classes} classes, root={str(self.root)!r}, "
+                f"list={str(self.list_file)!r}, train={self.train}, out={self.out_size})")
+
+
+# --------------------------------------------------------------------------- checking
+
+
+@dataclass
+class ListReport:
+    """What :func:`check_list` found. ``ok`` is True when nothing is wrong."""
+
+    list_file: str
+    root: str
+    num_entries: int
+    num_classes: int
+    class_counts: list[int]
+    empty_classes: list[int] = field(default_factory=list)
+    missing: list[tuple[int, str]] = field(default_factory=list)  # (line, path)
+    unreadable: list[tuple[int, str, str]] = field(default_factory=list)  # (line, path, error)
+    label_problems: list[tuple[int, str, str]] = field(default_factory=list)  # (line, text, problem)
+    duplicates: list[tuple[str, list[int]]] = field(default_factory=list)  # (path, lines)
+    decoded: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unreadable or self.label_problems or self.duplicates or self.empty_classes)
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["ok"] = self.ok
+        return d
+
+    def summary(self, max_items: int = 10) -> str:
+        c = np.asarray(self.class_counts) if self.class_counts else np.zeros(1, dtype=np.int64)
+        nonzero = c[c > 0] if (c > 0).any() else np.zeros(1, dtype=np.int64)
+        out = [
+            f"{self.list_file}: {self.num_entries} images, {self.num_classes} classes, root {self.root}",
+            f"  per class: min {int(nonzero.min())}, max {int(c.max())}, imbalance {c.max() / nonzero.min():.1f}"
+            + ("" if self.decoded else " (images checked for existence only, not decoded)"),
+        ]
+
+        def section(title, items, fmt):
+            if items:
+                out.append(f"  {title}: {len(items)}")
+                out.extend("    " + fmt(x) for x in items[:max_items])
+                if len(items) > max_items:
+                    out.append(f"    ... and {len(items) - max_items} more")
+
+        section("label problems", self.label_problems, lambda x: f"line {x[0]}: {x[2]}: {x[1]!r}")
+        section("missing files", self.missing, lambda x: f"line {x[0]}: {x[1]}")
+        section("unreadable images", self.unreadable, lambda x: f"line {x[0]}: {x[1]}: {x[2]}")
+        section("duplicate paths", self.duplicates, lambda x: f"{x[0]} on lines {', '.join(map(str, x[1]))}")
+        section("classes with no images", self.empty_classes, str)
+        out.append("  OK" if self.ok else "  PROBLEMS FOUND: fix the list or the files before training")
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _check_image(path: str) -> str | None:
+    """None if the image decodes fully, else the error text (missing files are checked before)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            im.draft("RGB", (64, 64))  # JPEG: DCT-domain downscale, still reads the whole stream
+            im.load()
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a finding, not a crash
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def check_list(root: str | os.PathLike, list_file: str | os.PathLike, num_classes: int | None = None,
+               decode: bool = True, workers: int | None = None) -> ListReport:
+    """Audit a list file against the images under ``root``; never raises for problems in the data.
+
+    Finds lines that do not parse, labels out of range, duplicate paths, missing files, images that
+    do not decode (``decode=True``: Pillow open + verify + full load, on ``workers`` threads, default
+    min(8, CPUs)), per-class counts and empty classes. ``print(report)`` gives a readable summary.
+    """
+    root, list_file = Path(root), Path(list_file)
+    parsed = _parse(list_file, num_classes, strict=False)
+    labels = parsed.labels
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.size else 0
+    counts = np.bincount(labels, minlength=num_classes).tolist() if num_classes else []
+    report = ListReport(
+        list_file=str(list_file), root=str(root), num_entries=len(parsed.paths), num_classes=num_classes,
+        class_counts=counts, empty_classes=[c for c, n in enumerate(counts) if n == 0],
+        label_problems=parsed.problems, decoded=decode,
+    )
+    seen: dict[str, list[int]] = {}
+    for p, n in zip(parsed.paths, parsed.lines.tolist()):
+        seen.setdefault(p, []).append(n)
+    report.duplicates = [(p, ns) for p, ns in seen.items() if len(ns) > 1]
+    full = [os.path.join(root, p) for p in parsed.paths]
+    exists = [os.path.isfile(f) for f in full]
+    report.missing = [(int(n), p) for n, p, e in zip(parsed.lines, parsed.paths, exists) if not e]
+    if decode:
+        todo = [i for i, e in enumerate(exists) if e]
+        workers = workers or min(8, os.cpu_count() or 1)
+        if workers > 1 and len(todo) > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                errors = list(pool.map(_check_image, [full[i] for i in todo], chunksize=64))
+        else:
+            errors = [_check_image(full[i]) for i in todo]
+        report.unreadable = [(int(parsed.lines[i]), parsed.paths[i], err) for i, err in zip(todo, errors) if err]
+    return report
+

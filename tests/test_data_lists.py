@@ -1,0 +1,256 @@
+"""List files: parsing, ListDataset decoding, check_list, and the real split lists."""
+
+import json
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from longtail.data import load_benchmark
+from longtail.data.listfile import ListDataset, check_list, class_counts_from_list, read_list
+
+
+def _save(path, arr, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A small folder: PNGs and JPEGs of several sizes, one grayscale, one truncated JPEG."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    entries = []
+    sizes = [(20, 30), (40, 24), (33, 33), (50, 21)]  # (h, w)
+    for c in range(3):
+        for k in range(4 - c):  # counts 4, 3, 2
+            h, w = sizes[(c + k) % len(sizes)]
+            ext = "png" if k % 2 == 0 else "jpg"
+            rel = f"class {c}/img_{k}.{ext}"  # a space in the path
+            _save(root / rel, rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+            entries.append((rel, c))
+    _save(root / "gray.png", rng.integers(0, 256, size=(24, 24), dtype=np.uint8))
+    entries.append(("gray.png", 1))
+    return root, entries
+
+
+def _write_list(path, entries):
+    path.write_text("".join(f"{p} {c}\n" for p, c in entries))
+    return path
+
+
+def test_read_list_parses_and_handles_spaces_bom_crlf(tmp_path):
+    f = tmp_path / "l.txt"
+    f.write_bytes("\ufeffa/b c.jpg 3\r\nx.png\t0\r\n\r\nd/e.jpg   12  \r\n".encode("utf-8"))
+    paths, labels = read_list(f)
+    assert paths == ["a/b c.jpg", "x.png", "d/e.jpg"]
+    assert labels.dtype == np.int64 and labels.tolist() == [3, 0, 12]
+    assert class_counts_from_list(f, 13) == [1, 0, 0, 1] + [0] * 8 + [1]
+    assert class_counts_from_list(labels) == [1, 0, 0, 1] + [0] * 8 + [1]
+
+
+@pytest.mark.parametrize("text, line, what", [
+    ("a.jpg 0\nb.jpg\n", 2, "only one field"),
+    ("a.jpg 0\nb.jpg 1\nc.jpg x1\n", 3, "'x1' is not an integer"),
+    ("a.jpg 0\nb.jpg -1\n", 2, r"label -1 must be in \[0, 5\)"),
+    ("a.jpg 0\n\nb.jpg 5\nc.jpg 4\n", 3, r"label 5 must be in \[0, 5\)"),
+])
+def test_read_list_errors_name_file_and_line(tmp_path, text, line, what):
+    f = tmp_path / "bad.txt"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=rf"bad\.txt:{line}: .*{what}"):
+        read_list(f, num_classes=5)
+
+
+def test_read_list_negative_label_without_num_classes(tmp_path):
+    f = tmp_path / "neg.txt"
+    f.write_text("a.jpg 0\nb.jpg 3\nc.jpg -2\n")
+    with pytest.raises(ValueError, match=r"neg\.txt:3: label -2 must be >= 0"):
+        read_list(f)
+
+
+def test_read_list_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        read_list(tmp_path / "nope.txt")
+
+
+def test_list_dataset_train_and_eval_shapes(image_folder, tmp_path):
+    root, entries = image_folder
+    lst = _write_list(tmp_path / "train.txt", entries)
+    tr = ListDataset(root, lst, num_classes=3, train=True, image_size=12, resize=16)
+    ev = ListDataset(root, lst, num_classes=3, train=False, image_size=12, resize=16)
+    assert len(tr) == len(entries) and tr.class_counts == [4, 4, 2] and tr.paths == [p for p, _ in entries]
+    for i in range(len(tr)):
+        x, y = tr[i]
+        assert x.dtype == torch.uint8 and x.shape == (3, 16, 16) and y == entries[i][1]
+        x, _ = ev[i]
+        assert x.shape == (3, 12, 12)
+    g, _ = ev[len(entries) - 1]  # grayscale becomes 3 equal channels
+    assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
+
+
+def test_list_dataset_centre_crop_is_exact(tmp_path):
+    # Short side already equals `resize`: no resampling, so the output is exactly the centre crop.
+    arr = np.random.default_rng(1).integers(0, 256, size=(20, 31, 3), dtype=np.uint8)  # h=20, w=31
+    _save(tmp_path / "a.png", arr)
+    lst = _write_list(tmp_path / "l.txt", [("a.png", 0)])
+    x, _ = ListDataset(tmp_path, lst, train=False, image_size=14, resize=20)[0]
+    top, left = round((20 - 14) / 2), round((31 - 14) / 2)
+    assert torch.equal(x, torch.from_numpy(arr[top:top + 14, left:left + 14]).permute(2, 0, 1))
+    x, _ = ListDataset(tmp_path, lst, train=True, image_size=14, resize=20)[0]
+    left = round((31 - 20) / 2)
+    assert torch.equal(x, torch.from_numpy(arr[:, left:left + 20]).permute(2, 0, 1))
+
+
+def test_list_dataset_resizes_short_side(tmp_path):
+    # A left-to-right ramp, 2x larger than `resize`: after resizing the short side and centre
+    # cropping, columns still increase and rows are constant; a flat image stays flat.
+    ramp = np.tile(np.linspace(0, 255, 80).astype(np.uint8)[None, :, None], (40, 1, 3))
+    _save(tmp_path / "ramp.png", ramp)
+    _save(tmp_path / "flat.png", np.full((37, 53, 3), 77, np.uint8))
+    lst = _write_list(tmp_path / "l.txt", [("ramp.png", 0), ("flat.png", 1)])
+    ds = ListDataset(tmp_path, lst, train=False, image_size=16, resize=20)
+    x, _ = ds[0]
+    row = x[0, 8].int()
+    assert (row[1:] > row[:-1]).all() and (x[:, 0] == x[:, 10]).all()
+    # the centre crop of a 40-wide resize of 0..255 spans about the middle 16/40 of the ramp
+    assert abs(row.float().mean().item() - 127.5) < 8
+    x, _ = ds[1]
+    assert (x == 77).all()
+
+
+def test_list_dataset_errors_name_the_file(image_folder, tmp_path):
+    root, entries = image_folder
+    (root / "trunc.jpg").write_bytes((root / "class 0/img_1.jpg").read_bytes()[:200])
+    lst = _write_list(tmp_path / "l.txt", [("trunc.jpg", 0), ("gone.jpg", 0)])
+    ds = ListDataset(root, lst, train=False, image_size=8, resize=8)
+    with pytest.raises(OSError, match=r"trunc\.jpg"):
+        ds[0]
+    with pytest.raises(FileNotFoundError, match=r"gone\.jpg.*data\.root"):
+        ds[1]
+
+
+def test_list_dataset_limit_and_dataloader_workers(image_folder, tmp_path):
+    root, entries = image_folder
+    lst = _write_list(tmp_path / "l.txt", entries)
+    ds = ListDataset(root, lst, num_classes=3, train=True, image_size=8, resize=10, limit_per_class=2)
+    expected = []
+    seen = Counter()
+    for p, c in entries:
+        seen[c] += 1
+        if seen[c] <= 2:
+            expected.append((p, c))
+    assert ds.paths == [p for p, _ in expected] and ds.class_counts == [2, 2, 2]
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+    xs, ys = zip(*loader)
+    assert torch.cat(ys).tolist() == [c for _, c in expected]
+    assert torch.equal(torch.cat(xs), torch.stack([ds[i][0] for i in range(len(ds))]))
+
+
+def test_check_list_finds_every_problem(image_folder, tmp_path):
+    root, entries = image_folder
+    (root / "trunc.jpg").write_bytes((root / "class 0/img_1.jpg").read_bytes()[:300])
+    (root / "garbage.png").write_bytes(b"not an image at all")
+    good = [f"{p} {c}" for p, c in entries]
+    lines = good + ["trunc.jpg 0", "missing/file.jpg 1", "garbage.png 2", "no_label_here", "class 0/img_0.png 7",
+                    good[1], "x.png -3"]
+    lst = tmp_path / "l.txt"
+    lst.write_text("\n".join(lines) + "\n")
+    n = len(good)
+    rep = check_list(root, lst, num_classes=4, workers=2)
+    assert not rep.ok
+    assert rep.missing == [(n + 2, "missing/file.jpg")]
+    assert [(ln, p) for ln, p, _ in rep.unreadable] == [(n + 1, "trunc.jpg"), (n + 3, "garbage.png")]
+    assert [ln for ln, _, _ in rep.label_problems] == [n + 4, n + 5, n + 7]
+    assert rep.duplicates == [(entries[1][0], [2, n + 6])]
+    counts = np.bincount([c for _, c in entries] + [0, 1, 2, entries[1][1]], minlength=4).tolist()
+    assert rep.class_counts == counts and rep.empty_classes == [3]
+    text = rep.summary()
+    for needle in ["missing/file.jpg", "trunc.jpg", "garbage.png", "label 7", "classes with no images", "PROBLEMS"]:
+        assert needle in text
+    assert rep.as_dict()["ok"] is False
+    clean = check_list(root, _write_list(tmp_path / "ok.txt", entries), workers=1)
+    assert clean.ok and "OK" in str(clean) and clean.class_counts == [4, 4, 2]
+    fast = check_list(root, lst, num_classes=4, decode=False)
+    assert fast.unreadable == [] and fast.missing == rep.missing
+
+
+def test_lists_benchmark(image_folder, tmp_path):
+    root, entries = image_folder
+    tr = _write_list(tmp_path / "train.txt", entries)
+    te = _write_list(tmp_path / "test.txt", entries[:5])
+    b = load_benchmark("lists", root, train_list=tr, test_list=te, image_size=8, resize=10)
+    assert b.num_classes == 3 and b.class_counts == [4, 4, 2] and b.val is None and len(b.test) == 5
+    assert b.train[0][0].shape == (3, 10, 10) and b.test[0][0].shape == (3, 8, 8)
+    assert b.mean == (0.485, 0.456, 0.406) and b.std == (0.229, 0.224, 0.225)
+    b = load_benchmark("lists", root, train_list=tr, val_list=te, test_list=te, limit_per_class=1)
+    assert b.class_counts == [1, 1, 1] and len(b.val) == 5
+    gap = _write_list(tmp_path / "gap.txt", [(p, 2 * c) for p, c in entries])
+    with pytest.raises(ValueError, match=r"gap\.txt: 2 of 5 classes have no training images \(first: \[1, 3\]\)"):
+        load_benchmark("lists", root, train_list=gap, test_list=te)
+    with pytest.raises(ValueError, match=r"data\.test_list"):
+        load_benchmark("lists", root, train_list=tr)
+    bad = _write_list(tmp_path / "bad_test.txt", [(entries[0][0], 3)])  # class 3 does not exist in training
+    with pytest.raises(ValueError, match=r"bad_test\.txt:1: label 3 must be in \[0, 3\)"):
+        load_benchmark("lists", root, train_list=tr, test_list=bad)
+
+
+# --------------------------------------------------------------------------- the real split lists
+
+SPLITS = {  # file: (lines, classes, per-class min, per-class max), as in SOURCES.md
+    "ImageNet_LT/ImageNet_LT_val.txt": (20000, 1000, 20, 20),
+    "ImageNet_LT/ImageNet_LT_test.txt": (50000, 1000, 50, 50),
+    "Places_LT/Places_LT_train.txt": (62500, 365, 5, 4980),
+    "Places_LT/Places_LT_val.txt": (7300, 365, 20, 20),
+    "Places_LT/Places_LT_test.txt": (36500, 365, 100, 100),
+    "iNaturalist18/iNaturalist18_val.txt": (24426, 8142, 3, 3),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SPLITS))
+def test_real_split_lists(shared_data, name):
+    n, classes, lo, hi = SPLITS[name]
+    f = shared_data / "splits" / name
+    t0 = time.perf_counter()
+    paths, labels = read_list(f, num_classes=classes)
+    elapsed = time.perf_counter() - t0
+    raw_lines = f.read_text().splitlines()
+    assert len(paths) == len(raw_lines) == n and len(set(paths)) == n
+    assert paths[0] == raw_lines[0].split()[0] and labels[-1] == int(raw_lines[-1].split()[-1])
+    counts = np.bincount(labels, minlength=classes)
+    assert len(counts) == classes and counts.min() == lo and counts.max() == hi
+    assert elapsed < 1.0, f"parsing {name} took {elapsed:.2f}s"
+
+
+@pytest.mark.slow
+def test_real_places_lt_benchmark(shared_data, tmp_path):
+    splits = shared_data / "splits"
+    b = load_benchmark("places-lt", tmp_path, train_list=splits)
+    expected = json.loads((splits / "Places_LT" / "Places_LT_train_class_counts.json").read_text())
+    assert b.num_classes == 365 and b.class_counts == expected and sum(b.class_counts) == 62500
+    assert (len(b.train), len(b.val), len(b.test)) == (62500, 7300, 36500)
+    assert b.train.train and not b.test.train and b.image_size == 224
+    tiny = load_benchmark("places-lt", tmp_path, train_list=splits, limit_per_class=10, limit_eval_per_class=2)
+    assert tiny.class_counts == [min(10, c) for c in expected] and len(tiny.test) == 730
+
+
+@pytest.mark.slow
+def test_real_missing_train_lists_and_root(shared_data, tmp_path):
+    splits = shared_data / "splits"
+    with pytest.raises(FileNotFoundError, match=r"ImageNet-LT train list ImageNet_LT_train\.txt not found"):
+        load_benchmark("imagenet-lt", tmp_path, train_list=splits)
+    with pytest.raises(FileNotFoundError, match=r"iNaturalist18_train\.txt not found.*data\.train_list"):
+        load_benchmark("inat2018", tmp_path, val_list=splits)
+    with pytest.raises(FileNotFoundError, match=r"image root not set.*data\.root"):
+        load_benchmark("places-lt", None, train_list=splits)
+    with pytest.raises(FileNotFoundError, match=r"is not a folder.*data\.root"):
+        load_benchmark("places-lt", tmp_path / "nope", train_list=splits)
+    # iNaturalist: tested on its official val list, no validation set by default
+    (tmp_path / "iNaturalist18_train.txt").write_text(
+        "".join(f"train_val2018/x/{c}.jpg {c}\n" for c in range(8142)))
+    b = load_benchmark("inat2018", tmp_path, test_list=splits)
+    assert b.val is None and len(b.test) == 24426 and b.num_classes == 8142 and b.class_counts == [1] * 8142
