@@ -87,8 +87,11 @@ def test_resume_after_kill_gives_identical_weights(shared_data, tmp_path, sig):
         assert code == -signal.SIGKILL
     assert len(log.read_text().splitlines()) < 4, "the run finished before it was interrupted"
 
-    resumed = subprocess.run([sys.executable, "-m", "longtail", "train", "--resume", str(tmp_path / "killed")],
-                             capture_output=True, text=True, timeout=300)
+    refused = subprocess.run([sys.executable, "-m", "longtail", "train", "--resume", str(tmp_path / "killed"),
+                              "optim.lr=0.5"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "optim.lr cannot change on --resume" in refused.stderr
+    resumed = subprocess.run([sys.executable, "-m", "longtail", "train", "--resume", str(tmp_path / "killed"),
+                              "threads=2"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     a, b = weights(tmp_path / "reference"), weights(tmp_path / "killed")
     for key in a["model"]:

@@ -45,9 +45,9 @@ def cmd_train(args) -> int:
     from longtail.train import resume_config, train
 
     if args.resume:
-        if args.config or args.overrides:
-            raise SystemExit("error: --resume takes only the run folder; its saved config.yaml is used")
-        cfg = resume_config(args.resume)
+        # the positional CONFIG slot may hold the first override: `--resume RUN threads=2`
+        overrides = ([args.config] if args.config else []) + list(args.overrides)
+        cfg = resume_config(args.resume, overrides)
         train(cfg, run_dir=args.resume, resume=True)
         return 0
     if not args.config:
@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train from a YAML config with key=value overrides")
     t.add_argument("config", nargs="?", help="YAML file, or a config name from configs/")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.name=gala optim.lr=0.05 seed=1")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved config; only "
+                   "settings that do not change the result may be overridden: threads, progress, eval.batch_size, "
+                   "data.workers, tensorboard)")
     t.add_argument("--run-dir", help="run folder (default: out_dir/run_name or a timestamped name)")
     t.set_defaults(func=cmd_train)
 

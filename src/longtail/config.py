@@ -29,6 +29,10 @@ class DataConfig:
     imb_factor: float = 100.0
     val_per_class: int = 20
     val_seed: int = 0  # the validation split stays the same across training seeds
+    # CIFAR-LT keeps every image of the head class, so none is left for its validation share:
+    # "move" takes them from the end of that class's LT selection (training then has 20 fewer
+    # head-class images), "error" refuses. val_per_class=0 trains on the exact published subset.
+    val_shortfall: str = "move"
     download: bool = False
     train_list: str | None = None
     val_list: str | None = None
@@ -113,6 +117,7 @@ _CHOICES = {
     "optim.schedule": ("cosine", "step"),
     "model.head": ("auto", "linear", "cosine"),
     "progress": ("auto", "bar", "log", "quiet"),
+    "data.val_shortfall": ("move", "error"),
 }
 
 

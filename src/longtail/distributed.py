@@ -67,6 +67,8 @@ def all_gather_varlen(t: torch.Tensor) -> torch.Tensor:
     dist.all_gather(sizes, n)
     sizes = [int(s) for s in sizes]
     longest = max(sizes)
+    if longest == 0:
+        return t
     padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
     padded[: t.shape[0]] = t
     parts = [torch.empty_like(padded) for _ in range(world)]

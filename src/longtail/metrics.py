@@ -225,31 +225,17 @@ def evaluate(logits: torch.Tensor, targets: torch.Tensor, train_counts=None, man
 # ----------------------------------------------------------------------------- accumulator
 
 def _dist_ready() -> bool:
-    import torch.distributed as dist
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    from longtail.distributed import is_active
+    return is_active()
 
 
 def _gather_rows(x: torch.Tensor, width: int) -> torch.Tensor:
-    """all_gather a (n_rank, width) tensor whose n_rank differs by rank; concatenated in rank order.
-
-    all_gather needs equal shapes, so every rank pads to the largest n, and the true lengths
-    (gathered first) trim the padding off again.
-    """
+    """all_gather a (n_rank, width) tensor whose n_rank differs by rank; concatenated in rank order."""
     import torch.distributed as dist
+
+    from longtail.distributed import all_gather_varlen
     dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    world = dist.get_world_size()
-    n = torch.tensor([x.shape[0]], dtype=torch.int64, device=dev)
-    lengths = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(lengths, n)
-    lengths = [int(t.item()) for t in lengths]
-    max_n = max(lengths)
-    if max_n == 0:
-        return x.new_zeros((0, width))
-    padded = x.new_zeros((max_n, width), device=dev)
-    padded[: x.shape[0]] = x.to(dev)
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:k] for p, k in zip(parts, lengths)]).to(x.device)
+    return all_gather_varlen(x.reshape(-1, width).to(dev)).to(x.device)
 
 
 class EvalAccumulator:

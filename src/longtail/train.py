@@ -142,7 +142,7 @@ def build_model(cfg: Config, num_classes: int, in_channels: int):
 def load_data(cfg: Config):
     d = cfg.data
     return load_benchmark(d.name, d.root, imb_factor=d.imb_factor, val_per_class=d.val_per_class,
-                          seed=d.val_seed, download=d.download, train_list=d.train_list, val_list=d.val_list,
+                          val_seed=d.val_seed, val_shortfall=d.val_shortfall, download=d.download, train_list=d.train_list, val_list=d.val_list,
                           test_list=d.test_list, image_size=d.image_size, resize=d.resize,
                           limit_per_class=d.limit_per_class, limit_eval_per_class=d.limit_eval_per_class)
 
@@ -442,14 +442,22 @@ def method_name(cfg: Config) -> str:
     return name
 
 
-def resume_config(run_dir: str | Path) -> Config:
-    """The resolved config saved in a run folder."""
-    from longtail.config import load_config
+RESUME_OVERRIDABLE = ("threads", "progress", "eval.batch_size", "data.workers", "tensorboard")
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
+    """The resolved config saved in a run folder, with runtime-only overrides (see RESUME_OVERRIDABLE)."""
+    from longtail.config import ConfigError, load_config, parse_override
 
     run_dir = Path(run_dir)
     if not (run_dir / "last.pt").exists():
         raise FileNotFoundError(f"{run_dir} has no last.pt checkpoint to resume from")
-    return load_config(run_dir / "config.yaml")
+    for text in overrides or []:
+        key = ".".join(parse_override(text)[0])
+        if key not in RESUME_OVERRIDABLE:
+            raise ConfigError(f"{key} cannot change on --resume (it would change the result); only "
+                              f"{', '.join(RESUME_OVERRIDABLE)} can")
+    return load_config(run_dir / "config.yaml", overrides)
 
 
 __all__ = ["train", "learning_rate", "epoch_batches", "atomic_save", "TrainingDiverged", "TrainingInterrupted",
