@@ -52,7 +52,7 @@ def cifar_config(dataset: str, imb: int, method: str) -> dict:
         "optim": dict(recipe["optim"]),
         "eval": {"every": 1, "track_test": True, "published_pr_tau": 1.0},
         "seed": 0,
-        "precision": "bf16",
+        "precision": "auto",
         "channels_last": True,
         "out_dir": "runs",
     }
@@ -101,7 +101,7 @@ def large_config(key: str, method: str) -> dict:
         "loss": dict(LARGE_METHODS[method]),
         "optim": {"momentum": 0.9, "schedule": "cosine", "drop_last": True, **optim},
         "eval": {"every": 5, "track_test": False, "published_pr_tau": tau, "batch_size": 256},
-        "seed": 0, "precision": "bf16", "channels_last": True, "out_dir": "runs",
+        "seed": 0, "precision": "auto", "channels_last": True, "out_dir": "runs",
     }
 
 

@@ -27,7 +27,7 @@ def test_overrides_and_types(tmp_path):
     ("optim.lrr=0.1", "unknown key 'optim.lrr'; valid keys here: batch_size"),
     ("optim.lr=fast", "optim.lr must be a number"),
     ("optim.epochs=1.5", "optim.epochs must be an integer"),
-    ("precision=fp8", "precision must be one of fp32, bf16, fp16"),
+    ("precision=fp8", "precision must be one of auto, fp32, bf16, fp16"),
     ("loss.name=nope", "loss.name 'nope' is unknown; choose one of"),
     ("model.name=vgg", "model.name 'vgg' is unknown"),
     ("data.name=mnist", "data.name 'mnist' is unknown"),

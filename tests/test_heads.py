@@ -75,6 +75,6 @@ def test_build_head():
     assert isinstance(cos, CosineHead) and cos.scale == 16.0 and cos.weight.shape == (3, 10)
     with pytest.raises(ValueError, match="unknown head 'mlp'"):
         build_head("mlp", 10, 3)
-    for bad in (0.0, -1.0):
-        with pytest.raises(ValueError, match="scale must be positive"):
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="scale must be a positive finite number"):
             build_head("cosine", 10, 3, scale=bad)

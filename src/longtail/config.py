@@ -96,7 +96,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
-    precision: str = "bf16"  # fp32 | bf16 | fp16 (autocast)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: bf16 on GPU / AMX CPUs, else fp32
     channels_last: bool = True
     compile: bool = False
     threads: int | None = None  # CPU threads (torch.set_num_threads)
@@ -113,7 +113,7 @@ class Config:
 
 
 _CHOICES = {
-    "precision": ("fp32", "bf16", "fp16"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
     "optim.schedule": ("cosine", "step"),
     "model.head": ("auto", "linear", "cosine"),
     "progress": ("auto", "bar", "log", "quiet"),

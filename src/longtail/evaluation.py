@@ -15,7 +15,27 @@ from longtail import distributed, metrics, posthoc
 from longtail.data import TensorSplit
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any("amx_bf16" in line for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto": bf16 autocast on GPUs and on CPUs with AMX; fp32 elsewhere. Measured on a 2-core
+    AVX-512 CPU without AMX, bf16 made the ResNet-32 step slower (295 vs 394 images/s, fp32 with
+    channels_last): its batch-norm backward and dtype casts cost more than the convolutions save."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and _cpu_has_amx() else "fp32"
+
+
 def autocast_context(device: torch.device, precision: str):
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
