@@ -51,7 +51,7 @@ from _released_baseline import (  # noqa: E402
 from longtail import losses  # noqa: E402
 from longtail.data import load_benchmark  # noqa: E402
 from longtail.data.augment import build_eval_transform, build_train_augment  # noqa: E402
-from longtail.evaluation import autocast_context  # noqa: E402
+from longtail.evaluation import autocast_context, resolve_precision  # noqa: E402
 from longtail.models import build_model  # noqa: E402
 from longtail.train import epoch_batches  # noqa: E402
 
@@ -303,7 +303,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per path first")
     ap.add_argument("--gala-mode", default="reference", choices=("reference", "paper"),
                     help="GALA mode of ours (reference = the released algorithm; same cost either way)")
-    ap.add_argument("--paths", default="base,base0,fp32,default,compile",
+    ap.add_argument("--paths", default="base,base0,fp32,default,bf16,compile",
                     help="comma list of: base (wN), base0 (0 workers), fp32, default, compile")
     ap.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
                     help="time the paths round robin, one step each per round (default; robust to load "
@@ -346,14 +346,18 @@ def main() -> None:
             emit(ln)
 
     wanted = [p.strip() for p in args.paths.split(",") if p.strip()]
+    # longtail's default precision ("auto"): bf16 on GPUs and AMX CPUs, fp32 elsewhere
+    default_precision = resolve_precision("auto", dev)
     specs = {
         "base": (f"baseline: released path, {args.workers} workers", lambda: BaselinePath(bench, dev, args.batch, args.workers)),
         "base0": ("baseline: released path, 0 workers", lambda: BaselinePath(bench, dev, args.batch, 0)),
         "fp32": ("ours fp32", lambda: OursPath(bench, dev, args.batch, "fp32", False, False, args.gala_mode)),
-        "default": ("ours default (bf16 + channels_last)",
-                    lambda: OursPath(bench, dev, args.batch, "bf16", True, False, args.gala_mode)),
-        "compile": ("ours default + torch.compile",
-                    lambda: OursPath(bench, dev, args.batch, "bf16", True, True, args.gala_mode)),
+        "default": (f"ours default ({default_precision} + channels_last)",
+                    lambda: OursPath(bench, dev, args.batch, default_precision, True, False, args.gala_mode)),
+        "bf16": ("ours bf16 + channels_last",
+                 lambda: OursPath(bench, dev, args.batch, "bf16", True, False, args.gala_mode)),
+        "compile": (f"ours default ({default_precision} + channels_last) + torch.compile",
+                    lambda: OursPath(bench, dev, args.batch, default_precision, True, True, args.gala_mode)),
     }
     cache_dir = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or f"/tmp/torchinductor_{getpass.getuser()}")
     cache_warm = cache_dir.is_dir() and any(cache_dir.iterdir())

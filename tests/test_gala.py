@@ -227,10 +227,14 @@ def test_reference_lambda2_changes_neither_loss_nor_gradient():
         loss = GALA([1] * 8, lambda2=lambda2, mode="reference").eval()
         set_stats(loss)
         zz = z.clone().requires_grad_(True)
-        value = loss(zz, y)
+        full = loss.adjusted_logits(zz, y)  # with the -lambda2*log(phi_k+eps) row term, as released
+        value = torch.nn.functional.cross_entropy(full, y)
         value.backward()
-        results.append((value.item(), zz.grad))
-    for value, grad in results[1:]:
+        results.append((value.item(), zz.grad, full.detach()))
+        # the loss itself leaves the row constant out; same value
+        assert_close(loss(z, y).item(), value.item(), rtol=1e-6)
+    assert (results[0][2] - results[2][2]).abs().max() > 0.1  # the row term really is in the logits
+    for value, grad, _ in results[1:]:
         assert_close(value, results[0][0], rtol=1e-6)
         assert_close(grad, results[0][1], rtol=1e-5, atol=1e-7)
     # ... whereas in paper mode it does change the loss

@@ -125,6 +125,15 @@ class GALA(LongTailLoss):
             adjusted.scatter_add_(1, target.unsqueeze(1), (row - col[target]).unsqueeze(1))
         return adjusted
 
+    def _training_logits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """F for the loss: `adjusted_logits`, except that reference mode leaves out the lambda2 term.
+        There it is a per-row constant, which changes neither the softmax (so neither the loss, its
+        gradient nor the statistics) and would cost one more pass over the B x C logits."""
+        if self.mode != "reference":
+            return self.adjusted_logits(logits, target)
+        z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return z + (self.lambda1 * torch.log(self.theta.to(z.device) + self.eps)).to(z.dtype)
+
     @torch.no_grad()
     def _update(self, adjusted: torch.Tensor, target: torch.Tensor, nll: torch.Tensor | None = None) -> None:
         """Add this batch's |dL/dF| statistics (summed over workers under torch.distributed).
@@ -171,7 +180,7 @@ class GALA(LongTailLoss):
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            adjusted = self.adjusted_logits(logits, target)
+            adjusted = self._training_logits(logits, target)
             # Per-sample CE (times w_{y_i} when class weights are on), reduced as F.cross_entropy's
             # weighted mean; unweighted, it also gives p_{i,y_i} = exp(-l_i) for the update.
             per_sample = self.cross_entropy(adjusted, target, reduction="none")
