@@ -20,6 +20,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+from longtail.checks import check_class_vector
 import torch.nn.functional as F
 
 __all__ = [
@@ -66,17 +68,7 @@ def _check_targets(targets, n: int, num_classes: int | None, name: str = "target
 
 def _check_train_counts(train_counts, num_classes: int | None = None) -> torch.Tensor:
     """Training counts as float64 CPU; zeros are allowed here (such a class is simply 'few')."""
-    try:
-        counts = torch.as_tensor(train_counts, dtype=torch.float64).detach().cpu()
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"train_counts must be a 1-D sequence of non-negative numbers, got {train_counts!r}") from exc
-    if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(f"train_counts must be a non-empty 1-D sequence (one count per class), got shape {tuple(counts.shape)}")
-    if not torch.isfinite(counts).all() or (counts < 0).any():
-        raise ValueError("train_counts must be finite and non-negative")
-    if num_classes is not None and counts.numel() != num_classes:
-        raise ValueError(f"train_counts has {counts.numel()} entries but there are {num_classes} classes")
-    return counts
+    return check_class_vector(train_counts, "train_counts", num_classes, allow_zero=True)
 
 
 def _as_preds(logits_or_preds, name: str) -> torch.Tensor:

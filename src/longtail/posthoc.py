@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from longtail.checks import check_class_vector
+
 from longtail.metrics import _check_logits, _check_targets
 
 __all__ = ["class_marginal", "rebalance", "adjust", "tau_normalize", "default_taus", "search_tau"]
@@ -42,17 +44,7 @@ def _score_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _check_positive_vector(v, name: str, num_classes: int) -> torch.Tensor:
-    """A length-C vector of positive finite numbers as float64 CPU, or ValueError naming `name`."""
-    try:
-        v = torch.as_tensor(v, dtype=torch.float64).detach().cpu()
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{name} must be a 1-D sequence of positive numbers, got {v!r}") from exc
-    if v.dim() != 1 or v.numel() != num_classes:
-        raise ValueError(f"{name} must have one entry per class ({num_classes}), got shape {tuple(v.shape)}")
-    if not torch.isfinite(v).all() or (v <= 0).any():
-        bad = [i for i, x in enumerate(v.tolist()) if not (0 < x < math.inf)][:5]
-        raise ValueError(f"{name} must be positive and finite (its log is taken); classes {bad} are not")
-    return v
+    return check_class_vector(v, name, num_classes, hint="(its log is taken)")
 
 
 def _log_class_marginal(logits: torch.Tensor) -> torch.Tensor:

@@ -7,22 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longtail.checks import check_class_vector
+
 
 def check_class_counts(class_counts, num_classes: int | None = None) -> torch.Tensor:
     """Return class counts as a float64 CPU tensor, or raise ValueError naming the problem."""
-    try:
-        counts = torch.as_tensor(class_counts, dtype=torch.float64).detach().cpu()
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"class_counts must be a 1-D sequence of positive numbers, got {class_counts!r}") from exc
-    if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(f"class_counts must be a non-empty 1-D sequence (one count per class), got shape {tuple(counts.shape)}")
-    if not torch.isfinite(counts).all() or (counts <= 0).any():
-        bad = [i for i, c in enumerate(counts.tolist()) if not (c > 0 and c != float("inf"))][:5]
-        raise ValueError(f"class_counts must all be positive and finite; classes {bad} are not "
-                         "(a class with no training images cannot be learned: drop it or fix the split)")
-    if num_classes is not None and counts.numel() != num_classes:
-        raise ValueError(f"class_counts has {counts.numel()} entries but the model has {num_classes} classes")
-    return counts
+    return check_class_vector(class_counts, "class_counts", num_classes,
+                              hint="(a class with no training images cannot be learned: drop it or fix the split)")
 
 
 def check_inputs(logits: torch.Tensor, target: torch.Tensor, num_classes: int, check_finite: bool = True) -> None:
