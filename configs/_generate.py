@@ -81,8 +81,9 @@ LIST_FILES = {
     "imagenet-lt": ("ImageNet_LT/ImageNet_LT_train.txt", "ImageNet_LT/ImageNet_LT_val.txt",
                     "ImageNet_LT/ImageNet_LT_test.txt"),
     "places-lt": ("Places_LT/Places_LT_train.txt", "Places_LT/Places_LT_val.txt", "Places_LT/Places_LT_test.txt"),
-    # iNaturalist 2018 has no separate test set: the official val list is the test set; validation is
-    # drawn from the training list (data.val_per_class images per class) by the loader.
+    # iNaturalist 2018 has no separate test set: the official val list is the test set. There is no
+    # validation list either, so no checkpoint or post-hoc tau is selected: the last epoch is reported
+    # and PR is only available in its transductive form unless you give data.val_list.
     "inat2018": ("iNaturalist18/iNaturalist18_train.txt", None, "iNaturalist18/iNaturalist18_val.txt"),
 }
 

@@ -27,7 +27,6 @@ from typing import Callable, Sequence
 import torch
 
 from longtail.checks import check_class_vector
-
 from longtail.metrics import _check_logits, _check_targets
 
 __all__ = ["class_marginal", "rebalance", "adjust", "tau_normalize", "default_taus", "search_tau"]
