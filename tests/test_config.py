@@ -65,10 +65,11 @@ def test_gala_schedule_matches_spec():
     o = load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml").optim
     lrs = [learning_rate(e, o) for e in range(200)]
     assert lrs[0] == pytest.approx(0.05) and lrs[1] == pytest.approx(0.1)
-    # cosine from 0.1 at epoch 2 (0-based) towards 0 at epoch 200
-    for e in range(2, 200):
-        assert lrs[e] == pytest.approx(0.05 * (1 + math.cos(math.pi * (e - 2) / 198)))
-    assert lrs[-1] < 1e-4
+    # the released CosineAnnealingLRWarmup on 1-based epoch E: 0.1 * (1 + cos(pi (E - 2) / 198)) / 2
+    for e in range(1, 200):
+        E = e + 1
+        assert lrs[e] == pytest.approx(0.05 * (1 + math.cos(math.pi * (E - 2) / 198)), abs=1e-12)
+    assert lrs[2] < lrs[1] and lrs[-1] == pytest.approx(0.0, abs=1e-12)  # no repeated peak; 0 at epoch 200
 
 
 def test_ldam_schedule_matches_spec():

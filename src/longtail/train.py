@@ -47,14 +47,18 @@ class CheckpointWriteError(RuntimeError):
 
 # ----------------------------------------------------------------------------- schedule and batches
 
-def learning_rate(epoch: int, cfg) -> float:
-    """Per-epoch learning rate (SPEC section 5): linear warm-up lr*(e+1)/W, then cosine or step."""
-    o = cfg
+def learning_rate(epoch: int, o) -> float:
+    """Learning rate of 0-based `epoch` (SPEC section 5): linear warm-up lr*(e+1)/W over W epochs,
+    then cosine or step. The cosine follows the released GALA code (1-based epoch E, peak at E = W,
+    zero at the last epoch): with W = 2 and 200 epochs, 0.05, 0.1, then cosine to 0 at epoch 200."""
     if epoch < o.warmup_epochs:
         return o.lr * (epoch + 1) / o.warmup_epochs
     if o.schedule == "cosine":
-        span = max(o.epochs - o.warmup_epochs, 1)
-        return o.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
+        if o.warmup_epochs == 0:  # no warm-up: start at the peak (torch's CosineAnnealingLR)
+            progress = epoch / o.epochs
+        else:
+            progress = (epoch + 1 - o.warmup_epochs) / max(o.epochs - o.warmup_epochs, 1)
+        return o.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     factor = 1.0
     for milestone, f in zip(o.milestones, o.step_factors):
         if epoch >= milestone:
