@@ -103,4 +103,4 @@ def test_torchrun_two_processes_end_to_end(image_lists, tmp_path):
     assert results["checkpoints"]["last"]["raw"]["num_samples"] == sum(COUNTS["test"])
     assert json.loads((run / "environment.json").read_text())["world_size"] == 2
     ck = torch.load(run / "last.pt", weights_only=False)
-    assert ck["loss"]["theta"].sum() > 0 and len(ck["aug_rng"]) == 2
+    assert ck["loss"]["theta"].sum() > 0 and len(ck["rng"]) == 2 and ck["world_size"] == 2

@@ -15,9 +15,14 @@ def test_overrides_and_types(tmp_path):
                       ["loss.lambda1=1.0", "optim.lr=0.05", "seed=3", "data.limit_per_class=5"])
     assert cfg.loss.name == "gala" and cfg.loss.params == {"lambda1": 1.0, "lambda2": 0.9, "mode": "reference"}
     assert cfg.optim.lr == 0.05 and cfg.seed == 3 and cfg.data.limit_per_class == 5
-    # switching the loss by override keeps only parameters that loss takes
+    # switching the loss by override drops the file's parameters of the old loss (DRW settings stay)
+    ce = load_config(CONFIGS / "cifar100_lt_if100_ala.yaml", ["loss.name=ce"])
+    assert ce.loss.name == "ce" and ce.loss.params == {} and ce.loss.drw_epoch == 160
     with pytest.raises(ConfigError, match="not a parameter of loss 'ce'"):
-        load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml", ["loss.name=ce"])
+        load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml", ["loss.name=ce", "loss.lambda1=1"])
+    # null removes a parameter
+    assert "lambda1" not in load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml",
+                                        ["loss.lambda1=null"]).loss.params
     # a saved config loads back to the same thing
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
@@ -32,10 +37,18 @@ def test_overrides_and_types(tmp_path):
     ("model.name=vgg", "model.name 'vgg' is unknown"),
     ("data.name=mnist", "data.name 'mnist' is unknown"),
     ("channels_last=maybe", "channels_last must be true or false"),
-    ("loss.lambda9=1", "loss.lambda9 is not a parameter of loss 'gala'; its parameters are: check_finite, eps, lambda1, lambda2, mode, phi"),
+    ("loss.lambda9=1", "loss.lambda9 is not a parameter of loss 'gala'; its parameters are: check_finite, eps, lambda1, lambda2, mode, phi (and for every loss: name, drw_epoch, drw_beta)"),
+    ("loss.drw_beta=1.0", "loss.drw_beta must lie in [0, 1)"),
+    ("loss.drw_epoch=200", "loss.drw_epoch must be an epoch of the run (0 to 199)"),
+    ("eval.tau_grid=[]", "eval.tau_grid must be a non-empty list"),
+    ("optim.milestones=[180,160]", "optim.milestones must increase"),
+    ("model.head=linear", None),
     ("nonsense", "must look like key=value"),
 ])
 def test_bad_overrides_name_the_choices(override, message):
+    if message is None:  # fine for GALA, which is not a cosine-head loss
+        load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml", [override])
+        return
     with pytest.raises(ConfigError) as err:
         load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml", [override])
     assert message in str(err.value)
@@ -90,3 +103,19 @@ def test_epoch_batches_split_global_batches_across_ranks():
     assert epoch_batches(103, 16, 5, 7)[0].tolist() != one[0].tolist()  # a new order every epoch
     keep = epoch_batches(103, 16, 4, 7, drop_last=False)
     assert sorted(int(i) for b in keep for i in b) == list(range(103))
+
+
+def test_cosine_head_losses_share_one_scale_with_the_head():
+    ala = CONFIGS / "cifar100_lt_if100_ala.yaml"
+    with pytest.raises(ConfigError, match="defined on the cosine head"):
+        load_config(ala, ["model.head=linear"])
+    with pytest.raises(ConfigError, match="must share one scale"):
+        load_config(ala, ["model.scale=16"])  # the file's loss.scale is 30
+    cfg = load_config(ala, ["loss.scale=16"])
+    assert cfg.model.scale == 16 and cfg.loss.params["scale"] == 16
+    cfg = load_config(ala, ["loss.scale=null", "model.scale=20"])
+    assert cfg.loss.params["scale"] == 20
+    from longtail.train import build_model
+
+    model = build_model(cfg, num_classes=10, in_channels=3)
+    assert model.head.scale == 20 and cfg.model.head == "auto"

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from longtail import losses
 from longtail.heads import CosineHead
 from longtail.losses import (ALA, GCL, LDAM, BalancedSoftmax, ClassBalancedCE, CrossEntropy, Focal, LogitAdjusted,
                              build, class_balanced_weights)
@@ -361,3 +362,17 @@ def test_bad_inputs_raise(name):
 def test_bad_hyper_parameters_raise(name, params, word):
     with pytest.raises(ValueError, match=word):
         build(name, [30, 20, 10], **params)
+
+
+def test_drw_weights_survive_a_state_dict_round_trip():
+    counts = [50, 20, 5, 2]
+    z, y = torch.randn(12, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3] * 3)
+    trained = losses.build("ala", class_counts=counts)
+    trained.set_class_weights(losses.class_balanced_weights(counts, 0.999))
+    fresh = losses.build("ala", class_counts=counts)
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.weighted
+    torch.testing.assert_close(fresh(z * 10, y), trained(z * 10, y))
+    plain = losses.build("ala", class_counts=counts)
+    plain.load_state_dict(losses.build("ala", class_counts=counts).state_dict())
+    assert not plain.weighted

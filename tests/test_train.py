@@ -56,7 +56,7 @@ def test_train_writes_every_artefact_and_report_renders(shared_data, tmp_path, c
     capsys.readouterr()
     assert cli.main(["report", str(run), "--out", str(tmp_path / "table.md")]) == 0
     out = capsys.readouterr().out
-    assert "| cifar100-lt IF100 | gala-reference | 1 |" in out
+    assert "| cifar100-lt IF100 | gala-reference | resnet32 | 1 |" in out
     assert (tmp_path / "table.md").read_text() == out.split("written:")[0].rstrip("\n") + "\n"
 
 

@@ -67,7 +67,7 @@ def cmd_eval(args) -> int:
     from longtail.config import load_config
     from longtail.data.augment import build_eval_transform
     from longtail.distributed import pick_device
-    from longtail.evaluation import posthoc_report, predict, report_markdown
+    from longtail.evaluation import evaluate_model, report_markdown
     from longtail.train import build_model, load_data, method_name
 
     target = Path(args.target)
@@ -85,12 +85,8 @@ def cmd_eval(args) -> int:
     in_ch = bench.test.images.shape[1] if hasattr(bench.test, "images") else 3
     model = build_model(cfg, bench.num_classes, in_ch).to(device)
     model.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False)["model"])
-    tf = build_eval_transform(bench.mean, bench.std)
-    a = (tf, device, cfg.precision, cfg.eval.batch_size, False, cfg.data.workers)
-    val = predict(model, bench.val, *a) if bench.val is not None else (None, None)
-    test = predict(model, bench.test, *a)
-    report = posthoc_report(val[0], val[1], test[0], test[1], bench.class_counts, cfg.eval.tau_grid,
-                            cfg.eval.published_pr_tau)
+    cfg.channels_last = False  # the model here is in the default memory format
+    report = evaluate_model(model, bench, cfg, device, build_eval_transform(bench.mean, bench.std))
     results = {"method": method_name(cfg), "checkpoint": str(ckpt_path), "checkpoints": {ckpt_path.stem: report}}
     out = run_dir / f"eval-{ckpt_path.stem}.json"
     out.write_text(json.dumps(results, indent=2))

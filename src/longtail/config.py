@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -176,9 +177,11 @@ def _check_loss_params(name: str, params: dict) -> dict:
     valid = _loss_param_types(name)
     out = {}
     for k, v in params.items():
+        if v is None:  # `loss.key=null` removes a parameter: the loss's default applies
+            continue
         if k not in valid:
             raise ConfigError(f"loss.{k} is not a parameter of loss {name!r}; its parameters are: "
-                              f"{', '.join(sorted(valid)) or '(none)'}")
+                              f"{', '.join(sorted(valid)) or '(none)'} (and for every loss: name, drw_epoch, drw_beta)")
         default = valid[k]
         if isinstance(default, bool):
             v = _coerce(v, bool, f"loss.{k}")
@@ -241,8 +244,37 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("optim.epochs and optim.batch_size must be >= 1, optim.lr > 0, optim.warmup_epochs >= 0")
     if len(o.milestones) != len(o.step_factors):
         raise ConfigError("optim.milestones and optim.step_factors must have the same length")
+    if any(b <= a for a, b in zip(o.milestones, o.milestones[1:])):
+        raise ConfigError(f"optim.milestones must increase, got {o.milestones}")
     if cfg.eval.every < 1:
         raise ConfigError("eval.every must be >= 1")
+    if not cfg.eval.tau_grid or not all(math.isfinite(t) for t in cfg.eval.tau_grid):
+        raise ConfigError(f"eval.tau_grid must be a non-empty list of numbers, got {cfg.eval.tau_grid}")
+    lc = cfg.loss
+    if not 0.0 <= lc.drw_beta < 1.0:
+        raise ConfigError(f"loss.drw_beta must lie in [0, 1), got {lc.drw_beta}")
+    if lc.drw_epoch is not None and not 0 <= lc.drw_epoch < o.epochs:
+        raise ConfigError(f"loss.drw_epoch must be an epoch of the run (0 to {o.epochs - 1}) or null, got {lc.drw_epoch}")
+    _tie_head_to_loss(cfg)
+
+
+def _tie_head_to_loss(cfg: Config) -> None:
+    """ALA, LDAM and GCL are defined on the cosine head (SPEC section 2) and recover cos as z / scale:
+    the head and the loss must share one scale."""
+    from longtail.losses import COSINE_HEAD_LOSSES
+
+    if cfg.loss.name not in COSINE_HEAD_LOSSES:
+        return
+    if cfg.model.head == "linear":
+        raise ConfigError(f"loss {cfg.loss.name!r} is defined on the cosine head; set model.head to cosine or auto")
+    default = ModelConfig().scale
+    given = cfg.loss.params.get("scale")
+    if given is not None and cfg.model.scale not in (default, given):
+        raise ConfigError(f"loss.scale ({given}) and model.scale ({cfg.model.scale}) differ; the cosine head and "
+                          "the loss must share one scale: set one of them")
+    scale = given if given is not None else cfg.model.scale
+    cfg.model.scale = float(scale)
+    cfg.loss.params["scale"] = float(scale)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -258,6 +290,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for text in overrides:
         path, value = parse_override(text)
+        if path == ["loss", "name"] and isinstance(data.get("loss"), dict) and data["loss"].get("name") != value:
+            # another loss: the file's hyper-parameters belong to the old one; keep the DRW settings
+            data["loss"] = {k: v for k, v in data["loss"].items() if k in ("drw_epoch", "drw_beta")}
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})

@@ -42,6 +42,13 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def _num_classes(model) -> int:
+    head = getattr(getattr(model, "module", model), "head", None)
+    if head is None or not hasattr(head, "weight"):
+        raise ValueError("predict: a rank got no samples and the model has no `head.weight` to size its output")
+    return head.weight.shape[0]
+
+
 @torch.no_grad()
 def predict(model, split, transform, device: torch.device, precision: str = "fp32", batch_size: int = 512,
             channels_last: bool = False, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +81,8 @@ def predict(model, split, transform, device: torch.device, precision: str = "fp3
         for x, y in loader:
             outs.append(run(x))
             labels.append(y.to(device))
-    logits = torch.cat(outs) if outs else torch.empty(0, 0, device=device)
+    # a rank with no samples still takes part in the gather, with the right number of columns
+    logits = torch.cat(outs) if outs else torch.empty(0, _num_classes(model), device=device)
     targets = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
     logits, targets, index = (distributed.all_gather_varlen(t) for t in (logits, targets, index.to(device)))
     order = torch.argsort(index)
@@ -105,6 +113,15 @@ def posthoc_report(val_logits: torch.Tensor | None, val_targets: torch.Tensor | 
         if key in report:
             report[key]["ece"] = None
     return report
+
+
+def evaluate_model(model, bench, cfg, device: torch.device, transform) -> dict:
+    """Predict validation and test with `model` as it is, then `posthoc_report` (taus on validation)."""
+    args = (transform, device, cfg.precision, cfg.eval.batch_size, cfg.channels_last, cfg.data.workers)
+    val = predict(model, bench.val, *args) if bench.val is not None else (None, None)
+    test = predict(model, bench.test, *args)
+    return posthoc_report(val[0], val[1], test[0], test[1], bench.class_counts, cfg.eval.tau_grid,
+                          cfg.eval.published_pr_tau)
 
 
 VARIANT_LABELS = {

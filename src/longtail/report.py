@@ -40,18 +40,25 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
     """One row per (dataset, imbalance factor, method): metrics as mean ± std over seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
-        groups[(r["dataset"], r.get("imb_factor"), r["method"])].append(r)
+        model = (r.get("config") or {}).get("model", {}).get("name", "")
+        # runs of one setting (same config but the seed, see longtail.train.setting_key) are seeds
+        groups[(r["dataset"], r.get("imb_factor"), r["method"], model, r.get("setting", ""))].append(r)
     rows = []
-    for (dataset, imb, method), runs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        def pick(variant, metric):
-            out = []
-            for r in runs:
-                ck = r["checkpoints"].get(checkpoint) or r["checkpoints"].get("last")
-                out.append(ck.get(variant, {}).get(metric) if ck else None)
-            return out
+    for (dataset, imb, method, model, setting), runs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        seeds = [r["seed"] for r in runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"runs {', '.join(r['_dir'] for r in runs)} repeat a seed of one setting "
+                             f"({method}, seeds {sorted(seeds)}); report each folder once")
+        missing = [r["_dir"] for r in runs if checkpoint not in r["checkpoints"]]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} have no {checkpoint!r} checkpoint results (no validation split?); "
+                             "use --checkpoint last for them")
 
-        row = {"dataset": dataset, "imb_factor": imb, "method": method, "seeds": len(runs),
-               "seed_list": sorted(r["seed"] for r in runs)}
+        def pick(variant, metric):
+            return [r["checkpoints"][checkpoint].get(variant, {}).get(metric) for r in runs]
+
+        row = {"dataset": dataset, "imb_factor": imb, "method": method, "model": model, "setting": setting,
+               "seeds": len(runs), "seed_list": sorted(seeds)}
         for variant in ("raw", "pr", "pr_transductive", "la"):
             for metric in ("top1", "many", "medium", "few"):
                 row[f"{variant}.{metric}"] = _mean_std(pick(variant, metric))
@@ -64,13 +71,13 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
 def markdown_table(rows: list[dict], published: dict | None = None) -> str:
     """Method, seeds, top-1 / many / medium / few raw and with PR (tau on val), transductive PR,
     best-epoch-on-test, and the published figure when given ({method: number})."""
-    head = ("| dataset | method | seeds | top-1 | many | medium | few | +PR top-1 | +PR many | +PR medium | "
+    head = ("| dataset | method | model | seeds | top-1 | many | medium | few | +PR top-1 | +PR many | +PR medium | "
             "+PR few | PR transductive | best epoch on TEST | published |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         pub = (published or {}).get(r["method"], "-")
         ds = r["dataset"] + (f" IF{r['imb_factor']:g}" if r.get("imb_factor") and "cifar" in r["dataset"] else "")
-        lines.append(f"| {ds} | {r['method']} | {r['seeds']} | {r['raw.top1']} | {r['raw.many']} | {r['raw.medium']} | "
+        lines.append(f"| {ds} | {r['method']} | {r.get('model', '')} | {r['seeds']} | {r['raw.top1']} | {r['raw.many']} | {r['raw.medium']} | "
                      f"{r['raw.few']} | {r['pr.top1']} | {r['pr.many']} | {r['pr.medium']} | {r['pr.few']} | "
                      f"{r['pr_transductive.top1']} | {r['best_on_test']} | {pub} |")
     lines.append("")

@@ -30,7 +30,7 @@ from longtail import distributed, losses, models
 from longtail.config import Config, save_config
 from longtail.data import TensorSplit, load_benchmark
 from longtail.data.augment import build_eval_transform, build_train_augment
-from longtail.evaluation import autocast_context, posthoc_report, predict, report_markdown, resolve_precision
+from longtail.evaluation import autocast_context, evaluate_model, predict, report_markdown, resolve_precision
 
 
 class TrainingDiverged(RuntimeError):
@@ -72,13 +72,14 @@ def epoch_batches(num_samples: int, global_batch: int, epoch: int, seed: int, ra
     batches, each split evenly across ranks (so N ranks see exactly the batches one process would)."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(num_samples, generator=g)
-    n_batches = num_samples // global_batch if drop_last else math.ceil(num_samples / global_batch)
+    # Under data parallelism a last partial batch is always dropped: split unevenly, the ranks'
+    # mean losses would no longer average to the batch mean (and a rank could get no sample).
+    n_batches = num_samples // global_batch if drop_last or world > 1 else math.ceil(num_samples / global_batch)
     local = global_batch // world
     out = []
     for b in range(n_batches):
         batch = perm[b * global_batch:(b + 1) * global_batch]
-        part = batch[rank * local:(rank + 1) * local] if len(batch) == global_batch else batch[rank::world]
-        out.append(part)
+        out.append(batch[rank * local:(rank + 1) * local])
     return out
 
 
@@ -126,11 +127,7 @@ class Progress:
 
 def new_run_dir(cfg: Config) -> Path:
     name = cfg.run_name or f"{cfg.data.name}-{cfg.loss.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.out_dir) / name
-    if (run_dir / "last.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; use `longtail train --resume {run_dir}` or another "
-                              "run_name")
-    return run_dir
+    return Path(cfg.out_dir) / name
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -139,8 +136,7 @@ def build_model(cfg: Config, num_classes: int, in_channels: int):
     head = cfg.model.head
     if head == "auto":
         head = "cosine" if cfg.loss.name in losses.COSINE_HEAD_LOSSES else "linear"
-    scale = float(cfg.loss.params.get("scale", cfg.model.scale))
-    return models.build_model(cfg.model.name, num_classes, head=head, scale=scale, in_channels=in_channels,
+    return models.build_model(cfg.model.name, num_classes, head=head, scale=cfg.model.scale, in_channels=in_channels,
                               pretrained=cfg.model.pretrained)
 
 
@@ -178,6 +174,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         raise ValueError(f"optim.batch_size {cfg.optim.batch_size} (global) must be divisible by the "
                          f"{rt.world_size} processes")
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    if not resume and (run_dir / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; use `longtail train --resume {run_dir}` or another "
+                              "run folder")
     seed_everything(cfg.seed + rt.rank)
 
     bench = load_data(cfg)
@@ -204,10 +203,14 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         criterion.load_state_dict(ckpt["loss"])
         scaler.load_state_dict(ckpt["scaler"])
         state.update(ckpt["state"])
-        aug_gen.set_state(ckpt["aug_rng"][rt.rank].cpu())
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-        if rt.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), rt.device)
+        if ckpt["world_size"] != rt.world_size:
+            raise ValueError(f"{run_dir} was trained with {ckpt['world_size']} processes; resume it with the same "
+                             f"number (got {rt.world_size}): the batches and random streams depend on it")
+        rng = ckpt["rng"][rt.rank]
+        aug_gen.set_state(rng["aug"])
+        torch.set_rng_state(rng["torch"])
+        if rt.device.type == "cuda" and rng["cuda"] is not None:
+            torch.cuda.set_rng_state(rng["cuda"], rt.device)
         if main:
             print(f"resuming {run_dir} at epoch {state['epoch'] + 1} step {state['step']}", flush=True)
     elif main:
@@ -217,6 +220,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     distributed.barrier()
 
     net = model
+    if cfg.model.sync_bn and rt.device.type != "cuda":
+        raise ValueError("model.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); set it to false")
     if cfg.model.sync_bn and rt.distributed:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if rt.distributed:
@@ -246,22 +251,22 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def checkpoint(epoch: int, step: int, name: str = "last.pt") -> None:
-        rngs = [aug_gen.get_state()]
-        if rt.distributed:  # every rank's augmentation stream, so each resumes its own
-            rngs = [torch.as_tensor(r) for r in _gather_objects(aug_gen.get_state().cpu())]
+        # every rank's random streams (augmentation, global torch e.g. GCL noise), so each resumes its own
+        mine = {"aug": aug_gen.get_state().cpu(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None}
+        rngs = _gather_objects(mine) if rt.distributed else [mine]
         if main:
             atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "loss": criterion.state_dict(), "scaler": scaler.state_dict(),
-                         "state": {**state, "epoch": epoch, "step": step}, "aug_rng": rngs,
-                         "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
-                         "cuda_rng": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None},
-                        run_dir / name)
+                         "state": {**state, "epoch": epoch, "step": step}, "rng": rngs,
+                         "world_size": rt.world_size, "config": cfg.to_dict()}, run_dir / name)
 
     if resume and main:
         keep = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                 if line.strip() and json.loads(line)["epoch"] <= state["epoch"]]
         (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in keep))
     log = open(run_dir / "metrics.jsonl", "a") if main else None
+    best_state = None
     progress = Progress(cfg.progress, main)
     start_epoch = state["epoch"]
     try:
@@ -299,7 +304,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                     logits = net(x)
                 logits = logits.float()
                 loss = criterion(logits, y)
-                if not torch.isfinite(loss):
+                # all ranks decide together, or one rank stops while the others wait in all-reduce
+                if distributed.any_rank(not bool(torch.isfinite(loss)), rt.device):
                     raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1}")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -335,6 +341,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 record["val_acc"] = val_top1
                 if val_top1 > state["best_val"]:
                     state["best_val"], state["best_val_epoch"] = val_top1, epoch + 1
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                     checkpoint(epoch + 1, 0, "best.pt")
                 if cfg.eval.track_test:
                     test_top1 = _top1(predict(model, bench.test, eval_tf, rt.device, cfg.precision,
@@ -358,7 +365,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                     print(json.dumps(record), flush=True)
             state["epoch"], state["step"] = epoch + 1, 0
         progress.close()
-        results = final_evaluation(cfg, run_dir, model, criterion, bench, rt, eval_tf, state)
+        distributed.barrier()
+        results = final_evaluation(cfg, run_dir, model, bench, rt, eval_tf, state, best_state)
     except TrainingDiverged as exc:
         good = run_dir / "last.pt"
         where = (f"the last good checkpoint is {good} (end of epoch {state['epoch']})" if good.exists()
@@ -396,9 +404,11 @@ def _top1(pred) -> float:
     return 100.0 * float((logits.argmax(1) == targets).float().mean()) if len(targets) else 0.0
 
 
-def final_evaluation(cfg: Config, run_dir: Path, model, criterion, bench, rt, eval_tf, state: dict) -> dict:
+def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, state: dict, best_state) -> dict:
     """Test the best-on-validation and the last checkpoints once; write results.json/.md and the plot."""
-    results = {"run": run_dir.name, "dataset": cfg.data.name, "imb_factor": cfg.data.imb_factor,
+    results = {"run": run_dir.name, "dataset": cfg.data.name,
+               "imb_factor": cfg.data.imb_factor if cfg.data.name.startswith("cifar") else None,
+               "setting": setting_key(cfg), "config": cfg.to_dict(),
                "method": method_name(cfg), "seed": cfg.seed, "epochs": cfg.optim.epochs,
                "train_time_s": round(state["train_time"], 1),
                "train_images_per_s": round(state["images_seen"] / max(state["train_time"], 1e-9), 1),
@@ -407,33 +417,46 @@ def final_evaluation(cfg: Config, run_dir: Path, model, criterion, bench, rt, ev
                                     "note": "epoch selected on the TEST set, as papers report; not honest"}
                                    if state["best_test_epoch"] else None),
                "checkpoints": {}}
-    per_class = {}
-    for name in ("best", "last"):
-        path = run_dir / f"{name}.pt"
-        if name == "best":
-            if not path.exists():
-                continue
-            model.load_state_dict(torch.load(path, map_location=rt.device, weights_only=False)["model"])
-        else:
-            model.load_state_dict(torch.load(run_dir / "last.pt", map_location=rt.device, weights_only=False)["model"])
-        args = (eval_tf, rt.device, cfg.precision, cfg.eval.batch_size, cfg.channels_last, cfg.data.workers)
-        val = predict(model, bench.val, *args) if bench.val is not None else (None, None)
-        test = predict(model, bench.test, *args)
-        key = "best_val" if name == "best" else "last"
-        results["checkpoints"][key] = posthoc_report(val[0], val[1], test[0], test[1], bench.class_counts,
-                                                     cfg.eval.tau_grid, cfg.eval.published_pr_tau)
-        per_class[key] = results["checkpoints"][key]
+    # The model in memory is the last state; the best-on-validation weights were kept in memory when
+    # found (every rank has them: validation accuracy is gathered), or come from best.pt after a resume.
+    results["checkpoints"]["last"] = evaluate_model(model, bench, cfg, rt.device, eval_tf)
+    if best_state is None and (run_dir / "best.pt").exists():
+        best_state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["model"]
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        results["checkpoints"] = {"best_val": evaluate_model(model, bench, cfg, rt.device, eval_tf),
+                                  **results["checkpoints"]}
     if rt.is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         (run_dir / "results.md").write_text(f"# {results['method']} on {cfg.data.name} (seed {cfg.seed})\n\n"
                                             + report_markdown(results))
         from longtail.report import plot_per_class
 
-        chosen = per_class.get("best_val") or per_class["last"]
+        chosen = results["checkpoints"].get("best_val") or results["checkpoints"]["last"]
         plot_per_class({"raw": chosen["raw"]["per_class"], **({"PR (tau on val)": chosen["pr"]["per_class"]}
                                                                 if "pr" in chosen else {})},
                        bench.class_counts, run_dir / "per_class.png", title=f"{results['method']} ({cfg.data.name})")
     return results
+
+
+# Settings that do not change what is trained, left out when runs are grouped as seeds of one setting.
+RUNTIME_KEYS = ("seed", "run_name", "out_dir", "threads", "progress", "tensorboard", "device", "eval.batch_size",
+                "data.workers", "data.root", "data.download")
+
+
+def setting_key(cfg: Config) -> str:
+    """A fingerprint of everything that defines the experiment except the seed and runtime settings:
+    runs with equal keys are seeds of one setting (`longtail report` averages them)."""
+    import hashlib
+
+    d = cfg.to_dict()
+    for key in RUNTIME_KEYS:
+        *path, last = key.split(".")
+        node = d
+        for part in path:
+            node = node[part]
+        node.pop(last, None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def method_name(cfg: Config) -> str:

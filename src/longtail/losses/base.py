@@ -73,6 +73,11 @@ class LongTailLoss(nn.Module):
         self.class_weights.copy_(w.to(self.class_weights.device))
         self.weighted = True
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # `weighted` is derived from the restored buffer: weights that are not all ones are switched on
+        self.weighted = bool((self.class_weights != 1).any())
+
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """CE with the current class weights (if switched on)."""
         weight = self.class_weights.to(logits.dtype) if self.weighted else None
