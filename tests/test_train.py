@@ -82,7 +82,8 @@ def test_resume_after_kill_gives_identical_weights(shared_data, tmp_path, sig, u
     proc = _launch([], shared_data, tmp_path, "killed")
     log = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 240
-    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
+    first_checkpoint = tmp_path / "killed" / "last.pt"
+    while time.time() < deadline and not (first_checkpoint.exists() and log.read_text().count("\n") >= 1):
         time.sleep(0.05)
     proc.send_signal(sig)
     code = proc.wait(timeout=120)

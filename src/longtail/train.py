@@ -265,7 +265,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         keep = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                 if line.strip() and json.loads(line)["epoch"] <= state["epoch"]]
         (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in keep))
-    log = open(run_dir / "metrics.jsonl", "a") if main else None
+    log = open(run_dir / "metrics.jsonl", "a" if resume else "w") if main else None
     best_state = None
     progress = Progress(cfg.progress, main)
     start_epoch = state["epoch"]
