@@ -6,7 +6,7 @@ import math
 import torch
 
 from longtail.losses.base import LongTailLoss
-from longtail.losses.ce import check_param, upcast
+from longtail.losses.base import check_param, upcast
 
 
 class ALA(LongTailLoss):

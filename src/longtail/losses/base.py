@@ -1,6 +1,7 @@
 """Shared machinery for every loss: input checks, class counts, switchable class weights."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -8,6 +9,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from longtail.checks import check_class_vector
+
+
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 (bf16/fp16 under autocast lose too much in exp/log); float64 stays."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def check_param(name: str, value, *, positive: bool = False, non_negative: bool = False) -> float:
+    """Return `value` as a float, or raise ValueError naming the hyper-parameter."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    if non_negative and v < 0:
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+    return v
 
 
 def check_class_counts(class_counts, num_classes: int | None = None) -> torch.Tensor:

@@ -1,31 +1,9 @@
 """Cross-entropy, focal loss and class-balanced cross-entropy (SPEC section 3)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
-from longtail.losses.base import LongTailLoss, class_balanced_weights
-
-
-def upcast(logits: torch.Tensor) -> torch.Tensor:
-    """Logits in at least float32 (bf16/fp16 under autocast lose too much in exp/log); float64 stays."""
-    return logits if logits.dtype == torch.float64 else logits.float()
-
-
-def check_param(name: str, value, *, positive: bool = False, non_negative: bool = False) -> float:
-    """Return `value` as a float, or raise ValueError naming the hyper-parameter."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if positive and v <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    if non_negative and v < 0:
-        raise ValueError(f"{name} must be non-negative, got {value!r}")
-    return v
+from longtail.losses.base import LongTailLoss, check_param, class_balanced_weights, upcast
 
 
 class CrossEntropy(LongTailLoss):

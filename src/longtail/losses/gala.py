@@ -50,26 +50,15 @@ Implementation notes:
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
-from longtail.losses.base import LongTailLoss, check_inputs
+from longtail.losses.base import LongTailLoss, check_inputs, check_param
 
 MODES = ("paper", "reference")
 PHI_DEFINITIONS = ("sample", "classifier")
-
-
-def _number(name: str, value, rule: str, ok) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if isinstance(value, bool) or not math.isfinite(v) or not ok(v):
-        raise ValueError(f"GALA {name} must be a finite number {rule}, got {value!r}")
-    return v
 
 
 class GALA(LongTailLoss):
@@ -83,9 +72,9 @@ class GALA(LongTailLoss):
                              "'reference': the released code)")
         if phi not in PHI_DEFINITIONS:
             raise ValueError(f"GALA phi must be one of {PHI_DEFINITIONS}, got {phi!r}")
-        lambda1 = _number("lambda1", lambda1, ">= 0", lambda v: v >= 0)
-        lambda2 = _number("lambda2", lambda2, ">= 0", lambda v: v >= 0)
-        eps = _number("eps", eps, "> 0 (it keeps log(theta + eps) finite)", lambda v: v > 0)
+        lambda1 = check_param("GALA lambda1", lambda1, non_negative=True)
+        lambda2 = check_param("GALA lambda2", lambda2, non_negative=True)
+        eps = check_param("GALA eps", eps, positive=True)  # keeps log(theta + eps) finite
         self.lambda1 = float(lambda1)
         self.lambda2 = float(lambda2)
         self.mode = mode

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from longtail.losses.base import LongTailLoss
-from longtail.losses.ce import check_param, upcast
+from longtail.losses.base import check_param, upcast
 
 # SPEC's "eps ~ N(0, 1/3)" follows the released code (Keke921/GCLLoss, losses.py), which draws
 # from torch.distributions.normal.Normal(0, 1/3): the second argument is the standard deviation,

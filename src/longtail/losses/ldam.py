@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from longtail.losses.base import LongTailLoss
-from longtail.losses.ce import check_param, upcast
+from longtail.losses.base import check_param, upcast
 
 
 class LDAM(LongTailLoss):
