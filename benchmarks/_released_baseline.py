@@ -26,6 +26,8 @@ from PIL import Image, ImageEnhance, ImageOps
 from torch import nn
 from torch.utils.data import Dataset
 
+from longtail.data.autoaugment import CIFAR10_POLICY
+
 # ----------------------------------------------------------------------------- per-image transforms
 
 
@@ -124,22 +126,8 @@ class CIFAR10Policy:
     """DeepVoltaire CIFAR10Policy: one of 25 sub-policies drawn per image."""
 
     def __init__(self, fillcolor=(128, 128, 128)):
-        spec = [
-            (0.1, "invert", 7, 0.2, "contrast", 6), (0.7, "rotate", 2, 0.3, "translateX", 9),
-            (0.8, "sharpness", 1, 0.9, "sharpness", 3), (0.5, "shearY", 8, 0.7, "translateY", 9),
-            (0.5, "autocontrast", 8, 0.9, "equalize", 2), (0.2, "shearY", 7, 0.3, "posterize", 7),
-            (0.4, "color", 3, 0.6, "brightness", 7), (0.3, "sharpness", 9, 0.7, "brightness", 9),
-            (0.6, "equalize", 5, 0.5, "equalize", 1), (0.6, "contrast", 7, 0.6, "sharpness", 5),
-            (0.7, "color", 7, 0.5, "translateX", 8), (0.3, "equalize", 7, 0.4, "autocontrast", 8),
-            (0.4, "translateY", 3, 0.2, "sharpness", 6), (0.9, "brightness", 6, 0.2, "color", 8),
-            (0.5, "solarize", 2, 0.0, "invert", 3), (0.2, "equalize", 0, 0.6, "autocontrast", 0),
-            (0.2, "equalize", 8, 0.8, "equalize", 4), (0.9, "color", 9, 0.6, "equalize", 6),
-            (0.8, "autocontrast", 4, 0.2, "solarize", 8), (0.1, "brightness", 3, 0.7, "color", 0),
-            (0.4, "solarize", 5, 0.9, "autocontrast", 3), (0.9, "translateY", 9, 0.7, "translateY", 9),
-            (0.9, "autocontrast", 2, 0.8, "solarize", 3), (0.8, "equalize", 8, 0.1, "invert", 3),
-            (0.7, "translateY", 9, 0.9, "autocontrast", 1),
-        ]
-        self.policies = [SubPolicy(*s, fillcolor) for s in spec]
+        # the 25 (p1, op1, magnitude1, p2, op2, magnitude2) sub-policies: the table is data, shared
+        self.policies = [SubPolicy(*s, fillcolor) for s in CIFAR10_POLICY]
 
     def __call__(self, img):
         return self.policies[random.randint(0, len(self.policies) - 1)](img)
