@@ -116,7 +116,6 @@ def main(argv=None):
         slow_repeats = 3 if c > 2000 else args.repeats
         slow = median_time(lambda: released.update(adjusted, y), 1 if c > 2000 else 5, slow_repeats)
         print(f"| {c} | {fast * 1e3:.3f} | {slow * 1e3:.1f} | {slow / fast:.0f}x |")
-        del released
 
 
 if __name__ == "__main__":

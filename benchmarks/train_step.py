@@ -38,7 +38,6 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader

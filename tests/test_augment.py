@@ -1,6 +1,5 @@
 """Batched augmentation, checked against independent computations: numpy pad/slice/loops, and PIL
 running the DeepVoltaire CIFAR10Policy operations the released GALA code uses."""
-import random
 
 import numpy as np
 import pytest

@@ -17,7 +17,6 @@ nothing divides by zero.
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 
@@ -179,7 +178,6 @@ def expected_calibration_error(probs_or_logits: torch.Tensor, targets: torch.Ten
     inner = torch.arange(1, n_bins, dtype=torch.float64, device=p.device) / n_bins
     # right=False: index b with inner[b-1] < c <= inner[b], i.e. bins closed on the right.
     idx = torch.bucketize(conf, inner, right=False)
-    count = torch.bincount(idx, minlength=n_bins).double()
     sum_conf = torch.bincount(idx, weights=conf, minlength=n_bins)
     sum_acc = torch.bincount(idx, weights=correct, minlength=n_bins)
     # sum_b |B_b|/N * |acc_b - conf_b| = sum_b |sum_acc_b - sum_conf_b| / N: no empty-bin division.

@@ -21,7 +21,7 @@ from .resnet_cifar import CifarResNet, resnet32
 from .small import MLP, ConvNet, convnet, mlp
 
 __all__ = ["Classifier", "build_model", "available_models", "register_model", "load_backbone_weights",
-           "CifarResNet", "ResNet", "ConvNet"]
+           "CifarResNet", "ResNet", "ConvNet", "MLP"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
