@@ -164,3 +164,21 @@ def test_missing_dataset_and_bad_override_fail_clearly(tmp_path, capsys):
     assert cli.main(["train", str(CONFIGS / "cifar100_lt_if100_ce.yaml"), "optim.momentum=high"]) == 2
     assert "optim.momentum must be a number" in capsys.readouterr().err
     assert not any(tmp_path.glob("*/last.pt"))
+
+
+def test_tensorboard_logging_or_a_clear_message(tmp_path):
+    from longtail.config import config_from_dict
+
+    cfg = config_from_dict({"data": {"name": "digits-lt", "image_size": 8, "augment": "none", "val_per_class": 10},
+                            "model": {"name": "mlp"}, "optim": {"epochs": 1, "batch_size": 64},
+                            "precision": "fp32", "channels_last": False, "progress": "quiet", "threads": 1,
+                            "out_dir": str(tmp_path), "run_name": "tb", "tensorboard": True})
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:  # the optional extra is not installed: say how to get it, write nothing
+        with pytest.raises(ImportError, match=r"pip install 'longtail\[tensorboard\]'"):
+            train(cfg)
+        assert not (tmp_path / "tb").exists()
+    else:
+        run = train(cfg)
+        assert any((run / "tensorboard").glob("events.out.tfevents.*"))

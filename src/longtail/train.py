@@ -177,6 +177,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     if not resume and (run_dir / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; use `longtail train --resume {run_dir}` or another "
                               "run folder")
+    if cfg.tensorboard:  # fail before anything is written, not after the data has loaded
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError("tensorboard=true needs the tensorboard package: pip install 'longtail[tensorboard]'"
+                              ) from None
     seed_everything(cfg.seed + rt.rank)
 
     bench = load_data(cfg)
@@ -235,13 +241,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     held = isinstance(bench.train, TensorSplit)
     if held:
         bench.train = bench.train.to(rt.device)
-    writer = None
-    if cfg.tensorboard and main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ImportError("tensorboard=true needs the tensorboard package: pip install 'longtail[tensorboard]'")
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if cfg.tensorboard and main else None
 
     stop = {"flag": False}
 
