@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -114,8 +115,6 @@ def cmd_demo(args) -> int:
     from longtail.config import apply_overrides, config_from_dict
     from longtail.report import load_results, markdown_table, plot_summary, summarize
     from longtail.train import train
-
-    import copy
 
     out = Path(args.out) / time.strftime("demo-%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
