@@ -18,7 +18,6 @@ import random
 import signal
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -490,4 +489,4 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Co
 
 
 __all__ = ["train", "learning_rate", "epoch_batches", "atomic_save", "TrainingDiverged", "TrainingInterrupted",
-           "CheckpointWriteError", "resume_config", "method_name", "replace"]
+           "CheckpointWriteError", "resume_config", "method_name", "setting_key"]
