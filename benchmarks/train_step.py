@@ -135,7 +135,7 @@ class OursPath:
         self.model = new_model(c, dev, channels_last)
         # as train.py builds it: the trainer checks the loss itself, so the loss skips its logits check
         self.crit = losses.build("gala", class_counts=bench.class_counts, lambda1=1.2, lambda2=0.9,
-                                 mode=gala_mode, check_finite=False).to(dev)
+                                 mode=gala_mode, check_values=False).to(dev)
         self.opt = sgd(self.model)
         self.net = torch.compile(self.model) if compile_model else self.model
         self.train = bench.train.to(dev)

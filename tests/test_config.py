@@ -37,7 +37,7 @@ def test_overrides_and_types(tmp_path):
     ("model.name=vgg", "model.name 'vgg' is unknown"),
     ("data.name=mnist", "data.name 'mnist' is unknown"),
     ("channels_last=maybe", "channels_last must be true or false"),
-    ("loss.lambda9=1", "loss.lambda9 is not a parameter of loss 'gala'; its parameters are: check_finite, eps, lambda1, lambda2, mode, phi (and for every loss: name, drw_epoch, drw_beta)"),
+    ("loss.lambda9=1", "loss.lambda9 is not a parameter of loss 'gala'; its parameters are: check_values, eps, lambda1, lambda2, mode, phi (and for every loss: name, drw_epoch, drw_beta)"),
     ("loss.drw_beta=1.0", "loss.drw_beta must lie in [0, 1)"),
     ("loss.drw_epoch=200", "loss.drw_epoch must be an epoch of the run (0 to 199)"),
     ("eval.tau_grid=[]", "eval.tau_grid must be a non-empty list"),

@@ -110,7 +110,13 @@ def test_resume_after_kill_gives_identical_weights(shared_data, tmp_path, sig, u
     assert epochs == [1, 2, 3, 4]
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(shared_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("check_every, bad_call, where", [
+    (0, 16, "epoch 2, step 4"),  # auto = every step on CPU: step 4 of epoch 2 (12 steps/epoch)
+    (5, 16, "epoch 2, one of steps 1-5"),  # the GPU-style deferred check, at step 5
+    (5, 24, "epoch 2, one of steps 11-12"),  # the last step: caught before the epoch's checkpoint
+])
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(shared_data, tmp_path, monkeypatch, check_every, bad_call,
+                                                       where):
     real_build = train_mod.losses.build
     calls = {"n": 0}
 
@@ -121,19 +127,40 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(shared_data, tmp_path, mo
         def poisoned(logits, target):
             calls["n"] += 1
             value = compute(logits, target)
-            return value * float("nan") if calls["n"] == 16 else value  # step 4 of epoch 2 (12 steps/epoch)
+            return value * float("nan") if calls["n"] == bad_call else value
         loss.compute = poisoned
         return loss
 
     monkeypatch.setattr(train_mod.losses, "build", build_poisoned)
-    cfg = tiny(shared_data, tmp_path, "nan")
+    cfg = tiny(shared_data, tmp_path, "nan", f"check_every={check_every}")
     with pytest.raises(TrainingDiverged) as err:
         train(cfg)
     msg = str(err.value)
-    assert "epoch 2 step 4" in msg and "last good checkpoint" in msg and "end of epoch 1" in msg
+    assert where in msg and "last good checkpoint" in msg and "end of epoch 1" in msg
     ck = weights(tmp_path / "nan")
     assert ck["state"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_checking_every_few_steps_changes_only_how_often_the_loop_reads_back(shared_data, tmp_path, monkeypatch):
+    # On a GPU the loop checks the loss and the stop flag every 25 steps, not every step: each check
+    # waits for the device. The weights must not depend on it; only the number of checks does.
+    flags = []
+    real_any_rank = train_mod.distributed.any_rank
+
+    def counting(flag, device):
+        flags.append(flag)
+        return real_any_rank(flag, device)
+    monkeypatch.setattr(train_mod.distributed, "any_rank", counting)
+    runs = {}
+    for every in (1, 5):
+        flags.clear()
+        runs[every] = train(tiny(shared_data, tmp_path, f"every{every}", "optim.epochs=1", f"check_every={every}"))
+        # 12 steps: a loss check and a stop check at each checked step (every step / steps 5, 10, 12)
+        assert len(flags) == 2 * (12 if every == 1 else 3) and not any(flags)
+    a, b = weights(runs[1]), weights(runs[5])
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
 
 
 def test_disk_full_keeps_previous_checkpoint(shared_data, tmp_path, monkeypatch):

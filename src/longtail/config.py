@@ -100,6 +100,10 @@ class Config:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: bf16 on GPU / AMX CPUs, else fp32
     channels_last: bool = True
     compile: bool = False
+    # Steps between the loop's checks for a NaN/inf loss and a stop request. Each check reads a value
+    # back from the device, which on a GPU stalls the queue of kernels; 0 = auto: every step on CPU
+    # (free there), every 25 steps on GPU. A bad loss is still caught before any checkpoint is written.
+    check_every: int = 0
     threads: int | None = None  # CPU threads (torch.set_num_threads)
     out_dir: str = "runs"
     run_name: str | None = None
@@ -246,6 +250,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("optim.milestones and optim.step_factors must have the same length")
     if any(b <= a for a, b in zip(o.milestones, o.milestones[1:])):
         raise ConfigError(f"optim.milestones must increase, got {o.milestones}")
+    if cfg.check_every < 0:
+        raise ConfigError("check_every must be >= 0 (0 = auto)")
     if cfg.eval.every < 1:
         raise ConfigError("eval.every must be >= 1")
     if not cfg.eval.tau_grid or not all(math.isfinite(t) for t in cfg.eval.tau_grid):

@@ -191,7 +191,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # The loop checks the loss for NaN/inf each step itself; skip the losses' own B x C logits check.
-    criterion = losses.build(cfg.loss.name, class_counts=counts, **{"check_finite": False, **cfg.loss.params})
+    criterion = losses.build(cfg.loss.name, class_counts=counts, **{"check_values": False, **cfg.loss.params})
     criterion = criterion.to(rt.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
@@ -243,6 +243,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     writer = SummaryWriter(str(run_dir / "tensorboard")) if cfg.tensorboard and main else None
 
     stop = {"flag": False}
+    check_every = cfg.check_every or (1 if rt.device.type == "cpu" else 25)
+
+    def diverged_check(epoch: int, after: int, upto: int) -> None:
+        # all ranks decide together, or one rank stops while the others wait in all-reduce
+        if distributed.any_rank(bool(nonfinite), rt.device):
+            where = f"step {upto}" if upto == after + 1 else f"one of steps {after + 1}-{upto}"
+            raise TrainingDiverged(f"the loss became NaN or inf at epoch {epoch + 1}, {where}")
 
     def request_stop(signum, frame):
         stop["flag"] = True
@@ -280,9 +287,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             n_train = len(bench.train)
             batches = epoch_batches(n_train, cfg.optim.batch_size, epoch, cfg.seed, rt.rank, rt.world_size,
                                     cfg.optim.drop_last)
-            if held:
-                source = ((bench.train.images[b.to(rt.device)], bench.train.labels[b.to(rt.device)])
-                          for b in batches[start_step:])
+            if held:  # the epoch's indices go to the device in one copy, not one per step
+                todo = batches[start_step:]
+                on_device = torch.cat(todo).to(rt.device).split([len(b) for b in todo]) if todo else []
+                source = ((bench.train.images[b], bench.train.labels[b]) for b in on_device)
             else:
                 source = DataLoader(bench.train, batch_sampler=[b.tolist() for b in batches[start_step:]],
                                     num_workers=cfg.data.workers, pin_memory=rt.device.type == "cuda",
@@ -291,6 +299,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             criterion.train()
             loss_sum = torch.zeros((), device=rt.device)
             correct = torch.zeros((), device=rt.device)
+            nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)  # any bad loss since the last check
+            checked = start_step  # the last step whose loss was checked
             seen = 0
             t0 = time.perf_counter()
             step = start_step
@@ -303,9 +313,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                     logits = net(x)
                 logits = logits.float()
                 loss = criterion(logits, y)
-                # all ranks decide together, or one rank stops while the others wait in all-reduce
-                if distributed.any_rank(not bool(torch.isfinite(loss)), rt.device):
-                    raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1}")
+                nonfinite |= ~torch.isfinite(loss.detach())
+                if check_every == 1:  # checked before the optimizer step; with larger intervals, after
+                    diverged_check(epoch, step, step + 1)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.optim.grad_clip:
@@ -317,7 +327,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
-                if progress.on and step % 10 == 0:
+                if step % check_every and step != len(batches):
+                    continue
+                if check_every > 1:
+                    diverged_check(epoch, checked, step)
+                checked = step
+                if progress.on and step % max(check_every, 10) == 0:
                     rate = seen / (time.perf_counter() - t0)
                     progress.update(f"epoch {epoch + 1}/{cfg.optim.epochs} step {step}/{len(batches)} "
                                     f"loss {loss_sum.item() / seen:.4f} acc {100 * correct.item() / seen:.1f}% "
@@ -470,7 +485,7 @@ def method_name(cfg: Config) -> str:
     return name
 
 
-RESUME_OVERRIDABLE = ("threads", "progress", "eval.batch_size", "data.workers", "tensorboard")
+RESUME_OVERRIDABLE = ("threads", "progress", "eval.batch_size", "data.workers", "tensorboard", "check_every")
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:

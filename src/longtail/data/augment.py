@@ -184,39 +184,55 @@ def _gray_f(x: Tensor) -> Tensor:
     return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
 
 
-def color_jitter(x: Tensor, factors: Tensor, order: Tensor | None = None, max_value: float = 1.0) -> Tensor:
+def _jitter_op(op: int, xs: Tensor, f: Tensor, max_value: float) -> Tensor:
+    if op == 0:
+        ys = xs * f
+    elif op == 1:
+        m = _gray_f(xs).mean(dim=(1, 2, 3), keepdim=True)
+        ys = m + f * (xs - m)
+    else:
+        g = _gray_f(xs)
+        ys = g + f * (xs - g)
+    return ys.clamp_(0, max_value)
+
+
+def color_jitter(x: Tensor, factors: Tensor, order: Tensor | None = None, max_value: float = 1.0,
+                 sync_free: bool | None = None) -> Tensor:
     """ColorJitter with explicit per-image factors (B, 3) = (brightness, contrast, saturation),
     applied in the per-image order (B, 3) of op ids (0 brightness, 1 contrast, 2 saturation;
-    default 0, 1, 2), torchvision's tensor semantics (clamped to [0, max_value] after each op)."""
+    default 0, 1, 2), torchvision's tensor semantics (clamped to [0, max_value] after each op).
+
+    Grouped (default on CPU): each op on the images that have it in a slot, found with nonzero (a
+    host sync). `sync_free` (default on GPU): each op on every image, the right one kept per image.
+    """
     x = x.float().clone()
     b = x.shape[0]
+    if sync_free is None:
+        sync_free = x.device.type != "cpu"
     if order is None:
         order = torch.arange(3, device=x.device).expand(b, 3)
     order = order.to(x.device)
     factors = factors.to(x.device, torch.float32)
     for slot in range(3):
         for op in range(3):
+            if sync_free:
+                ys = _jitter_op(op, x, factors[:, op].view(-1, 1, 1, 1), max_value)
+                x = torch.where((order[:, slot] == op).view(-1, 1, 1, 1), ys, x)
+                continue
             idx = (order[:, slot] == op).nonzero().squeeze(1)
             if idx.numel() == 0:
                 continue
-            xs, f = x.index_select(0, idx), factors.index_select(0, idx)[:, op].view(-1, 1, 1, 1)
-            if op == 0:
-                ys = xs * f
-            elif op == 1:
-                m = _gray_f(xs).mean(dim=(1, 2, 3), keepdim=True)
-                ys = m + f * (xs - m)
-            else:
-                g = _gray_f(xs)
-                ys = g + f * (xs - g)
-            x.index_copy_(0, idx, ys.clamp_(0, max_value))
+            f = factors.index_select(0, idx)[:, op].view(-1, 1, 1, 1)
+            x.index_copy_(0, idx, _jitter_op(op, x.index_select(0, idx), f, max_value))
     return x
 
 
-def _random_color_jitter(x: Tensor, generator, strength: float = 0.4, max_value: float = 1.0) -> Tensor:
+def _random_color_jitter(x: Tensor, generator, strength: float = 0.4, max_value: float = 1.0,
+                         sync_free: bool | None = None) -> Tensor:
     b = x.shape[0]
     factors = torch.empty(b, 3, device=x.device).uniform_(1 - strength, 1 + strength, generator=generator)
     perm = torch.randint(0, 6, (b,), generator=generator, device=x.device)
-    return color_jitter(x, factors, _JITTER_ORDERS.to(x.device)[perm], max_value)
+    return color_jitter(x, factors, _JITTER_ORDERS.to(x.device)[perm], max_value, sync_free)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -236,10 +252,11 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float], max_value:
 class TrainAugment:
     """Callable (uint8 batch, generator) -> normalised float32 batch; see build_train_augment."""
 
-    def __init__(self, kind: str, mean, std, image_size: int):
+    def __init__(self, kind: str, mean, std, image_size: int, sync_free: bool | None = None):
         if kind not in AUGMENTS:
             raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTS}")
         self.kind, self.mean, self.std, self.image_size = kind, tuple(mean), tuple(std), int(image_size)
+        self.sync_free = sync_free
         self.pad = self.image_size // 8
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -249,7 +266,7 @@ class TrainAugment:
         size = self.image_size
         if self.kind == "imagenet":
             y = random_resized_crop(x, size, generator)  # float, 0..255
-            y = _random_color_jitter(y, generator, 0.4, max_value=255.0)
+            y = _random_color_jitter(y, generator, 0.4, max_value=255.0, sync_free=self.sync_free)
             return normalize(y, self.mean, self.std)
         if x.shape[-2:] != (size, size):
             raise ValueError(f"augmentation {self.kind!r} expects {size}x{size} images, got "
@@ -258,7 +275,7 @@ class TrainAugment:
             return normalize(x, self.mean, self.std)
         y = random_crop_flip(x, self.pad, size, generator)
         if self.kind == "autoaugment":
-            y = autoaugment_cifar10(y.float(), generator)
+            y = autoaugment_cifar10(y.float(), generator, sync_free=self.sync_free)
             # Cutout zeroes after ToTensor: 0 in [0, 1] space is 0 here too, before Normalize.
             y = random_cutout(y, generator, length=max(1, size // 2))  # 16 for 32x32
         return normalize(y, self.mean, self.std)
@@ -267,9 +284,14 @@ class TrainAugment:
         return f"TrainAugment(kind={self.kind!r}, image_size={self.image_size}, mean={self.mean}, std={self.std})"
 
 
-def build_train_augment(kind: str, mean, std, image_size: int) -> Callable[[Tensor, torch.Generator | None], Tensor]:
-    """Batched training augmentation: uint8 (B, C, H, W) -> float32 normalised (B, C, S, S)."""
-    return TrainAugment(kind, mean, std, image_size)
+def build_train_augment(kind: str, mean, std, image_size: int,
+                        sync_free: bool | None = None) -> Callable[[Tensor, torch.Generator | None], Tensor]:
+    """Batched training augmentation: uint8 (B, C, H, W) -> float32 normalised (B, C, S, S).
+
+    `sync_free` picks how per-image random ops are applied (same result either way): None = by
+    device, grouped on CPU (least arithmetic), sync-free on GPU (no device-to-host reads).
+    """
+    return TrainAugment(kind, mean, std, image_size, sync_free)
 
 
 class EvalTransform:

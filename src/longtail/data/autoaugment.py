@@ -309,15 +309,36 @@ def _apply_op(op: int, xs: Tensor, mag: Tensor, sign: Tensor) -> Tensor:
     raise AssertionError(name)
 
 
-def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fill: float = 128.0) -> Tensor:
+def _geometric_matrices(op: Tensor, mag: Tensor, sign: Tensor, h: int, w: int) -> Tensor:
+    """(N, 2, 3) affine matrices for the geometric ops 0-4 (identity for any other op id)."""
+    sm, m = (mag * sign).float(), mag.float()
+    a = torch.zeros(op.shape[0], 2, 3, device=op.device)
+    a[:, 0, 0] = a[:, 1, 1] = 1
+    a = torch.where((op == 0).view(-1, 1, 1), _shear_matrix(sm, 0), a)
+    a = torch.where((op == 1).view(-1, 1, 1), _shear_matrix(sm, 1), a)
+    a = torch.where((op == 2).view(-1, 1, 1), _translate_matrix(sm * w, 0), a)
+    a = torch.where((op == 3).view(-1, 1, 1), _translate_matrix(sm * h, 1), a)
+    # DeepVoltaire's rotate has no random sign: always counter-clockwise.
+    return torch.where((op == 4).view(-1, 1, 1), _rotate_matrix(m, h, w), a)
+
+
+def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fill: float = 128.0,
+                        sync_free: bool | None = None) -> Tensor:
     """CIFAR10Policy on a batch: a sub-policy per image, each op with its probability and magnitude.
 
     x: (N, C, H, W) on the 0..255 scale, uint8 or float. Returns the input dtype (integer valued).
-    Cost: one batched call per operation present in the batch, per slot (at most 10 per slot: the
-    five geometric operations share one grid_sample call); one host sync per slot to split groups.
+    Two ways to apply a slot's ops, with the same result:
+    - grouped (default on CPU): one batched call per operation present in the batch, on just the
+      images that drew it (the five geometric operations share one grid_sample call). Least work,
+      but splitting the batch into groups reads their sizes back (bincount, tolist) each slot.
+    - `sync_free` (default on GPU): every operation on the whole batch, each image keeping the
+      result of its own op. Ten times the arithmetic, which a GPU does in microseconds, and no host
+      sync, so the CPU keeps queueing kernels while the GPU works.
     """
     n, c, h, w = x.shape
     dev = x.device
+    if sync_free is None:
+        sync_free = dev.type != "cpu"
     out = _float(x).clone()
     ops_t, probs_t, mags_t = _policy_tables(dev)
     pol = torch.randint(len(CIFAR10_POLICY), (n,), generator=generator, device=dev)
@@ -327,12 +348,19 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
         op = ops_t[pol, slot]
         mag = mags_t[pol, slot]
         op = torch.where(u[:, slot] < probs_t[pol, slot], op, torch.full_like(op, -1))
-        # Geometric ops share one warp: build every image's matrix, then warp the subset that needs it.
         geo = op < 5
         key = torch.where(geo, torch.full_like(op, 0), op)  # group id; 0 = any geometric op
         key = torch.where(op < 0, torch.full_like(op, -1), key)
+        if sync_free:
+            for g in (0, *range(5, len(OPS))):  # group 0 = the five geometric ops
+                if g == 0:
+                    ys = affine(out, _geometric_matrices(op, mag, sign[:, slot], h, w), fill)
+                else:
+                    ys = _apply_op(g, out, mag, sign[:, slot])
+                out = torch.where((key == g).view(-1, 1, 1, 1), ys, out)
+            continue
         order = torch.argsort(key, stable=True)
-        counts = torch.bincount(key + 1, minlength=len(OPS) + 1).tolist()  # the one host sync
+        counts = torch.bincount(key + 1, minlength=len(OPS) + 1).tolist()  # read back to the host
         start = counts[0]  # skip images with no op in this slot
         for g in range(len(OPS)):
             cnt = counts[g + 1]
@@ -343,17 +371,7 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
             xs = out.index_select(0, idx)
             m_s, s_s, o_s = mag.index_select(0, idx), sign[:, slot].index_select(0, idx), op.index_select(0, idx)
             if g == 0:
-                sm = (m_s * s_s).float()
-                m_s = m_s.float()
-                a = torch.zeros(cnt, 2, 3, device=dev)
-                a[:, 0, 0] = a[:, 1, 1] = 1
-                a = torch.where((o_s == 0).view(-1, 1, 1), _shear_matrix(sm, 0), a)
-                a = torch.where((o_s == 1).view(-1, 1, 1), _shear_matrix(sm, 1), a)
-                a = torch.where((o_s == 2).view(-1, 1, 1), _translate_matrix(sm * w, 0), a)
-                a = torch.where((o_s == 3).view(-1, 1, 1), _translate_matrix(sm * h, 1), a)
-                # DeepVoltaire's rotate has no random sign: always counter-clockwise.
-                a = torch.where((o_s == 4).view(-1, 1, 1), _rotate_matrix(m_s, h, w), a)
-                ys = affine(xs, a, fill)
+                ys = affine(xs, _geometric_matrices(o_s, m_s, s_s, h, w), fill)
             else:
                 ys = _apply_op(g, xs, m_s, s_s)
             out.index_copy_(0, idx, ys)

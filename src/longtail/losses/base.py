@@ -37,8 +37,13 @@ def check_class_counts(class_counts, num_classes: int | None = None) -> torch.Te
                               hint="(a class with no training images cannot be learned: drop it or fix the split)")
 
 
-def check_inputs(logits: torch.Tensor, target: torch.Tensor, num_classes: int, check_finite: bool = True) -> None:
-    """Raise ValueError unless logits is (B, C) with C == num_classes and target is (B,) labels in [0, C)."""
+def check_inputs(logits: torch.Tensor, target: torch.Tensor, num_classes: int, check_values: bool = True) -> None:
+    """Raise ValueError unless logits is (B, C) with C == num_classes and target is (B,) integer labels.
+
+    With `check_values`, also that the labels lie in [0, C) and the logits are finite. Those two read
+    the tensors' values, which on a GPU is a device-to-host sync that stalls the queue of kernels;
+    the trainer turns them off (it validates labels when loading data and watches the loss itself).
+    """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ValueError(f"logits must be a (batch, classes) tensor, got {getattr(logits, 'shape', type(logits))}")
     if logits.shape[1] != num_classes:
@@ -48,12 +53,19 @@ def check_inputs(logits: torch.Tensor, target: torch.Tensor, num_classes: int, c
                          f"got {getattr(target, 'shape', type(target))}")
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if not check_values:
+        return
+    check_label_range(target, num_classes)
+    if not torch.isfinite(logits).all():
+        raise ValueError("logits contain NaN or inf (diverged model or bad input); lower the learning rate "
+                         "or check the data")
+
+
+def check_label_range(target: torch.Tensor, num_classes: int) -> None:
+    """Raise ValueError unless every label lies in [0, num_classes) (reads the values: a sync on GPU)."""
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
         raise ValueError(f"target labels must lie in [0, {num_classes}), got range "
                          f"[{int(target.min())}, {int(target.max())}]")
-    if check_finite and not torch.isfinite(logits).all():
-        raise ValueError("logits contain NaN or inf (diverged model or bad input); lower the learning rate "
-                         "or check the data")
 
 
 def class_balanced_weights(class_counts, beta: float = 0.9999) -> torch.Tensor:
@@ -73,11 +85,11 @@ class LongTailLoss(nn.Module):
     PyTorch's `weight=` does (weighted mean: sum_i w_{y_i} l_i / sum_i w_{y_i}).
     """
 
-    def __init__(self, class_counts: Sequence[float] | torch.Tensor, check_finite: bool = True):
+    def __init__(self, class_counts: Sequence[float] | torch.Tensor, check_values: bool = True):
         super().__init__()
         counts = check_class_counts(class_counts)
         self.num_classes = counts.numel()
-        self.check_finite = check_finite
+        self.check_values = check_values
         self.register_buffer("class_counts", counts.float(), persistent=False)
         self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=True)
         self.weighted = False
@@ -105,7 +117,7 @@ class LongTailLoss(nn.Module):
         return F.cross_entropy(logits, target, weight=weight, reduction=reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_inputs(logits, target, self.num_classes, self.check_finite)
+        check_inputs(logits, target, self.num_classes, self.check_values)
         return self.compute(logits, target)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover

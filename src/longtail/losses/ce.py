@@ -20,8 +20,8 @@ class Focal(LongTailLoss):
     (so p_i = p_{y_i} exactly when unweighted), and the result is a plain mean over the batch.
     """
 
-    def __init__(self, class_counts, gamma: float = 1.0, check_finite: bool = True):
-        super().__init__(class_counts, check_finite=check_finite)
+    def __init__(self, class_counts, gamma: float = 1.0, check_values: bool = True):
+        super().__init__(class_counts, check_values=check_values)
         self.gamma = check_param("gamma", gamma, non_negative=True)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -39,8 +39,8 @@ class Focal(LongTailLoss):
 class ClassBalancedCE(LongTailLoss):
     """Cross-entropy weighted by class-balanced weights (Cui et al.), switched on from construction ("cb")."""
 
-    def __init__(self, class_counts, beta: float = 0.9999, check_finite: bool = True):
-        super().__init__(class_counts, check_finite=check_finite)
+    def __init__(self, class_counts, beta: float = 0.9999, check_values: bool = True):
+        super().__init__(class_counts, check_values=check_values)
         self.beta = check_param("beta", beta)
         self.set_class_weights(class_balanced_weights(self.class_counts, self.beta))
 

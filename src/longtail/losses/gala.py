@@ -55,7 +55,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from longtail.losses.base import LongTailLoss, check_inputs, check_param
+from longtail.losses.base import LongTailLoss, check_inputs, check_label_range, check_param
 
 MODES = ("paper", "reference")
 PHI_DEFINITIONS = ("sample", "classifier")
@@ -65,8 +65,8 @@ class GALA(LongTailLoss):
     """Gradient-Aware Logit Adjustment loss. Call as ``loss(logits, target)`` with plain logits z."""
 
     def __init__(self, class_counts: Sequence[float] | torch.Tensor, lambda1: float = 1.2, lambda2: float = 0.9,
-                 mode: str = "paper", phi: str = "sample", eps: float = 1e-3, check_finite: bool = True):
-        super().__init__(class_counts, check_finite=check_finite)
+                 mode: str = "paper", phi: str = "sample", eps: float = 1e-3, check_values: bool = True):
+        super().__init__(class_counts, check_values=check_values)
         if mode not in MODES:
             raise ValueError(f"GALA mode must be one of {MODES}, got {mode!r} ('paper': the published formula; "
                              "'reference': the released code)")
@@ -164,7 +164,9 @@ class GALA(LongTailLoss):
         # Shapes and labels as every loss; finiteness is checked in `compute` on the B per-sample
         # losses instead of all B x C logits (a NaN or +inf logit, or -inf at the target, makes its
         # row's loss non-finite; -inf elsewhere is harmless), before the statistics are touched.
-        check_inputs(logits, target, self.num_classes, check_finite=False)
+        check_inputs(logits, target, self.num_classes, check_values=False)
+        if self.check_values:
+            check_label_range(target, self.num_classes)
         return self.compute(logits, target)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -173,7 +175,7 @@ class GALA(LongTailLoss):
             # Per-sample CE (times w_{y_i} when class weights are on), reduced as F.cross_entropy's
             # weighted mean; unweighted, it also gives p_{i,y_i} = exp(-l_i) for the update.
             per_sample = self.cross_entropy(adjusted, target, reduction="none")
-            if self.check_finite and not torch.isfinite(per_sample.detach().sum()):
+            if self.check_values and not torch.isfinite(per_sample.detach().sum()):
                 raise ValueError("logits contain NaN or inf (diverged model or bad input); lower the learning rate "
                                  "or check the data")
             if self.weighted:

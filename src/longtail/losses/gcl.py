@@ -23,8 +23,8 @@ class GCL(LongTailLoss):
     """
 
     def __init__(self, class_counts, scale: float = 30.0, noise_mul: float = 0.5,
-                 generator: torch.Generator | None = None, check_finite: bool = True):
-        super().__init__(class_counts, check_finite=check_finite)
+                 generator: torch.Generator | None = None, check_values: bool = True):
+        super().__init__(class_counts, check_values=check_values)
         self.scale = check_param("scale", scale, positive=True)
         self.noise_mul = check_param("noise_mul", noise_mul, non_negative=True)
         if generator is not None and not isinstance(generator, torch.Generator):

@@ -1,0 +1,126 @@
+"""The GPU training step reads nothing back to the host: each such read (a .item(), a bool() of a
+tensor, a nonzero, a .tolist()) makes the CPU wait for the GPU's queue to drain, which for a small
+model like ResNet-32 costs more than the kernels themselves. There is no GPU here, so these tests
+count the operations that force such a read, on CPU tensors, for the code paths a GPU takes."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from longtail import losses
+from longtail.data import augment as A
+from longtail.data import autoaugment as AA
+from longtail.models import build_model
+
+from test_augment import smooth_images
+
+# Operators whose result size or value the host must know: on CUDA each one synchronises.
+SYNCING_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.bincount", "aten.unique", "aten._unique",
+               "aten.masked_select", "aten.repeat_interleave")
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+class HostReads(TorchDispatchMode):
+    """Counts syncing operators (and .tolist(), which bypasses the dispatcher) while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket) if hasattr(func, "overloadpacket") else str(func)
+        if name.startswith(SYNCING_OPS):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    def count(fn, *args, **kwargs):
+        mode = HostReads()
+        real_tolist = torch.Tensor.tolist
+
+        def tolist(t):
+            mode.seen.append("Tensor.tolist")
+            return real_tolist(t)
+        monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+        try:
+            with mode:
+                out = fn(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(torch.Tensor, "tolist", real_tolist)
+        return out, mode.seen
+    return count
+
+
+def test_the_counter_sees_each_kind_of_host_read(host_reads):
+    x = torch.arange(6)
+    for fn in (lambda: x.sum().item(), lambda: bool((x > 2).any()), lambda: int(x.max()),
+               lambda: (x > 2).nonzero(), lambda: x.tolist(), lambda: torch.bincount(x)):
+        _, seen = host_reads(fn)
+        assert seen, fn
+    _, seen = host_reads(lambda: torch.where(x > 2, x, -x).cumsum(0))
+    assert seen == []
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_autoaugment_sync_free_equals_grouped_and_reads_nothing(host_reads, seed):
+    x = smooth_images(96, seed=seed).float()
+    grouped, seen_grouped = host_reads(AA.autoaugment_cifar10, x, torch.Generator().manual_seed(seed), sync_free=False)
+    assert seen_grouped == ["aten.bincount", "Tensor.tolist"] * 2  # the CPU path's group sizes, per slot
+    free, seen_free = host_reads(AA.autoaugment_cifar10, x, torch.Generator().manual_seed(seed), sync_free=True)
+    assert seen_free == []
+    assert torch.equal(free, grouped)
+    assert not torch.equal(free, x)
+
+
+def test_color_jitter_sync_free_equals_grouped_and_reads_nothing(host_reads):
+    x = smooth_images(48, seed=3).float()
+    factors = torch.empty(48, 3).uniform_(0.6, 1.4, generator=torch.Generator().manual_seed(0))
+    order = A._JITTER_ORDERS[torch.randint(0, 6, (48,), generator=torch.Generator().manual_seed(1))]
+    grouped, seen_grouped = host_reads(A.color_jitter, x, factors, order, 255.0, sync_free=False)
+    assert seen_grouped
+    free, seen_free = host_reads(A.color_jitter, x, factors, order, 255.0, sync_free=True)
+    assert seen_free == []
+    torch.testing.assert_close(free, grouped, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", A.AUGMENTS)
+def test_every_training_recipe_is_sync_free_on_request(host_reads, kind):
+    x = smooth_images(16, seed=1)
+    aug = A.build_train_augment(kind, MEAN, STD, 32, sync_free=True)
+    out, seen = host_reads(aug, x, torch.Generator().manual_seed(0))
+    assert seen == [] and out.shape == (16, 3, 32, 32)
+    same = A.build_train_augment(kind, MEAN, STD, 32, sync_free=False)(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, same, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", losses.available())
+def test_training_step_reads_nothing_back_for_every_loss(host_reads, name):
+    """What the trainer runs per step on a GPU: forward, loss built as the trainer builds it
+    (check_values=False), backward, SGD. Any host read here would stall the device every step."""
+    torch.manual_seed(0)
+    counts = [50, 20, 10, 5, 2]
+    model = build_model("convnet", num_classes=5, in_channels=3,
+                        head="cosine" if name in ("ldam", "gcl", "ala") else "linear")
+    criterion = losses.build(name, class_counts=counts, check_values=False).train()
+    criterion.set_class_weights(losses.class_balanced_weights(counts))  # as DRW switches it on
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+    nonfinite = torch.zeros((), dtype=torch.bool)
+
+    def step():
+        nonlocal nonfinite
+        loss = criterion(model(x), y)
+        nonfinite |= ~torch.isfinite(loss.detach())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+    step()  # the first step creates the momentum buffers
+    loss, seen = host_reads(step)
+    assert seen == [], seen
+    assert torch.isfinite(loss) and not nonfinite
+    # the same loss with its value checks on does read back (labels, finiteness): the counter works
+    checked = losses.build(name, class_counts=counts, check_values=True).train()
+    _, seen = host_reads(checked, model(x).detach(), y)
+    assert seen
