@@ -12,8 +12,11 @@ CIFAR-10 AutoAugment, Cutout 16), longtail's resnet32 in every path, so only the
                   GALA statistics from the released per-sample Python loop (running C x C matrix).
   ours fp32       longtail.train's path: the split held as one uint8 tensor, batches by index,
                   batched tensor augmentation (build_train_augment("autoaugment")), vectorised GALA.
-  ours default    the same with longtail's defaults precision=bf16 (autocast) + channels_last.
+  ours default    the same with longtail's defaults: precision=auto (bf16 autocast on GPUs and AMX
+                  CPUs, else fp32) + channels_last.
   ours default+compile   the same with torch.compile(model); compile time reported apart.
+  ours ... reduce-overhead   compile mode "reduce-overhead" (CUDA graphs: the whole forward and
+                  backward replayed with one launch), CUDA only; config `compile_mode=reduce-overhead`.
 
 Each timed step is what a training step really costs: fetching the batch (DataLoader / index),
 augmentation, forward, loss (with the GALA statistics update), backward, optimizer step, and the
@@ -125,11 +128,11 @@ class BaselinePath:
 
 
 class OursPath:
-    """longtail.train's step, statement for statement (no DDP, no grad clip, fp32/bf16 only), as of
-    the train.py that checks only the loss for finiteness per step."""
+    """longtail.train's step, statement for statement (no DDP, no grad clip, fp32/bf16 only): the
+    loss is checked for NaN/inf every step on CPU, every 25 steps on GPU (check_every=0, auto)."""
 
     def __init__(self, bench, dev, batch: int, precision: str, channels_last: bool, compile_model: bool,
-                 gala_mode: str):
+                 gala_mode: str, compile_mode: str = "default"):
         self.dev, self.precision, self.channels_last, self.batch = dev, precision, channels_last, batch
         c = bench.num_classes
         self.model = new_model(c, dev, channels_last)
@@ -137,7 +140,11 @@ class OursPath:
         self.crit = losses.build("gala", class_counts=bench.class_counts, lambda1=1.2, lambda2=0.9,
                                  mode=gala_mode, check_values=False).to(dev)
         self.opt = sgd(self.model)
-        self.net = torch.compile(self.model) if compile_model else self.model
+        self.net = (torch.compile(self.model, mode=None if compile_mode == "default" else compile_mode)
+                    if compile_model else self.model)
+        self.check_every = 1 if dev.type == "cpu" else 25
+        self.steps = 0
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
         self.train = bench.train.to(dev)
         self.augment = build_train_augment("autoaugment", bench.mean, bench.std, 32)
         self.gen = torch.Generator(device=dev).manual_seed(0)
@@ -151,8 +158,8 @@ class OursPath:
     def _batches(self):
         epoch = 0
         while True:
-            for b in epoch_batches(len(self.train), self.batch, epoch, seed=0):
-                b = b.to(self.dev)
+            batches = epoch_batches(len(self.train), self.batch, epoch, seed=0)
+            for b in torch.cat(batches).to(self.dev).split([len(b) for b in batches]):
                 yield self.train.images[b], self.train.labels[b]
             epoch += 1
 
@@ -178,7 +185,9 @@ class OursPath:
         logits = logits.float()
         t = self._mark("forward", t)
         loss = self.crit(logits, y)
-        if not torch.isfinite(loss):
+        self.nonfinite |= ~torch.isfinite(loss.detach())
+        self.steps += 1
+        if self.steps % self.check_every == 0 and bool(self.nonfinite):
             raise RuntimeError("non-finite loss")
         t = self._mark("GALA loss + statistics", t)
         self.opt.zero_grad(set_to_none=True)
@@ -199,17 +208,20 @@ def time_path(path, warmup: int, steps: int, dev: torch.device) -> dict:
         sync(dev)
         if i == 0:
             first = time.perf_counter() - t
+    # On a GPU, steps are queued back to back as in training (one sync at the end); a sync after
+    # every step would charge each path for an idle device while the host queues the next step.
     per_step = []
     sync(dev)
     t0 = time.perf_counter()
     for _ in range(steps):
         t = time.perf_counter()
         path.step()
-        sync(dev)
-        per_step.append(time.perf_counter() - t)
+        if dev.type == "cpu":
+            per_step.append(time.perf_counter() - t)
+    sync(dev)
     elapsed = time.perf_counter() - t0
-    return {"elapsed": elapsed, "first": first, "median": statistics.median(per_step) if per_step else float("nan"),
-            "steps": steps}
+    median = statistics.median(per_step) if per_step else (elapsed / steps if steps else float("nan"))
+    return {"elapsed": elapsed, "first": first, "median": median, "steps": steps}
 
 
 # ----------------------------------------------------------------------------- --check
@@ -302,11 +314,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per path first")
     ap.add_argument("--gala-mode", default="reference", choices=("reference", "paper"),
                     help="GALA mode of ours (reference = the released algorithm; same cost either way)")
-    ap.add_argument("--paths", default="base,base0,fp32,default,bf16,compile",
-                    help="comma list of: base (wN), base0 (0 workers), fp32, default, compile")
-    ap.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
-                    help="time the paths round robin, one step each per round (default; robust to load "
-                         "from other jobs), or one path after another (--no-interleave)")
+    ap.add_argument("--paths", default=None,
+                    help="comma list of: base (wN), base0 (0 workers), fp32, default, bf16, compile, graphs "
+                         "(compile mode reduce-overhead: CUDA graphs); default: all but graphs on CPU, all on CUDA")
+    ap.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                    help="time the paths round robin, one step each per round (CPU default; robust to load "
+                         "from other jobs), or one path after another (--no-interleave; CUDA default, so "
+                         "steps queue without a sync between them)")
     ap.add_argument("--check", action="store_true", help="assert baseline and ours compute the same loss first")
     ap.add_argument("--profile", action="store_true", help="phase breakdown + torch.profiler of ours")
     ap.add_argument("--profile-steps", type=int, default=4)
@@ -315,6 +329,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    if args.paths is None:
+        args.paths = "base,base0,fp32,default,bf16,compile" + (",graphs" if dev.type == "cuda" else "")
+    if args.interleave is None:
+        args.interleave = dev.type == "cpu"
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
     lines: list[str] = []
@@ -357,6 +375,9 @@ def main() -> None:
                  lambda: OursPath(bench, dev, args.batch, "bf16", True, False, args.gala_mode)),
         "compile": (f"ours default ({default_precision} + channels_last) + torch.compile",
                     lambda: OursPath(bench, dev, args.batch, default_precision, True, True, args.gala_mode)),
+        "graphs": (f"ours default ({default_precision} + channels_last) + compile reduce-overhead",
+                   lambda: OursPath(bench, dev, args.batch, default_precision, True, True, args.gala_mode,
+                                    "reduce-overhead")),
     }
     cache_dir = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or f"/tmp/torchinductor_{getpass.getuser()}")
     cache_warm = cache_dir.is_dir() and any(cache_dir.iterdir())

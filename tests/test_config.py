@@ -42,6 +42,8 @@ def test_overrides_and_types(tmp_path):
     ("loss.drw_epoch=200", "loss.drw_epoch must be an epoch of the run (0 to 199)"),
     ("eval.tau_grid=[]", "eval.tau_grid must be a non-empty list"),
     ("optim.milestones=[180,160]", "optim.milestones must increase"),
+    ("compile_mode=fastest", "compile_mode must be one of default, reduce-overhead, max-autotune"),
+    ("check_every=-1", "check_every must be >= 0 (0 = auto)"),
     ("model.head=linear", None),
     ("nonsense", "must look like key=value"),
 ])

@@ -163,6 +163,18 @@ def test_checking_every_few_steps_changes_only_how_often_the_loop_reads_back(sha
         assert torch.equal(a["model"][key], b["model"][key]), key
 
 
+@pytest.mark.parametrize("mode, expected", [("default", None), ("reduce-overhead", "reduce-overhead")])
+def test_compile_wraps_the_training_network_in_the_chosen_mode(shared_data, tmp_path, monkeypatch, mode, expected):
+    seen = []
+
+    def fake_compile(net, mode=None):
+        seen.append((type(net).__name__, mode))
+        return net  # compiling for real takes ~30 s on this CPU; the CPU reproduction runs use it
+    monkeypatch.setattr(train_mod.torch, "compile", fake_compile)
+    train(tiny(shared_data, tmp_path, f"compile-{mode}", "optim.epochs=1", "compile=true", f"compile_mode={mode}"))
+    assert seen == [("Classifier", expected)]
+
+
 def test_disk_full_keeps_previous_checkpoint(shared_data, tmp_path, monkeypatch):
     real_save = torch.save
     calls = {"n": 0}

@@ -100,6 +100,9 @@ class Config:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: bf16 on GPU / AMX CPUs, else fp32
     channels_last: bool = True
     compile: bool = False
+    # torch.compile mode: default | reduce-overhead (CUDA graphs: on a GPU, launch overhead dominates
+    # a small model like ResNet-32) | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: str = "default"
     # Steps between the loop's checks for a NaN/inf loss and a stop request. Each check reads a value
     # back from the device, which on a GPU stalls the queue of kernels; 0 = auto: every step on CPU
     # (free there), every 25 steps on GPU. A bad loss is still caught before any checkpoint is written.
@@ -123,6 +126,7 @@ _CHOICES = {
     "model.head": ("auto", "linear", "cosine"),
     "progress": ("auto", "bar", "log", "quiet"),
     "data.val_shortfall": ("move", "error"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 

@@ -232,7 +232,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     if rt.distributed:
         net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if cfg.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
 
     mean, std = bench.mean, bench.std
     augment = build_train_augment(cfg.data.augment, mean, std, cfg.data.image_size)
