@@ -2,7 +2,7 @@ import statistics
 
 import pytest
 
-from longtail.report import markdown_table, summarize
+from longtail.report import markdown_table, published_figure, summarize
 
 
 def _run(seed, top1, setting="abc", method="gala-reference", model="resnet32", ckpts=("best_val", "last")):
@@ -33,3 +33,31 @@ def test_a_repeated_seed_or_a_missing_checkpoint_is_refused():
     with pytest.raises(ValueError, match="no 'best_val' checkpoint"):
         summarize([_run(0, 50.0, ckpts=("last",))])
     assert summarize([_run(0, 50.0, ckpts=("last",))], checkpoint="last")[0]["raw.top1"] == "50.00"
+
+
+@pytest.mark.parametrize("dataset, imb, method, figure", [
+    ("cifar100-lt", 100, "gala-reference", "52.1 (+PR 52.3)"),
+    ("cifar100-lt", 100, "gala-paper", "52.1 (+PR 52.3)"),
+    ("cifar100-lt", 100.0, "ldam-drw", "42.0"),
+    ("cifar100-lt", 100, "ce", "39.1"),
+    ("cifar100-lt", 100, "ce-drw", "39.1"),
+    ("cifar100-lt", 100, "la(tau=2.0)", "43.9"),
+    ("cifar100-lt", 100, "ala-drw", "-"),  # not published for CIFAR
+    ("cifar100-lt", 200, "gcl", "44.9"),
+    ("cifar10-lt", 100, "gala-paper", "-"),
+    ("places-lt", None, "gala-reference", "41.0 (+PR 41.4)"),
+])
+def test_published_figures_follow_spec_section_6(dataset, imb, method, figure):
+    assert published_figure(dataset, imb, method) == figure
+
+
+def test_the_table_shows_the_published_figure_unless_told_otherwise():
+    rows = summarize([_run(0, 50.0), _run(0, 38.0, method="ce", setting="ce")])
+    table = markdown_table(rows)
+    assert "| cifar100-lt IF100 | gala-reference | resnet32 | 1 | 50.00 |" in table
+    gala_line = next(ln for ln in table.splitlines() if "| gala-reference |" in ln)
+    ce_line = next(ln for ln in table.splitlines() if "| ce |" in ln)
+    assert gala_line.endswith("| 52.1 (+PR 52.3) |") and ce_line.endswith("| 39.1 |")
+    custom = markdown_table(rows, published={"ce": "x"}).splitlines()
+    assert next(ln for ln in custom if "| ce |" in ln).endswith("| x |")
+    assert next(ln for ln in custom if "| gala-reference |" in ln).endswith("| - |")
