@@ -184,8 +184,13 @@ PIL_CASES = [
     ("translateX+", lambda x: AA.translate_x(x, 150 / 331 * 32), lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 150 / 331 * 32, 0, 1, 0), fillcolor=FILL)),
     ("translateX-", lambda x: AA.translate_x(x, -5.3), lambda im: im.transform(im.size, Image.AFFINE, (1, 0, -5.3, 0, 1, 0), fillcolor=FILL)),
     ("translateY", lambda x: AA.translate_y(x, -150 / 331 * 32 * 3 / 9), lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, -150 / 331 * 32 * 3 / 9), fillcolor=FILL)),
-    ("shearX", lambda x: AA.shear_x(x, 0.3), lambda im: im.transform(im.size, Image.AFFINE, (1, 0.3, 0, 0, 1, 0), Image.NEAREST, fillcolor=FILL)),
-    ("shearY", lambda x: AA.shear_y(x, -0.3 * 8 / 9), lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0, -0.3 * 8 / 9, 1, 0), Image.NEAREST, fillcolor=FILL)),
+    # the policy's shears: PIL bicubic (DeepVoltaire), at several magnitudes and both signs
+    *[(f"shear{ax}{m:+.4f}", (lambda m, ax: lambda x: (AA.shear_x if ax == "X" else AA.shear_y)(x, m))(m, ax),
+       (lambda m, ax: lambda im: im.transform(im.size, Image.AFFINE, (1, m, 0, 0, 1, 0) if ax == "X" else
+                                              (1, 0, 0, m, 1, 0), Image.BICUBIC, fillcolor=FILL))(m, ax))
+      for ax in "XY" for m in (0.3, -0.3 * 8 / 9, 0.3 / 9, -0.1)],
+    ("shearX-nearest", lambda x: AA.shear_x(x, 0.3, interpolation="nearest"), lambda im: im.transform(im.size, Image.AFFINE, (1, 0.3, 0, 0, 1, 0), Image.NEAREST, fillcolor=FILL)),
+    ("shearY-nearest", lambda x: AA.shear_y(x, -0.3 * 8 / 9, interpolation="nearest"), lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0, -0.3 * 8 / 9, 1, 0), Image.NEAREST, fillcolor=FILL)),
     ("rotate", lambda x: AA.rotate(x, 30 * 2 / 9), lambda im: _rotate_with_fill(im, 30 * 2 / 9)),
     ("color-", lambda x: AA.color(x, 1 - 0.9 * 7 / 9), lambda im: ImageEnhance.Color(im).enhance(1 - 0.9 * 7 / 9)),
     ("color+", lambda x: AA.color(x, 1.9), lambda im: ImageEnhance.Color(im).enhance(1.9)),
@@ -211,7 +216,6 @@ def test_autoaugment_op_matches_pil(name, ours, ref):
     expected = pil_apply(x, ref)
     got = ours(x)
     assert got.dtype == torch.uint8
-    # shearX/Y: PIL's shear is bicubic in the policy; ours is nearest, compared with PIL nearest here.
     assert torch.equal(got, expected), f"{name}: {(got.int() - expected.int()).abs().max()} max diff"
     got_f = ours(x.float())
     assert got_f.dtype == torch.float32 and torch.equal(got_f, expected.float())
@@ -273,8 +277,8 @@ def test_autoaugment_outputs_are_reachable_by_the_policy():
     x = smooth_images(1, seed=5)
     y = AA.autoaugment_cifar10(x.expand(32, -1, -1, -1).contiguous(), torch.Generator().manual_seed(4))
     funcs = {
-        "shearX": lambda im, m, s: im.transform(im.size, Image.AFFINE, (1, m * s, 0, 0, 1, 0), Image.NEAREST, fillcolor=FILL),
-        "shearY": lambda im, m, s: im.transform(im.size, Image.AFFINE, (1, 0, 0, m * s, 1, 0), Image.NEAREST, fillcolor=FILL),
+        "shearX": lambda im, m, s: im.transform(im.size, Image.AFFINE, (1, m * s, 0, 0, 1, 0), Image.BICUBIC, fillcolor=FILL),
+        "shearY": lambda im, m, s: im.transform(im.size, Image.AFFINE, (1, 0, 0, m * s, 1, 0), Image.BICUBIC, fillcolor=FILL),
         "translateX": lambda im, m, s: im.transform(im.size, Image.AFFINE, (1, 0, m * 32 * s, 0, 1, 0), fillcolor=FILL),
         "translateY": lambda im, m, s: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, m * 32 * s), fillcolor=FILL),
         "rotate": lambda im, m, s: _rotate_with_fill(im, m),
@@ -350,3 +354,16 @@ def test_color_jitter_matches_per_image_formulas():
                 img = gray[None] + f * (img - gray[None])
             img = np.clip(img, 0, 1)
         np.testing.assert_allclose(y[i].numpy(), img, atol=1e-5)
+
+
+def test_autoaugment_shear_is_bicubic_by_default_and_nearest_on_request():
+    x = smooth_images(256, seed=2)  # the policy shears only in 2 of its 25 sub-policies (ShearY)
+    default = AA.autoaugment_cifar10(x, torch.Generator().manual_seed(3))
+    assert torch.equal(default, AA.autoaugment_cifar10(x, torch.Generator().manual_seed(3), shear="bicubic"))
+    nearest = AA.autoaugment_cifar10(x, torch.Generator().manual_seed(3), shear="nearest")
+    differ = [i for i in range(256) if not torch.equal(default[i], nearest[i])]
+    assert 0 < len(differ) < 30  # only the images that drew a shear
+    with pytest.raises(ValueError, match="shear must be one of"):
+        AA.autoaugment_cifar10(x, shear="bilinear")
+    with pytest.raises(ValueError, match="shear interpolation must be one of"):
+        A.build_train_augment("autoaugment", MEAN, STD, 32, shear="linear")

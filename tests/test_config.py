@@ -44,6 +44,7 @@ def test_overrides_and_types(tmp_path):
     ("optim.milestones=[180,160]", "optim.milestones must increase"),
     ("compile_mode=fastest", "compile_mode must be one of default, reduce-overhead, max-autotune"),
     ("check_every=-1", "check_every must be >= 0 (0 = auto)"),
+    ("data.autoaugment_shear=bilinear", "data.autoaugment_shear must be one of bicubic, nearest"),
     ("model.head=linear", None),
     ("nonsense", "must look like key=value"),
 ])

@@ -5,26 +5,36 @@ import pytest
 from longtail.report import markdown_table, published_figure, summarize
 
 
-def _run(seed, top1, setting="abc", method="gala-reference", model="resnet32", ckpts=("best_val", "last")):
+def _run(seed, top1, config=None, method="gala-reference", model="resnet32", ckpts=("best_val", "last")):
     variant = {"top1": top1, "many": top1 + 10, "medium": top1, "few": top1 - 10}
-    return {"dataset": "cifar100-lt", "imb_factor": 100, "method": method, "seed": seed, "setting": setting,
-            "config": {"model": {"name": model}}, "_dir": f"run-{setting}-{seed}",
+    return {"dataset": "cifar100-lt", "imb_factor": 100, "method": method, "seed": seed, "setting": "stored",
+            "config": {"model": {"name": model}, "seed": seed, **(config or {})}, "_dir": f"run-{top1}-{seed}",
             "best_test_epoch": {"epoch": 3, "top1": top1 + 1},
             "checkpoints": {c: {"raw": variant, "pr": variant, "pr_transductive": variant} for c in ckpts}}
 
 
 def test_seeds_of_one_setting_are_averaged_and_other_settings_kept_apart():
-    rows = summarize([_run(0, 50.0), _run(1, 52.0), _run(0, 40.0, setting="other-lambda"),
-                      _run(0, 45.0, model="resnext50_32x4d", setting="x")])
-    by = {(r["setting"], r["model"]): r for r in rows}
-    main = by[("abc", "resnet32")]
-    assert main["seeds"] == 2 and main["seed_list"] == [0, 1]
-    assert main["raw.top1"] == f"{51.0:.2f} ± {statistics.stdev([50.0, 52.0]):.2f}"
-    assert by[("other-lambda", "resnet32")]["raw.top1"] == "40.00"
-    assert by[("x", "resnext50_32x4d")]["seeds"] == 1
+    rows = summarize([_run(0, 50.0), _run(1, 52.0), _run(0, 40.0, config={"optim": {"lr": 0.05}}),
+                      _run(0, 45.0, model="resnext50_32x4d")])
+    assert len(rows) == 3
+    by = {r["raw.top1"]: r for r in rows}
+    main = by[f"{51.0:.2f} ± {statistics.stdev([50.0, 52.0]):.2f}"]
+    assert main["seeds"] == 2 and main["seed_list"] == [0, 1] and main["model"] == "resnet32"
+    assert by["40.00"]["seeds"] == 1 and by["45.00"]["model"] == "resnext50_32x4d"
     table = markdown_table(rows)
     assert "| cifar100-lt IF100 | gala-reference | resnet32 | 2 | 51.00 ± 1.41 |" in table
     assert "selected on the test" in table
+
+
+def test_a_run_saved_before_a_config_key_existed_is_a_seed_of_runs_at_its_default():
+    old = _run(0, 50.0, config={"data": {"augment": "autoaugment"}})  # written before data.autoaugment_shear
+    new = _run(1, 52.0, config={"data": {"augment": "autoaugment", "autoaugment_shear": "bicubic"}})
+    other = _run(2, 49.0, config={"data": {"augment": "autoaugment", "autoaugment_shear": "nearest"}})
+    rows = summarize([old, new, other])
+    assert sorted((r["seeds"], r["seed_list"]) for r in rows) == [(1, [2]), (2, [0, 1])]
+    # results without a loadable config keep the fingerprint they were saved with
+    bare = [dict(_run(s, 50.0 + s), config=None, setting="same") for s in (0, 1)]
+    assert summarize(bare)[0]["seeds"] == 2
 
 
 def test_a_repeated_seed_or_a_missing_checkpoint_is_refused():
@@ -52,7 +62,7 @@ def test_published_figures_follow_spec_section_6(dataset, imb, method, figure):
 
 
 def test_the_table_shows_the_published_figure_unless_told_otherwise():
-    rows = summarize([_run(0, 50.0), _run(0, 38.0, method="ce", setting="ce")])
+    rows = summarize([_run(0, 50.0), _run(0, 38.0, method="ce", config={"loss": {"name": "ce"}})])
     table = markdown_table(rows)
     assert "| cifar100-lt IF100 | gala-reference | resnet32 | 1 | 50.00 |" in table
     gala_line = next(ln for ln in table.splitlines() if "| gala-reference |" in ln)

@@ -9,7 +9,9 @@ signature of that loss's constructor.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
+import json
 import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -41,6 +43,9 @@ class DataConfig:
     image_size: int = 32
     resize: int = 256
     augment: str = "autoaugment"  # longtail.data.augment.AUGMENTS
+    # AutoAugment's ShearX/Y sampling: bicubic as the released policy (PIL, bit-exact), or nearest
+    # (what longtail 0.1.0 did, and the first CIFAR-100-LT GALA reproduction run used)
+    autoaugment_shear: str = "bicubic"
     limit_per_class: int | None = None  # cap per-class training images (tiny smoke runs)
     limit_eval_per_class: int | None = None
     workers: int = 4  # DataLoader workers for list datasets
@@ -126,6 +131,7 @@ _CHOICES = {
     "model.head": ("auto", "linear", "cosine"),
     "progress": ("auto", "bar", "log", "quiet"),
     "data.val_shortfall": ("move", "error"),
+    "data.autoaugment_shear": ("bicubic", "nearest"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
@@ -331,3 +337,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# Keys that do not change what is learned (check_every: tested bit-identical across values).
+RUNTIME_KEYS = ("seed", "run_name", "out_dir", "threads", "progress", "tensorboard", "device", "eval.batch_size",
+                "data.workers", "data.root", "data.download", "check_every")
+
+
+def setting_key(cfg: Config) -> str:
+    """A fingerprint of everything that defines the experiment except the seed and runtime settings:
+    runs with equal keys are seeds of one setting (`longtail report` averages them)."""
+    d = cfg.to_dict()
+    for key in RUNTIME_KEYS:
+        *path, last = key.split(".")
+        node = d
+        for part in path:
+            node = node[part]
+        node.pop(last, None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]

@@ -27,6 +27,17 @@ def load_results(run_dirs) -> list[dict]:
     return found
 
 
+def _setting(result: dict) -> str:
+    """The run's setting fingerprint, recomputed from its saved config with today's defaults, so a
+    run saved before a config key existed matches a newer run that leaves that key at its default."""
+    from longtail.config import ConfigError, config_from_dict, setting_key
+
+    try:
+        return setting_key(config_from_dict(result["config"]))
+    except (KeyError, TypeError, ConfigError):
+        return result.get("setting", "")  # hand-made or foreign results: the fingerprint they carry
+
+
 def _mean_std(values: list) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -41,8 +52,8 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
         model = (r.get("config") or {}).get("model", {}).get("name", "")
-        # runs of one setting (same config but the seed, see longtail.train.setting_key) are seeds
-        groups[(r["dataset"], r.get("imb_factor"), r["method"], model, r.get("setting", ""))].append(r)
+        # runs of one setting (same config but the seed, see longtail.config.setting_key) are seeds
+        groups[(r["dataset"], r.get("imb_factor"), r["method"], model, _setting(r))].append(r)
     rows = []
     for (dataset, imb, method, model, setting), runs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         seeds = [r["seed"] for r in runs]

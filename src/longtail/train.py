@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from longtail import distributed, losses, models
-from longtail.config import Config, save_config
+from longtail.config import Config, save_config, setting_key
 from longtail.data import TensorSplit, load_benchmark
 from longtail.data.augment import build_eval_transform, build_train_augment
 from longtail.evaluation import autocast_context, evaluate_model, predict, report_markdown, resolve_precision
@@ -235,7 +235,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
 
     mean, std = bench.mean, bench.std
-    augment = build_train_augment(cfg.data.augment, mean, std, cfg.data.image_size)
+    augment = build_train_augment(cfg.data.augment, mean, std, cfg.data.image_size, shear=cfg.data.autoaugment_shear)
     eval_tf = build_eval_transform(mean, std)
     held = isinstance(bench.train, TensorSplit)
     if held:
@@ -454,25 +454,6 @@ def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, stat
 
 
 # Settings that do not change what is trained, left out when runs are grouped as seeds of one setting.
-RUNTIME_KEYS = ("seed", "run_name", "out_dir", "threads", "progress", "tensorboard", "device", "eval.batch_size",
-                "data.workers", "data.root", "data.download")
-
-
-def setting_key(cfg: Config) -> str:
-    """A fingerprint of everything that defines the experiment except the seed and runtime settings:
-    runs with equal keys are seeds of one setting (`longtail report` averages them)."""
-    import hashlib
-
-    d = cfg.to_dict()
-    for key in RUNTIME_KEYS:
-        *path, last = key.split(".")
-        node = d
-        for part in path:
-            node = node[part]
-        node.pop(last, None)
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-
-
 def method_name(cfg: Config) -> str:
     name = cfg.loss.name
     p = cfg.loss.params

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .autoaugment import (  # noqa: F401  (re-exported: the individual operations are public here too)
-    CIFAR10_POLICY, OPS, affine, autoaugment_cifar10, autocontrast, brightness, color, contrast,
+    CIFAR10_POLICY, OPS, SHEAR_INTERPOLATIONS, affine, autoaugment_cifar10, autocontrast, brightness, color, contrast,
     equalize, invert, posterize, rotate, sharpness, shear_x, shear_y, solarize, translate_x,
     translate_y,
 )
@@ -32,7 +32,7 @@ __all__ = [
     "random_crop_flip", "hflip", "cutout", "random_cutout", "resized_crop", "random_resized_crop",
     "color_jitter", "autoaugment_cifar10", "CIFAR10_POLICY", "OPS", "affine", "autocontrast",
     "brightness", "color", "contrast", "equalize", "invert", "posterize", "rotate", "sharpness",
-    "shear_x", "shear_y", "solarize", "translate_x", "translate_y",
+    "shear_x", "shear_y", "solarize", "translate_x", "translate_y", "SHEAR_INTERPOLATIONS",
 ]
 
 AUGMENTS = ("none", "crop_flip", "autoaugment", "imagenet")
@@ -252,11 +252,14 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float], max_value:
 class TrainAugment:
     """Callable (uint8 batch, generator) -> normalised float32 batch; see build_train_augment."""
 
-    def __init__(self, kind: str, mean, std, image_size: int, sync_free: bool | None = None):
+    def __init__(self, kind: str, mean, std, image_size: int, sync_free: bool | None = None,
+                 shear: str = "bicubic"):
         if kind not in AUGMENTS:
             raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTS}")
+        if shear not in SHEAR_INTERPOLATIONS:
+            raise ValueError(f"AutoAugment shear interpolation must be one of {SHEAR_INTERPOLATIONS}, got {shear!r}")
         self.kind, self.mean, self.std, self.image_size = kind, tuple(mean), tuple(std), int(image_size)
-        self.sync_free = sync_free
+        self.sync_free, self.shear = sync_free, shear
         self.pad = self.image_size // 8
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -275,23 +278,25 @@ class TrainAugment:
             return normalize(x, self.mean, self.std)
         y = random_crop_flip(x, self.pad, size, generator)
         if self.kind == "autoaugment":
-            y = autoaugment_cifar10(y.float(), generator, sync_free=self.sync_free)
+            y = autoaugment_cifar10(y.float(), generator, sync_free=self.sync_free, shear=self.shear)
             # Cutout zeroes after ToTensor: 0 in [0, 1] space is 0 here too, before Normalize.
             y = random_cutout(y, generator, length=max(1, size // 2))  # 16 for 32x32
         return normalize(y, self.mean, self.std)
 
     def __repr__(self) -> str:
-        return f"TrainAugment(kind={self.kind!r}, image_size={self.image_size}, mean={self.mean}, std={self.std})"
+        return (f"TrainAugment(kind={self.kind!r}, image_size={self.image_size}, mean={self.mean}, std={self.std}"
+                + (f", shear={self.shear!r})" if self.kind == "autoaugment" else ")"))
 
 
-def build_train_augment(kind: str, mean, std, image_size: int,
-                        sync_free: bool | None = None) -> Callable[[Tensor, torch.Generator | None], Tensor]:
+def build_train_augment(kind: str, mean, std, image_size: int, sync_free: bool | None = None,
+                        shear: str = "bicubic") -> Callable[[Tensor, torch.Generator | None], Tensor]:
     """Batched training augmentation: uint8 (B, C, H, W) -> float32 normalised (B, C, S, S).
 
     `sync_free` picks how per-image random ops are applied (same result either way): None = by
     device, grouped on CPU (least arithmetic), sync-free on GPU (no device-to-host reads).
+    `shear`: AutoAugment's ShearX/Y sampling, "bicubic" as released or "nearest".
     """
-    return TrainAugment(kind, mean, std, image_size, sync_free)
+    return TrainAugment(kind, mean, std, image_size, sync_free, shear)
 
 
 class EvalTransform:

@@ -95,8 +95,11 @@ def _bc(v: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Geometric operations (PIL `Image.transform(AFFINE)` semantics, nearest sampling)
+# Geometric operations (PIL `Image.transform(AFFINE)` semantics: nearest sampling, and the bicubic
+# sampling the policy's shears use)
 # ---------------------------------------------------------------------------------------------------
+
+SHEAR_INTERPOLATIONS = ("bicubic", "nearest")
 
 def affine(x: Tensor, matrix: Tensor, fill: float = 128.0) -> Tensor:
     """Per-image affine warp. `matrix` (N, 2, 3) maps an OUTPUT pixel coordinate to the INPUT one in
@@ -150,14 +153,54 @@ def _rotate_matrix(degrees: Tensor, h: int, w: int) -> Tensor:
     return a
 
 
-def shear_x(x: Tensor, m, fill: float = 128.0) -> Tensor:
-    """PIL transform (1, m, 0, 0, 1, 0): input x = x + m y (shear about the top-left corner)."""
-    return affine(x, _shear_matrix(_as_param(m, x.shape[0], x), 0), fill)
+def _shear_bicubic(x: Tensor, m: Tensor, axis: int, fill: float) -> Tensor:
+    """PIL's BICUBIC affine resampling for a shear, bit for bit. Along the sheared axis the source
+    coordinate of output pixel (i, j) is j + 0.5 + m (i + 0.5); across it, i + 0.5 exactly, so
+    PIL's 4 x 4 kernel reduces to 4 taps along one axis. PIL's geometry kernel is the cubic
+    convolution with a = -1 in Horner form, in double precision, with edge-clamped taps, clipped
+    to [0, 255] and truncated; a source coordinate outside [0, size) gives `fill`."""
+    xf = _float(x).double()
+    if axis == 1:
+        xf = xf.transpose(-1, -2)
+    n, c, h, w = xf.shape
+    m = m.to(device=x.device, dtype=torch.float64).view(n, 1, 1)
+    rows = torch.arange(h, device=x.device, dtype=torch.float64).view(1, h, 1) + 0.5
+    cols = torch.arange(w, device=x.device, dtype=torch.float64).view(1, 1, w) + 0.5
+    src = cols + m * rows  # (n, h, w): PIL's a0 * (j + 0.5) + a1 * (i + 0.5) + a2
+    inside = (src >= 0) & (src < w)
+    src = src - 0.5
+    left = src.floor()
+    d = (src - left).unsqueeze(1)
+    taps = (left.long().unsqueeze(-1) + torch.arange(-1, 3, device=x.device)).clamp_(0, w - 1)
+    v = xf.gather(3, taps.view(n, 1, h, w * 4).expand(n, c, h, w * 4)).view(n, c, h, w, 4)
+    v1, v2, v3, v4 = v.unbind(-1)
+    p2 = -v1 + v3
+    p3 = 2 * (v1 - v2) + v3 - v4
+    p4 = -v1 + v2 - v3 + v4
+    out = (v2 + d * (p2 + d * (p3 + d * p4))).clamp_(0, 255).floor_()
+    out = torch.where(inside.unsqueeze(1), out, torch.full_like(out, fill)).float()
+    if axis == 1:
+        out = out.transpose(-1, -2)
+    return _restore(out.contiguous(), x)
 
 
-def shear_y(x: Tensor, m, fill: float = 128.0) -> Tensor:
+def _shear(x: Tensor, m, axis: int, fill: float, interpolation: str) -> Tensor:
+    if interpolation not in SHEAR_INTERPOLATIONS:
+        raise ValueError(f"shear interpolation must be one of {SHEAR_INTERPOLATIONS}, got {interpolation!r}")
+    if interpolation == "bicubic":
+        return _shear_bicubic(x, torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]), axis, fill)
+    return affine(x, _shear_matrix(_as_param(m, x.shape[0], x), axis), fill)
+
+
+def shear_x(x: Tensor, m, fill: float = 128.0, interpolation: str = "bicubic") -> Tensor:
+    """PIL transform (1, m, 0, 0, 1, 0): input x = x + m y (shear about the top-left corner).
+    Bicubic as the CIFAR-10 policy's shear (bit-exact), or nearest."""
+    return _shear(x, m, 0, fill, interpolation)
+
+
+def shear_y(x: Tensor, m, fill: float = 128.0, interpolation: str = "bicubic") -> Tensor:
     """PIL transform (1, 0, 0, m, 1, 0): input y = m x + y."""
-    return affine(x, _shear_matrix(_as_param(m, x.shape[0], x), 1), fill)
+    return _shear(x, m, 1, fill, interpolation)
 
 
 def translate_x(x: Tensor, pixels, fill: float = 128.0) -> Tensor:
@@ -322,11 +365,25 @@ def _geometric_matrices(op: Tensor, mag: Tensor, sign: Tensor, h: int, w: int) -
     return torch.where((op == 4).view(-1, 1, 1), _rotate_matrix(m, h, w), a)
 
 
+def _apply_group(g: int, xs: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    """Group g's operation on images xs (each with its own op id, magnitude and sign)."""
+    h, w = xs.shape[-2:]
+    if g == 0:
+        return affine(xs, _geometric_matrices(op, mag, sign, h, w), fill)
+    if g == 1:  # bicubic shear: X or Y per image
+        signed = mag * sign
+        sx, sy = _shear_bicubic(xs, signed, 0, fill), _shear_bicubic(xs, signed, 1, fill)
+        return torch.where((op == 0).view(-1, 1, 1, 1), sx, sy)
+    return _apply_op(g, xs, mag, sign)
+
+
 def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fill: float = 128.0,
-                        sync_free: bool | None = None) -> Tensor:
+                        sync_free: bool | None = None, shear: str = "bicubic") -> Tensor:
     """CIFAR10Policy on a batch: a sub-policy per image, each op with its probability and magnitude.
 
     x: (N, C, H, W) on the 0..255 scale, uint8 or float. Returns the input dtype (integer valued).
+    `shear`: "bicubic" as the released policy (PIL's bicubic, bit-exact) or "nearest" (it then
+    shares the translate/rotate warp; longtail 0.1.0 used it, and one reproduction run did).
     Two ways to apply a slot's ops, with the same result:
     - grouped (default on CPU): one batched call per operation present in the batch, on just the
       images that drew it (the five geometric operations share one grid_sample call). Least work,
@@ -339,6 +396,8 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
     dev = x.device
     if sync_free is None:
         sync_free = dev.type != "cpu"
+    if shear not in SHEAR_INTERPOLATIONS:
+        raise ValueError(f"shear must be one of {SHEAR_INTERPOLATIONS}, got {shear!r}")
     out = _float(x).clone()
     ops_t, probs_t, mags_t = _policy_tables(dev)
     pol = torch.randint(len(CIFAR10_POLICY), (n,), generator=generator, device=dev)
@@ -348,15 +407,15 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
         op = ops_t[pol, slot]
         mag = mags_t[pol, slot]
         op = torch.where(u[:, slot] < probs_t[pol, slot], op, torch.full_like(op, -1))
-        geo = op < 5
-        key = torch.where(geo, torch.full_like(op, 0), op)  # group id; 0 = any geometric op
+        # Group ids: 0 = the geometric ops sharing one nearest warp (translate, rotate, and shear
+        # when nearest), 1 = bicubic shear, 5.. = the op itself, -1 = no op in this slot.
+        key = torch.where(op < 5, torch.full_like(op, 0), op)
+        if shear == "bicubic":
+            key = torch.where(op < 2, torch.full_like(op, 1), key)
         key = torch.where(op < 0, torch.full_like(op, -1), key)
         if sync_free:
-            for g in (0, *range(5, len(OPS))):  # group 0 = the five geometric ops
-                if g == 0:
-                    ys = affine(out, _geometric_matrices(op, mag, sign[:, slot], h, w), fill)
-                else:
-                    ys = _apply_op(g, out, mag, sign[:, slot])
+            for g in (0, 1, *range(5, len(OPS))):
+                ys = _apply_group(g, out, op, mag, sign[:, slot], fill)
                 out = torch.where((key == g).view(-1, 1, 1, 1), ys, out)
             continue
         order = torch.argsort(key, stable=True)
@@ -370,9 +429,5 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
             start += cnt
             xs = out.index_select(0, idx)
             m_s, s_s, o_s = mag.index_select(0, idx), sign[:, slot].index_select(0, idx), op.index_select(0, idx)
-            if g == 0:
-                ys = affine(xs, _geometric_matrices(o_s, m_s, s_s, h, w), fill)
-            else:
-                ys = _apply_op(g, xs, m_s, s_s)
-            out.index_copy_(0, idx, ys)
+            out.index_copy_(0, idx, _apply_group(g, xs, o_s, m_s, s_s, fill))
     return _restore(out, x) if x.dtype == torch.uint8 else out.to(x.dtype)
