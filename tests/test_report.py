@@ -22,7 +22,9 @@ def test_seeds_of_one_setting_are_averaged_and_other_settings_kept_apart():
     assert main["seeds"] == 2 and main["seed_list"] == [0, 1] and main["model"] == "resnet32"
     assert by["40.00"]["seeds"] == 1 and by["45.00"]["model"] == "resnext50_32x4d"
     table = markdown_table(rows)
-    assert "| cifar100-lt IF100 | gala-reference | resnet32 | 2 | 51.00 ± 1.41 |" in table
+    assert "| cifar100-lt IF100 | gala-reference [optim.lr=0.1] | resnet32 | 2 | 51.00 ± 1.41 |" in table
+    assert "| gala-reference [optim.lr=0.05] | resnet32 | 1 | 40.00 |" in table
+    assert "| gala-reference | resnext50_32x4d | 1 | 45.00 |" in table  # alone for its model: no label
     assert "selected on the test" in table
 
 
@@ -32,6 +34,9 @@ def test_a_run_saved_before_a_config_key_existed_is_a_seed_of_runs_at_its_defaul
     other = _run(2, 49.0, config={"data": {"augment": "autoaugment", "autoaugment_shear": "nearest"}})
     rows = summarize([old, new, other])
     assert sorted((r["seeds"], r["seed_list"]) for r in rows) == [(1, [2]), (2, [0, 1])]
+    # the two settings of one method are told apart by the config value that differs, and only by it
+    assert sorted(r["differs"] for r in rows) == ["data.autoaugment_shear=bicubic", "data.autoaugment_shear=nearest"]
+    assert "| gala-reference [data.autoaugment_shear=nearest] | resnet32 | 1 | 49.00 |" in markdown_table(rows)
     # results without a loadable config keep the fingerprint they were saved with
     bare = [dict(_run(s, 50.0 + s), config=None, setting="same") for s in (0, 1)]
     assert summarize(bare)[0]["seeds"] == 2

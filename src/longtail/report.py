@@ -38,6 +38,34 @@ def _setting(result: dict) -> str:
         return result.get("setting", "")  # hand-made or foreign results: the fingerprint they carry
 
 
+def _flat_config(result: dict) -> dict:
+    """The run's config as {"section.key": value} with today's defaults filled in ({} if unloadable)."""
+    from longtail.config import RUNTIME_KEYS, ConfigError, config_from_dict
+
+    try:
+        d = config_from_dict(result["config"]).to_dict()
+    except (KeyError, TypeError, ConfigError):
+        return {}
+    flat = {}
+    for k, v in d.items():
+        for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)]):
+            flat[f"{k}.{kk}" if kk else k] = vv
+    return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
+
+
+def _label_differences(rows: list[dict], first_runs: list[dict]) -> None:
+    """Where one method appears in several settings, name the config keys that set them apart."""
+    by_method = defaultdict(list)
+    for row, run in zip(rows, first_runs):
+        by_method[(row["dataset"], row["imb_factor"], row["method"], row["model"])].append((row, _flat_config(run)))
+    for members in by_method.values():
+        if len(members) < 2:
+            continue
+        keys = sorted({k for _, f in members for k in f if len({repr(g.get(k)) for _, g in members}) > 1})
+        for row, flat in members:
+            row["differs"] = ", ".join(f"{k}={flat.get(k)}" for k in keys)
+
+
 def _mean_std(values: list) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -48,13 +76,15 @@ def _mean_std(values: list) -> str:
 
 
 def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
-    """One row per (dataset, imbalance factor, method): metrics as mean ± std over seeds."""
+    """One row per setting (runs whose configs differ only in seed and runtime keys): metrics as
+    mean ± std over its seeds. Where a method appears in several settings, row["differs"] names the
+    config values that set each apart (also shown beside the method in the markdown table)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
         model = (r.get("config") or {}).get("model", {}).get("name", "")
         # runs of one setting (same config but the seed, see longtail.config.setting_key) are seeds
         groups[(r["dataset"], r.get("imb_factor"), r["method"], model, _setting(r))].append(r)
-    rows = []
+    rows, first_runs = [], []
     for (dataset, imb, method, model, setting), runs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
@@ -69,13 +99,15 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
             return [r["checkpoints"][checkpoint].get(variant, {}).get(metric) for r in runs]
 
         row = {"dataset": dataset, "imb_factor": imb, "method": method, "model": model, "setting": setting,
-               "seeds": len(runs), "seed_list": sorted(seeds)}
+               "seeds": len(runs), "seed_list": sorted(seeds), "differs": ""}
         for variant in ("raw", "pr", "pr_transductive", "la"):
             for metric in ("top1", "many", "medium", "few"):
                 row[f"{variant}.{metric}"] = _mean_std(pick(variant, metric))
         row["best_on_test"] = _mean_std([(r.get("best_test_epoch") or {}).get("top1") for r in runs])
         row["train_time_s"] = _mean_std([r.get("train_time_s") for r in runs])
         rows.append(row)
+        first_runs.append(runs[0])
+    _label_differences(rows, first_runs)
     return rows
 
 
@@ -112,7 +144,8 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
         pub = (published.get(r["method"], "-") if published is not None
                else published_figure(r["dataset"], r.get("imb_factor"), r["method"]))
         ds = r["dataset"] + (f" IF{r['imb_factor']:g}" if r.get("imb_factor") and "cifar" in r["dataset"] else "")
-        lines.append(f"| {ds} | {r['method']} | {r.get('model', '')} | {r['seeds']} | {r['raw.top1']} | {r['raw.many']} | {r['raw.medium']} | "
+        method = r["method"] + (f" [{r['differs']}]" if r.get("differs") else "")
+        lines.append(f"| {ds} | {method} | {r.get('model', '')} | {r['seeds']} | {r['raw.top1']} | {r['raw.many']} | {r['raw.medium']} | "
                      f"{r['raw.few']} | {r['pr.top1']} | {r['pr.many']} | {r['pr.medium']} | {r['pr.few']} | "
                      f"{r['pr_transductive.top1']} | {r['best_on_test']} | {pub} |")
     lines.append("")
