@@ -122,3 +122,19 @@ def test_cosine_head_losses_share_one_scale_with_the_head():
 
     model = build_model(cfg, num_classes=10, in_channels=3)
     assert model.head.scale == 20 and cfg.model.head == "auto"
+
+
+def test_saved_run_configs_keep_the_behaviour_of_the_version_that_wrote_them(tmp_path):
+    from longtail.config import saved_config_from_dict, setting_key
+
+    shipped = load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml")
+    assert shipped.data.autoaugment_shear == "bicubic"  # new runs: the released policy's bicubic shear
+    old = shipped.to_dict()
+    del old["data"]["autoaugment_shear"]  # as longtail 0.1.0 saved it
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert load_config(tmp_path / "config.yaml", saved=True).data.autoaugment_shear == "nearest"
+    assert load_config(tmp_path / "config.yaml").data.autoaugment_shear == "bicubic"
+    assert saved_config_from_dict(old).data.autoaugment_shear == "nearest"
+    assert setting_key(saved_config_from_dict(old)) != setting_key(shipped)
+    # a saved value is never overwritten
+    assert saved_config_from_dict(shipped.to_dict()) == shipped

@@ -15,7 +15,12 @@ from test_augment import smooth_images
 
 # Operators whose result size or value the host must know: on CUDA each one synchronises.
 SYNCING_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.bincount", "aten.unique", "aten._unique",
-               "aten.masked_select", "aten.repeat_interleave")
+               "aten.masked_select", "aten.repeat_interleave", "aten.equal", "aten.allclose", "aten.is_nonzero")
+# Indexing with a boolean mask needs the mask's nonzero count (below the dispatcher on CPU).
+MASK_INDEXING_OPS = ("aten.index", "aten.index_put", "aten.index_put_", "aten._index_put_impl_")
+# Tensor methods that copy to the host on a GPU; on CPU tensors they return at once, so the
+# counter wraps them itself.
+HOST_COPY_METHODS = ("tolist", "cpu", "numpy")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
@@ -30,6 +35,9 @@ class HostReads(TorchDispatchMode):
         name = str(func.overloadpacket) if hasattr(func, "overloadpacket") else str(func)
         if name.startswith(SYNCING_OPS):
             self.seen.append(name)
+        elif name in MASK_INDEXING_OPS and len(args) > 1 and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ()):
+            self.seen.append(f"{func} with a boolean mask")
         return func(*args, **(kwargs or {}))
 
 
@@ -37,25 +45,34 @@ class HostReads(TorchDispatchMode):
 def host_reads(monkeypatch):
     def count(fn, *args, **kwargs):
         mode = HostReads()
-        real_tolist = torch.Tensor.tolist
+        real = {name: getattr(torch.Tensor, name) for name in HOST_COPY_METHODS}
 
-        def tolist(t):
-            mode.seen.append("Tensor.tolist")
-            return real_tolist(t)
-        monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+        def wrap(name):
+            def method(t, *a, **k):
+                mode.seen.append(f"Tensor.{name}")
+                return real[name](t, *a, **k)
+            return method
+        for name in HOST_COPY_METHODS:
+            monkeypatch.setattr(torch.Tensor, name, wrap(name))
         try:
             with mode:
                 out = fn(*args, **kwargs)
         finally:
-            monkeypatch.setattr(torch.Tensor, "tolist", real_tolist)
+            for name in HOST_COPY_METHODS:
+                monkeypatch.setattr(torch.Tensor, name, real[name])
         return out, mode.seen
     return count
 
 
 def test_the_counter_sees_each_kind_of_host_read(host_reads):
     x = torch.arange(6)
+    def mask_assign():
+        y = x.clone()
+        y[x > 2] = 0
     for fn in (lambda: x.sum().item(), lambda: bool((x > 2).any()), lambda: int(x.max()),
-               lambda: (x > 2).nonzero(), lambda: x.tolist(), lambda: torch.bincount(x)):
+               lambda: (x > 2).nonzero(), lambda: x.tolist(), lambda: torch.bincount(x), lambda: x[x > 2],
+               mask_assign, lambda: torch.equal(x, x), lambda: torch.allclose(x.float(), x.float()),
+               lambda: x.cpu(), lambda: x.numpy()):
         _, seen = host_reads(fn)
         assert seen, fn
     _, seen = host_reads(lambda: torch.where(x > 2, x, -x).cumsum(0))
@@ -64,7 +81,7 @@ def test_the_counter_sees_each_kind_of_host_read(host_reads):
 
 @pytest.mark.parametrize("seed, shear", [(0, "bicubic"), (1, "nearest")])
 def test_autoaugment_sync_free_equals_grouped_and_reads_nothing(host_reads, seed, shear):
-    x = smooth_images(96, seed=seed).float()
+    x = smooth_images(512, seed=seed).float()  # enough images for every operation to be drawn
     grouped, seen_grouped = host_reads(AA.autoaugment_cifar10, x, torch.Generator().manual_seed(seed),
                                        sync_free=False, shear=shear)
     assert seen_grouped == ["aten.bincount", "Tensor.tolist"] * 2  # the CPU path's group sizes, per slot

@@ -78,7 +78,7 @@ def cmd_eval(args) -> int:
     if not ckpt_path.is_file():
         raise SystemExit(f"error: no checkpoint at {ckpt_path} (give a run folder or a .pt file)")
     run_dir = ckpt_path.parent
-    cfg = load_config(run_dir / "config.yaml", args.overrides)
+    cfg = load_config(run_dir / "config.yaml", args.overrides, saved=True)
     if args.pr_tau is not None:
         cfg.eval.published_pr_tau = args.pr_tau
     device = pick_device(cfg.device)

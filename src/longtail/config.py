@@ -318,8 +318,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from defaults), apply dotted overrides, check everything."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, saved: bool = False) -> Config:
+    """Read a YAML config (or start from defaults), apply dotted overrides, check everything.
+    `saved`: the file is a run folder's config.yaml (see saved_config_from_dict)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -332,7 +333,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (data, model, loss, optim, ...)")
     data = apply_overrides(data, overrides or [])
-    return config_from_dict(data)
+    return saved_config_from_dict(data) if saved else config_from_dict(data)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -344,10 +345,33 @@ RUNTIME_KEYS = ("seed", "run_name", "out_dir", "threads", "progress", "tensorboa
                 "data.workers", "data.root", "data.download", "check_every")
 
 
+# Keys added after configs were first saved in run folders, with the behaviour of the versions that
+# had no such key. A saved run config (run folder, results.json) lacking one of them ran like that,
+# whatever today's default is; shipped and user configs take today's defaults.
+LEGACY_VALUES = {"data.autoaugment_shear": "nearest"}  # longtail 0.1.0 sheared with nearest sampling
+
+
+def saved_config_from_dict(data: dict) -> Config:
+    """A config saved by a run (config.yaml in its folder, or results.json), keys it predates filled
+    with the values its version behaved with (LEGACY_VALUES), not with today's defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a saved config must be a mapping of sections, got {type(data).__name__}")
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for dotted, value in LEGACY_VALUES.items():
+        *path, last = dotted.split(".")
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+        node.setdefault(last, value)
+    return config_from_dict(data)
+
+
 def setting_key(cfg: Config) -> str:
     """A fingerprint of everything that defines the experiment except the seed and runtime settings:
     runs with equal keys are seeds of one setting (`longtail report` averages them)."""
     d = cfg.to_dict()
+    if d["data"]["augment"] != "autoaugment":
+        d["data"].pop("autoaugment_shear")  # no effect without AutoAugment
     for key in RUNTIME_KEYS:
         *path, last = key.split(".")
         node = d

@@ -28,22 +28,23 @@ def load_results(run_dirs) -> list[dict]:
 
 
 def _setting(result: dict) -> str:
-    """The run's setting fingerprint, recomputed from its saved config with today's defaults, so a
-    run saved before a config key existed matches a newer run that leaves that key at its default."""
-    from longtail.config import ConfigError, config_from_dict, setting_key
+    """The run's setting fingerprint, recomputed from its saved config, so runs saved by different
+    longtail versions compare by what they ran (keys a run predates take the value its version
+    behaved with: config.LEGACY_VALUES), not by the fingerprint each version computed."""
+    from longtail.config import ConfigError, saved_config_from_dict, setting_key
 
     try:
-        return setting_key(config_from_dict(result["config"]))
+        return setting_key(saved_config_from_dict(result["config"]))
     except (KeyError, TypeError, ConfigError):
         return result.get("setting", "")  # hand-made or foreign results: the fingerprint they carry
 
 
 def _flat_config(result: dict) -> dict:
-    """The run's config as {"section.key": value} with today's defaults filled in ({} if unloadable)."""
-    from longtail.config import RUNTIME_KEYS, ConfigError, config_from_dict
+    """The run's config as {"section.key": value}, filled in as _setting does ({} if unloadable)."""
+    from longtail.config import RUNTIME_KEYS, ConfigError, saved_config_from_dict
 
     try:
-        d = config_from_dict(result["config"]).to_dict()
+        d = saved_config_from_dict(result["config"]).to_dict()
     except (KeyError, TypeError, ConfigError):
         return {}
     flat = {}
@@ -61,9 +62,10 @@ def _label_differences(rows: list[dict], first_runs: list[dict]) -> None:
     for members in by_method.values():
         if len(members) < 2:
             continue
-        keys = sorted({k for _, f in members for k in f if len({repr(g.get(k)) for _, g in members}) > 1})
+        known = [f for _, f in members if f]
+        keys = sorted({k for f in known for k in f if len({repr(g.get(k)) for g in known}) > 1})
         for row, flat in members:
-            row["differs"] = ", ".join(f"{k}={flat.get(k)}" for k in keys)
+            row["differs"] = ", ".join(f"{k}={flat.get(k)}" for k in keys) if flat else "config not readable"
 
 
 def _mean_std(values: list) -> str:
@@ -112,8 +114,8 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
 
 
 # SPEC section 6: the published top-1 (%) per (dataset, CIFAR imbalance factor or None) and method
-# family (the method name up to its first "-", so gala-paper and gala-reference both face GALA's;
-# ldam-drw is its own family). Mostly best-epoch-on-test, single seed.
+# (both GALA modes face GALA's number; ALA's published recipe is ALA with DRW; CE with DRW is not
+# CE). Mostly best-epoch-on-test, single seed.
 PUBLISHED: dict[tuple[str, float | None], dict[str, str]] = {
     ("cifar100-lt", 100): {"ce": "39.1", "la": "43.9", "bs": "45.1", "ldam-drw": "42.0", "gcl": "48.7",
                            "gala": "52.1 (+PR 52.3)"},
@@ -129,7 +131,8 @@ PUBLISHED: dict[tuple[str, float | None], dict[str, str]] = {
 def published_figure(dataset: str, imb_factor, method: str) -> str:
     """The published top-1 for this setting and method (SPEC section 6), or "-"."""
     table = PUBLISHED.get((dataset, float(imb_factor) if imb_factor else None), {})
-    family = "ldam-drw" if method.startswith("ldam-drw") else method.split("-")[0].split("(")[0]
+    base = method.split("(")[0]  # la(tau=...) is still LA
+    family = {"gala-paper": "gala", "gala-reference": "gala", "ala-drw": "ala"}.get(base, base)
     return table.get(family, "-")
 
 

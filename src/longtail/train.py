@@ -300,7 +300,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             loss_sum = torch.zeros((), device=rt.device)
             correct = torch.zeros((), device=rt.device)
             nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)  # any bad loss since the last check
-            checked = start_step  # the last step whose loss was checked
+            checked = shown = start_step  # the last step whose loss was checked / shown in the progress line
             seen = 0
             t0 = time.perf_counter()
             step = start_step
@@ -332,7 +332,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 if check_every > 1:
                     diverged_check(epoch, checked, step)
                 checked = step
-                if progress.on and step % max(check_every, 10) == 0:
+                if progress.on and step - shown >= 10:  # at most every 10 steps, only where values are read
+                    shown = step
                     rate = seen / (time.perf_counter() - t0)
                     progress.update(f"epoch {epoch + 1}/{cfg.optim.epochs} step {step}/{len(batches)} "
                                     f"loss {loss_sum.item() / seen:.4f} acc {100 * correct.item() / seen:.1f}% "
@@ -481,7 +482,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Co
         if key not in RESUME_OVERRIDABLE:
             raise ConfigError(f"{key} cannot change on --resume (it would change the result); only "
                               f"{', '.join(RESUME_OVERRIDABLE)} can")
-    return load_config(run_dir / "config.yaml", overrides)
+    return load_config(run_dir / "config.yaml", overrides, saved=True)
 
 
 __all__ = ["train", "learning_rate", "epoch_batches", "atomic_save", "TrainingDiverged", "TrainingInterrupted",

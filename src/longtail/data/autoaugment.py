@@ -3,13 +3,14 @@
 Reference: the DeepVoltaire `CIFAR10Policy` (PIL) that the released GALA code uses. A sub-policy is
 drawn per image; each of its two operations is applied with its probability and magnitude; signed
 operations draw their sign per image. Images are grouped by operation and every operation runs once
-per group as a batched tensor call, on whatever device the batch lives on.
+per group as a batched tensor call (or, on a GPU, on the whole batch with each image keeping its
+own result: no host syncs), on whatever device the batch lives on.
 
 Every operation takes images on the 0..255 scale, shape (N, C, H, W), uint8 or floating point, and
 returns the input dtype. Results are quantised as PIL quantises them (integer valued), so uint8 and
 float inputs give the same numbers. Per-image parameters are 1-D tensors of length N (or scalars).
-The one difference from PIL: shear uses nearest sampling like the other geometric operations,
-where PIL's shear is bicubic; every other operation reproduces PIL's numbers exactly.
+Every operation reproduces PIL's numbers exactly, the policy's bicubic shear included
+(`shear="nearest"` gives longtail 0.1.0's nearest-sampled shear instead).
 """
 from __future__ import annotations
 
@@ -414,7 +415,7 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
             key = torch.where(op < 2, torch.full_like(op, 1), key)
         key = torch.where(op < 0, torch.full_like(op, -1), key)
         if sync_free:
-            for g in (0, 1, *range(5, len(OPS))):
+            for g in ((0, 1) if shear == "bicubic" else (0,)) + tuple(range(5, len(OPS))):
                 ys = _apply_group(g, out, op, mag, sign[:, slot], fill)
                 out = torch.where((key == g).view(-1, 1, 1, 1), ys, out)
             continue
