@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longtail.dtypes import at_least_float32
+
 
 class LinearHead(nn.Linear):
     """z = W f + b."""
@@ -26,9 +28,8 @@ class CosineHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # Normalise in at least float32 even under autocast: low-precision norms lose digits.
-        dtype = torch.promote_types(features.dtype, torch.float32)
-        f = F.normalize(features.to(dtype), dim=1)
-        w = F.normalize(self.weight.to(dtype), dim=1)
+        f = F.normalize(at_least_float32(features), dim=1)
+        w = F.normalize(self.weight.to(f.dtype), dim=1)
         return self.scale * (f @ w.t())
 
     def extra_repr(self) -> str:

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from longtail.checks import check_class_vector
+from longtail.dtypes import working_dtype
 from longtail.metrics import _check_logits, _check_targets
 
 __all__ = ["class_marginal", "rebalance", "adjust", "tau_normalize", "default_taus", "search_tau"]
@@ -35,11 +36,6 @@ __all__ = ["class_marginal", "rebalance", "adjust", "tau_normalize", "default_ta
 def _wide_dtype(t: torch.Tensor) -> torch.dtype:
     # float64 for exactness, except where the device has none (Apple MPS).
     return torch.float32 if t.device.type == "mps" else torch.float64
-
-
-def _score_dtype(t: torch.Tensor) -> torch.dtype:
-    # At least float32: half-precision scores would round away small adjustments and create ties.
-    return torch.promote_types(t.dtype, torch.float32)
 
 
 def _check_positive_vector(v, name: str, num_classes: int) -> torch.Tensor:
@@ -86,7 +82,7 @@ def rebalance(logits: torch.Tensor, tau: float, marginal: torch.Tensor | Sequenc
         # floor it at the smallest float64 rather than reject it; its score then drops to -tau*744.
         m = torch.where(m == 0, torch.full_like(m, torch.finfo(torch.float64).tiny), m)
         log_s = _check_positive_vector(m, "marginal", logits.shape[1]).log()
-    dt = _score_dtype(logits)
+    dt = working_dtype(logits.dtype)  # half-precision scores would round away small adjustments
     return logits.to(dt) - (tau * log_s).to(dt).to(logits.device)
 
 
@@ -101,7 +97,7 @@ def adjust(logits: torch.Tensor, class_counts, tau: float) -> torch.Tensor:
         raise ValueError(f"tau must be finite, got {tau}")
     counts = _check_positive_vector(class_counts, "class_counts", logits.shape[1])
     log_pi = (counts / counts.sum()).log()
-    dt = _score_dtype(logits)
+    dt = working_dtype(logits.dtype)  # half-precision scores would round away small adjustments
     return logits.to(dt) - (tau * log_pi).to(dt).to(logits.device)
 
 

@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from longtail.losses.base import LongTailLoss
-from longtail.losses.base import check_param, upcast
+from longtail.dtypes import at_least_float32
+from longtail.losses.base import LongTailLoss, check_param
 
 
 class ALA(LongTailLoss):
@@ -27,7 +27,7 @@ class ALA(LongTailLoss):
         self.register_buffer("quantity_factor", qf.float(), persistent=False)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        z = upcast(logits)
+        z = at_least_float32(logits)
         idx = target.unsqueeze(1)
         cos_y = z.gather(1, idx) / self.scale
         difficulty = ((1.0 - cos_y) / 2.0).detach()

@@ -11,11 +11,6 @@ from torch import nn
 from longtail.checks import check_class_vector
 
 
-def upcast(logits: torch.Tensor) -> torch.Tensor:
-    """Logits in at least float32 (bf16/fp16 under autocast lose too much in exp/log); float64 stays."""
-    return logits if logits.dtype == torch.float64 else logits.float()
-
-
 def check_param(name: str, value, *, positive: bool = False, non_negative: bool = False) -> float:
     """Return `value` as a float, or raise ValueError naming the hyper-parameter."""
     try:

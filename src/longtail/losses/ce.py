@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from longtail.losses.base import LongTailLoss, check_param, class_balanced_weights, upcast
+from longtail.dtypes import at_least_float32
+from longtail.losses.base import LongTailLoss, check_param, class_balanced_weights
 
 
 class CrossEntropy(LongTailLoss):
     """Plain cross-entropy on z ("ce")."""
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.cross_entropy(upcast(logits), target)
+        return self.cross_entropy(at_least_float32(logits), target)
 
 
 class Focal(LongTailLoss):
@@ -25,7 +26,7 @@ class Focal(LongTailLoss):
         self.gamma = check_param("gamma", gamma, non_negative=True)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = self.cross_entropy(upcast(logits), target, reduction="none")
+        ce = self.cross_entropy(at_least_float32(logits), target, reduction="none")
         if self.gamma == 0.0:
             return ce.mean()
         # 1 - exp(-ce) via expm1 keeps digits for confident samples; clamp guards ce rounding below 0.
@@ -45,7 +46,7 @@ class ClassBalancedCE(LongTailLoss):
         self.set_class_weights(class_balanced_weights(self.class_counts, self.beta))
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.cross_entropy(upcast(logits), target)
+        return self.cross_entropy(at_least_float32(logits), target)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, beta={self.beta}"

@@ -55,6 +55,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from longtail.dtypes import at_least_float32
 from longtail.losses.base import LongTailLoss, check_inputs, check_label_range, check_param
 
 MODES = ("paper", "reference")
@@ -99,8 +100,8 @@ class GALA(LongTailLoss):
 
     def adjusted_logits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The adjusted logits F (SPEC) from the current statistics; gradient flows only through z."""
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        z = logits.to(dtype)
+        z = at_least_float32(logits)
+        dtype = z.dtype
         log_theta = torch.log(self.theta.to(z.device) + self.eps)
         log_phi = torch.log(self.phi.to(z.device) + self.eps)
         col = (self.lambda1 * log_theta).to(dtype)  # per class j
@@ -120,7 +121,7 @@ class GALA(LongTailLoss):
         gradient nor the statistics) and would cost one more pass over the B x C logits."""
         if self.mode != "reference":
             return self.adjusted_logits(logits, target)
-        z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        z = at_least_float32(logits)
         return z + (self.lambda1 * torch.log(self.theta.to(z.device) + self.eps)).to(z.dtype)
 
     @torch.no_grad()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from longtail.losses.base import LongTailLoss
-from longtail.losses.base import check_param, upcast
+from longtail.dtypes import at_least_float32
+from longtail.losses.base import LongTailLoss, check_param
 
 # SPEC's "eps ~ N(0, 1/3)" follows the released code (Keke921/GCLLoss, losses.py), which draws
 # from torch.distributions.normal.Normal(0, 1/3): the second argument is the standard deviation,
@@ -44,7 +44,7 @@ class GCL(LongTailLoss):
         return eps if device is None else eps.to(device)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        z = upcast(logits)
+        z = at_least_float32(logits)
         eps = self.sample_noise(z.shape, z.device).to(z.dtype)
         # s * (cos - d) = z - s * d, with cos = z / s.
         shift = (self.scale * self.noise_mul) * eps.abs() * self.noise_scale.to(z.dtype)

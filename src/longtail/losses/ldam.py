@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from longtail.losses.base import LongTailLoss
-from longtail.losses.base import check_param, upcast
+from longtail.dtypes import at_least_float32
+from longtail.losses.base import LongTailLoss, check_param
 
 
 class LDAM(LongTailLoss):
@@ -21,7 +21,7 @@ class LDAM(LongTailLoss):
         self.register_buffer("margins", (m * (self.max_margin / m.max())).float(), persistent=False)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        z = upcast(logits)
+        z = at_least_float32(logits)
         shift = (self.scale * self.margins.to(z.dtype))[target].unsqueeze(1)
         return self.cross_entropy(z.scatter_add(1, target.unsqueeze(1), -shift), target)
 

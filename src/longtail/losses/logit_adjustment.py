@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from longtail.losses.base import LongTailLoss
-from longtail.losses.base import check_param, upcast
+from longtail.dtypes import at_least_float32
+from longtail.losses.base import LongTailLoss, check_param
 
 
 class LogitAdjusted(LongTailLoss):
@@ -17,7 +17,7 @@ class LogitAdjusted(LongTailLoss):
         self.register_buffer("log_prior", torch.log(counts / counts.sum()).float(), persistent=False)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        z = upcast(logits)
+        z = at_least_float32(logits)
         return self.cross_entropy(z + self.tau * self.log_prior.to(z.dtype), target)
 
     def extra_repr(self) -> str:
@@ -32,5 +32,5 @@ class BalancedSoftmax(LongTailLoss):
         self.register_buffer("log_counts", torch.log(self.class_counts.double()).float(), persistent=False)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        z = upcast(logits)
+        z = at_least_float32(logits)
         return self.cross_entropy(z + self.log_counts.to(z.dtype), target)
