@@ -366,16 +366,19 @@ def saved_config_from_dict(data: dict) -> Config:
     return config_from_dict(data)
 
 
+def experiment_settings(cfg: Config) -> dict[str, Any]:
+    """Every config value that defines the experiment, as {"section.key": value}: all but the seed,
+    the runtime keys (RUNTIME_KEYS) and keys that have no effect in this config."""
+    flat = {}
+    for section, value in cfg.to_dict().items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        flat.update({(f"{section}.{key}" if key else section): v for key, v in items})
+    if flat["data.augment"] != "autoaugment":
+        del flat["data.autoaugment_shear"]  # no effect without AutoAugment
+    return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
+
+
 def setting_key(cfg: Config) -> str:
-    """A fingerprint of everything that defines the experiment except the seed and runtime settings:
-    runs with equal keys are seeds of one setting (`longtail report` averages them)."""
-    d = cfg.to_dict()
-    if d["data"]["augment"] != "autoaugment":
-        d["data"].pop("autoaugment_shear")  # no effect without AutoAugment
-    for key in RUNTIME_KEYS:
-        *path, last = key.split(".")
-        node = d
-        for part in path:
-            node = node[part]
-        node.pop(last, None)
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    """A fingerprint of experiment_settings: runs with equal keys are seeds of one setting
+    (`longtail report` averages them)."""
+    return hashlib.sha1(json.dumps(experiment_settings(cfg), sort_keys=True).encode()).hexdigest()[:10]

@@ -40,18 +40,14 @@ def _setting(result: dict) -> str:
 
 
 def _flat_config(result: dict) -> dict:
-    """The run's config as {"section.key": value}, filled in as _setting does ({} if unloadable)."""
-    from longtail.config import RUNTIME_KEYS, ConfigError, saved_config_from_dict
+    """The run's experiment settings (config.experiment_settings), read as _setting reads the
+    config ({} if unloadable)."""
+    from longtail.config import ConfigError, experiment_settings, saved_config_from_dict
 
     try:
-        d = saved_config_from_dict(result["config"]).to_dict()
+        return experiment_settings(saved_config_from_dict(result["config"]))
     except (KeyError, TypeError, ConfigError):
         return {}
-    flat = {}
-    for k, v in d.items():
-        for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)]):
-            flat[f"{k}.{kk}" if kk else k] = vv
-    return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
 
 
 def _label_differences(rows: list[dict], first_runs: list[dict]) -> None:
@@ -138,8 +134,8 @@ def published_figure(dataset: str, imb_factor, method: str) -> str:
 
 def markdown_table(rows: list[dict], published: dict | None = None) -> str:
     """Method, seeds, top-1 / many / medium / few raw and with PR (tau on val), transductive PR,
-    post-hoc logit adjustment (tau on val), best-epoch-on-test, and the published figure: from `published` ({method: figure}) when given,
-    else from PUBLISHED (SPEC section 6)."""
+    post-hoc logit adjustment (tau on val), best-epoch-on-test, and the published figure: from
+    `published` ({method: figure}) when given, else from PUBLISHED (SPEC section 6)."""
     head = ("| dataset | method | model | seeds | top-1 | many | medium | few | +PR top-1 | +PR many | +PR medium | "
             "+PR few | PR transductive | +post-hoc LA top-1 | best epoch on TEST | published |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]

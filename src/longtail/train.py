@@ -190,7 +190,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     model = build_model(cfg, bench.num_classes, in_channels).to(rt.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # The loop checks the loss for NaN/inf each step itself; skip the losses' own B x C logits check.
+    # The loop watches the loss for NaN/inf itself and the labels were checked when loaded: skip the
+    # losses' own value checks, which read tensors back to the host (a stall per step on a GPU).
     criterion = losses.build(cfg.loss.name, class_counts=counts, **{"check_values": False, **cfg.loss.params})
     criterion = criterion.to(rt.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
@@ -454,7 +455,6 @@ def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, stat
     return results
 
 
-# Settings that do not change what is trained, left out when runs are grouped as seeds of one setting.
 def method_name(cfg: Config) -> str:
     name = cfg.loss.name
     p = cfg.loss.params
