@@ -363,7 +363,9 @@ def test_autoaugment_shear_is_bicubic_by_default_and_nearest_on_request():
     nearest = AA.autoaugment_cifar10(x, torch.Generator().manual_seed(3), shear="nearest")
     differ = [i for i in range(256) if not torch.equal(default[i], nearest[i])]
     assert 0 < len(differ) < 30  # only the images that drew a shear
-    with pytest.raises(ValueError, match="shear must be one of"):
+    with pytest.raises(ValueError, match="shear interpolation must be one of"):
         AA.autoaugment_cifar10(x, shear="bilinear")
+    with pytest.raises(ValueError, match="shear interpolation must be one of"):
+        AA.shear_x(x, 0.1, interpolation="box")
     with pytest.raises(ValueError, match="shear interpolation must be one of"):
         A.build_train_augment("autoaugment", MEAN, STD, 32, shear="linear")

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .autoaugment import (  # noqa: F401  (re-exported: the individual operations are public here too)
-    CIFAR10_POLICY, OPS, SHEAR_INTERPOLATIONS, affine, autoaugment_cifar10, autocontrast, brightness, color, contrast,
-    equalize, invert, posterize, rotate, sharpness, shear_x, shear_y, solarize, translate_x,
-    translate_y,
+    CIFAR10_POLICY, OPS, SHEAR_INTERPOLATIONS, affine, autoaugment_cifar10, autocontrast, brightness,
+    check_shear_interpolation, color, contrast, equalize, invert, posterize, rotate, sharpness, shear_x,
+    shear_y, solarize, translate_x, translate_y,
 )
 
 __all__ = [
@@ -256,8 +256,7 @@ class TrainAugment:
                  shear: str = "bicubic"):
         if kind not in AUGMENTS:
             raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTS}")
-        if shear not in SHEAR_INTERPOLATIONS:
-            raise ValueError(f"AutoAugment shear interpolation must be one of {SHEAR_INTERPOLATIONS}, got {shear!r}")
+        check_shear_interpolation(shear)
         self.kind, self.mean, self.std, self.image_size = kind, tuple(mean), tuple(std), int(image_size)
         self.sync_free, self.shear = sync_free, shear
         self.pad = self.image_size // 8

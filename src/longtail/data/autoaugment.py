@@ -102,6 +102,12 @@ def _bc(v: Tensor) -> Tensor:
 
 SHEAR_INTERPOLATIONS = ("bicubic", "nearest")
 
+
+def check_shear_interpolation(value: str) -> str:
+    if value not in SHEAR_INTERPOLATIONS:
+        raise ValueError(f"shear interpolation must be one of {SHEAR_INTERPOLATIONS}, got {value!r}")
+    return value
+
 def affine(x: Tensor, matrix: Tensor, fill: float = 128.0) -> Tensor:
     """Per-image affine warp. `matrix` (N, 2, 3) maps an OUTPUT pixel coordinate to the INPUT one in
     PIL's convention (continuous coordinates, pixel (i, j) covers [j, j+1) x [i, i+1), origin at the
@@ -186,9 +192,7 @@ def _shear_bicubic(x: Tensor, m: Tensor, axis: int, fill: float) -> Tensor:
 
 
 def _shear(x: Tensor, m, axis: int, fill: float, interpolation: str) -> Tensor:
-    if interpolation not in SHEAR_INTERPOLATIONS:
-        raise ValueError(f"shear interpolation must be one of {SHEAR_INTERPOLATIONS}, got {interpolation!r}")
-    if interpolation == "bicubic":
+    if check_shear_interpolation(interpolation) == "bicubic":
         return _shear_bicubic(x, torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]), axis, fill)
     return affine(x, _shear_matrix(_as_param(m, x.shape[0], x), axis), fill)
 
@@ -397,8 +401,7 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
     dev = x.device
     if sync_free is None:
         sync_free = dev.type != "cpu"
-    if shear not in SHEAR_INTERPOLATIONS:
-        raise ValueError(f"shear must be one of {SHEAR_INTERPOLATIONS}, got {shear!r}")
+    check_shear_interpolation(shear)
     out = _float(x).clone()
     ops_t, probs_t, mags_t = _policy_tables(dev)
     pol = torch.randint(len(CIFAR10_POLICY), (n,), generator=generator, device=dev)
