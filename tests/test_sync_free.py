@@ -143,3 +143,15 @@ def test_training_step_reads_nothing_back_for_every_loss(host_reads, name):
     checked = losses.build(name, class_counts=counts, check_values=True).train()
     _, seen = host_reads(checked, model(x).detach(), y)
     assert seen
+
+
+def test_default_form_is_grouped_on_cpu_and_sync_free_elsewhere(host_reads):
+    assert not AA.sync_free_default("cpu") and not AA.sync_free_default(torch.device("cpu"))
+    assert AA.sync_free_default("cuda") and AA.sync_free_default("cuda:1") and AA.sync_free_default("mps")
+    # On CPU the default is the grouped form: it splits the batch, so it does read back sizes.
+    x = smooth_images(16, seed=5).float()
+    _, seen = host_reads(AA.autoaugment_cifar10, x, torch.Generator().manual_seed(0))
+    assert seen == ["aten.bincount", "Tensor.tolist"] * 2
+    factors = torch.empty(16, 3).uniform_(0.6, 1.4, generator=torch.Generator().manual_seed(0))
+    _, seen = host_reads(A.color_jitter, x, factors, A._JITTER_ORDERS[torch.arange(16) % 6], 255.0)
+    assert seen

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from .data.autoaugment import SHEAR_INTERPOLATIONS
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says what is valid."""
@@ -131,7 +133,7 @@ _CHOICES = {
     "model.head": ("auto", "linear", "cosine"),
     "progress": ("auto", "bar", "log", "quiet"),
     "data.val_shortfall": ("move", "error"),
-    "data.autoaugment_shear": ("bicubic", "nearest"),
+    "data.autoaugment_shear": SHEAR_INTERPOLATIONS,
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 

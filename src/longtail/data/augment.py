@@ -24,7 +24,7 @@ from torch import Tensor
 from .autoaugment import (  # noqa: F401  (re-exported: the individual operations are public here too)
     CIFAR10_POLICY, OPS, SHEAR_INTERPOLATIONS, affine, autoaugment_cifar10, autocontrast, brightness,
     check_shear_interpolation, color, contrast, equalize, invert, posterize, rotate, sharpness, shear_x,
-    shear_y, solarize, translate_x, translate_y,
+    shear_y, solarize, sync_free_default, translate_x, translate_y,
 )
 
 __all__ = [
@@ -208,7 +208,7 @@ def color_jitter(x: Tensor, factors: Tensor, order: Tensor | None = None, max_va
     x = x.float().clone()
     b = x.shape[0]
     if sync_free is None:
-        sync_free = x.device.type != "cpu"
+        sync_free = sync_free_default(x.device)
     if order is None:
         order = torch.arange(3, device=x.device).expand(b, 3)
     order = order.to(x.device)

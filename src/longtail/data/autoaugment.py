@@ -103,6 +103,12 @@ def _bc(v: Tensor) -> Tensor:
 SHEAR_INTERPOLATIONS = ("bicubic", "nearest")
 
 
+def sync_free_default(device: torch.device | str) -> bool:
+    """Per-image random ops apply sync-free (every op on the whole batch) on accelerators, where
+    arithmetic is cheap and a host sync stalls the queue; grouped on the CPU, where work is dear."""
+    return torch.device(device).type != "cpu"
+
+
 def check_shear_interpolation(value: str) -> str:
     if value not in SHEAR_INTERPOLATIONS:
         raise ValueError(f"shear interpolation must be one of {SHEAR_INTERPOLATIONS}, got {value!r}")
@@ -400,7 +406,7 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
     n, c, h, w = x.shape
     dev = x.device
     if sync_free is None:
-        sync_free = dev.type != "cpu"
+        sync_free = sync_free_default(dev)
     check_shear_interpolation(shear)
     out = _float(x).clone()
     ops_t, probs_t, mags_t = _policy_tables(dev)
