@@ -1,0 +1,101 @@
+"""The reproduction queue runner (benchmarks/reproduce_cifar.py): order, skipping, resuming,
+parallel runs and stopping on a failure, with a stand-in for `longtail train`."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_cifar.py"
+QUEUE = [("cifar100_lt_if100_ce", 0), ("cifar100_lt_if100_la", 0), ("cifar100_lt_if100_ala", 0)]
+
+# Stand-in training: logs its start and end time, then finishes the run (results.json) or fails.
+FAKE_TRAIN = """
+import json, sys, time
+from pathlib import Path
+run_dir, log, code = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+with open(log, "a") as f:
+    f.write(json.dumps({"run": run_dir.name, "event": "start", "t": time.time()}) + "\\n")
+time.sleep(0.5)
+if code == 0:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text("{}")
+with open(log, "a") as f:
+    f.write(json.dumps({"run": run_dir.name, "event": "end", "t": time.time()}) + "\\n")
+sys.exit(code)
+"""
+
+
+@pytest.fixture
+def queue(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location("reproduce_cifar", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "QUEUE", QUEUE)
+    monkeypatch.setattr(mod, "write_report", lambda out: None)
+    log, commands, fail = tmp_path / "events.jsonl", [], set()
+    real = mod.train_command
+
+    def fake(config, seed, run_dir, args, threads):
+        commands.append(real(config, seed, run_dir, args, threads))
+        code = 3 if run_dir.name in fail else 0
+        return [sys.executable, "-c", FAKE_TRAIN, str(run_dir), str(log), str(code)]
+
+    monkeypatch.setattr(mod, "train_command", fake)
+
+    def events():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return mod, tmp_path / "runs", commands, fail, events
+
+
+def test_parallel_runs_every_pending_entry_once_in_order_with_split_threads(queue):
+    mod, out, commands, _, events = queue
+    (out / "cifar100_lt_if100_ce_s0").mkdir(parents=True)
+    (out / "cifar100_lt_if100_ce_s0" / "results.json").write_text("{}")  # done: skipped
+    (out / "cifar100_lt_if100_la_s0").mkdir()
+    (out / "cifar100_lt_if100_la_s0" / "last.pt").write_bytes(b"")  # cut off: resumed
+    assert mod.main(["--out", str(out), "--parallel", "2", "--threads", "2"]) == 0
+
+    ran = [e["run"] for e in events() if e["event"] == "start"]
+    assert ran == ["cifar100_lt_if100_la_s0", "cifar100_lt_if100_ala_s0"]
+    resumed, started = sorted(commands, key=lambda cmd: "--resume" not in cmd)  # threads append in any order
+    assert resumed[3:6] == ["train", "--resume", str(out / "cifar100_lt_if100_la_s0")]
+    assert started[4].endswith("configs/cifar100_lt_if100_ala.yaml") and "seed=0" in started
+    assert "eval.every=2" in started and "eval.every=2" not in resumed  # experiment keys only for new runs
+    for cmd in commands:
+        assert "threads=1" in cmd and "eval.batch_size=128" in cmd
+    # the two ran at the same time: each started before the other ended
+    t = {(e["run"], e["event"]): e["t"] for e in events()}
+    assert t[(ran[0], "start")] < t[(ran[1], "end")] and t[(ran[1], "start")] < t[(ran[0], "end")]
+
+
+def test_one_at_a_time_by_default(queue):
+    mod, out, commands, _, events = queue
+    assert mod.main(["--out", str(out), "--threads", "2"]) == 0
+    ev = events()
+    assert [e["run"] for e in ev if e["event"] == "start"] == [f"{c}_s{s}" for c, s in QUEUE]
+    assert [e["event"] for e in ev] == ["start", "end"] * 3
+    assert all("threads=2" in cmd for cmd in commands)
+
+
+def test_a_failed_run_stops_the_queue_and_is_reported(queue, capsys):
+    mod, out, _, fail, events = queue
+    fail.add("cifar100_lt_if100_la_s0")
+    assert mod.main(["--out", str(out), "--threads", "2"]) == 3
+    assert [e["run"] for e in events() if e["event"] == "start"] == ["cifar100_lt_if100_ce_s0",
+                                                                        "cifar100_lt_if100_la_s0"]
+    assert "stopped: " + str(out / "cifar100_lt_if100_la_s0") + " exited with 3" in capsys.readouterr().out
+
+
+def test_dry_run_starts_nothing(queue, capsys):
+    mod, out, commands, _, events = queue
+    assert mod.main(["--out", str(out), "--dry-run"]) == 0
+    assert commands == [] and events() == []
+    assert capsys.readouterr().out.count("start   ") == 3
+
+
+def test_bad_parallel_is_refused(queue):
+    mod, out, *_ = queue
+    with pytest.raises(SystemExit, match="--parallel must be at least 1"):
+        mod.main(["--out", str(out), "--parallel", "0"])
