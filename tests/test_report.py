@@ -9,7 +9,7 @@ def _run(seed, top1, config=None, method="gala-reference", model="resnet32", ckp
     variant = {"top1": top1, "many": top1 + 10, "medium": top1, "few": top1 - 10}
     return {"dataset": "cifar100-lt", "imb_factor": 100, "method": method, "seed": seed, "setting": "stored",
             "config": {"model": {"name": model}, "seed": seed, **(config or {})}, "_dir": f"run-{top1}-{seed}",
-            "best_test_epoch": {"epoch": 3, "top1": top1 + 1},
+            "best_test_epoch": {"epoch": 3, "top1": top1 + 1}, "train_time_s": 3600.0 * (1 + seed),
             "checkpoints": {c: {"raw": variant, "pr": variant, "pr_transductive": variant,
                                 "la": {"top1": top1 + 0.5}} for c in ckpts}}
 
@@ -26,7 +26,8 @@ def test_seeds_of_one_setting_are_averaged_and_other_settings_kept_apart():
     assert "| cifar100-lt IF100 | gala-reference [optim.lr=0.1] | resnet32 | 2 | 51.00 ± 1.41 |" in table
     assert "| gala-reference [optim.lr=0.05] | resnet32 | 1 | 40.00 |" in table
     # post-hoc LA (tau on validation) has its column, after transductive PR
-    assert "| 51.00 ± 1.41 | 51.50 ± 1.41 | 52.00 ± 1.41 | 52.1 (+PR 52.3) |" in table
+    # then best epoch on test, and training hours per run (1 h for seed 0, 2 h for seed 1)
+    assert "| 51.00 ± 1.41 | 51.50 ± 1.41 | 52.00 ± 1.41 | 1.50 ± 0.71 | 52.1 (+PR 52.3) |" in table
     assert "| gala-reference | resnext50_32x4d | 1 | 45.00 |" in table  # alone for its model: no label
     assert "selected on the test" in table
 

@@ -102,7 +102,9 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
             for metric in ("top1", "many", "medium", "few"):
                 row[f"{variant}.{metric}"] = _mean_std(pick(variant, metric))
         row["best_on_test"] = _mean_std([(r.get("best_test_epoch") or {}).get("top1") for r in runs])
-        row["train_time_s"] = _mean_std([r.get("train_time_s") for r in runs])
+        times = [r.get("train_time_s") for r in runs]
+        row["train_time_s"] = _mean_std(times)
+        row["train_hours"] = _mean_std([t / 3600 if t is not None else None for t in times])
         rows.append(row)
         first_runs.append(runs[0])
     _label_differences(rows, first_runs)
@@ -134,10 +136,11 @@ def published_figure(dataset: str, imb_factor, method: str) -> str:
 
 def markdown_table(rows: list[dict], published: dict | None = None) -> str:
     """Method, seeds, top-1 / many / medium / few raw and with PR (tau on val), transductive PR,
-    post-hoc logit adjustment (tau on val), best-epoch-on-test, and the published figure: from
-    `published` ({method: figure}) when given, else from PUBLISHED (SPEC section 6)."""
+    post-hoc logit adjustment (tau on val), best-epoch-on-test, training hours per run, and the
+    published figure: from `published` ({method: figure}) when given, else from PUBLISHED (SPEC
+    section 6)."""
     head = ("| dataset | method | model | seeds | top-1 | many | medium | few | +PR top-1 | +PR many | +PR medium | "
-            "+PR few | PR transductive | +post-hoc LA top-1 | best epoch on TEST | published |")
+            "+PR few | PR transductive | +post-hoc LA top-1 | best epoch on TEST | train h / run | published |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         pub = (published.get(r["method"], "-") if published is not None
@@ -146,13 +149,14 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
         method = r["method"] + (f" [{r['differs']}]" if r.get("differs") else "")
         lines.append(f"| {ds} | {method} | {r.get('model', '')} | {r['seeds']} | {r['raw.top1']} | {r['raw.many']} | {r['raw.medium']} | "
                      f"{r['raw.few']} | {r['pr.top1']} | {r['pr.many']} | {r['pr.medium']} | {r['pr.few']} | "
-                     f"{r['pr_transductive.top1']} | {r['la.top1']} | {r['best_on_test']} | {pub} |")
+                     f"{r['pr_transductive.top1']} | {r['la.top1']} | {r['best_on_test']} | {r['train_hours']} | {pub} |")
     lines.append("")
     lines.append("Top-1 and groups: checkpoint selected on validation, mean ± std over seeds. PR: prediction "
                  "re-balancing with the class marginal and tau from validation. PR transductive: the paper's "
                  "protocol (marginal from the test set, published tau). Post-hoc LA: logits minus tau log(class "
                  "prior), tau from validation. Best epoch on TEST: selected on the test "
-                 "set as papers report it; not an honest estimate.")
+                 "set as papers report it; not an honest estimate. Train h / run: training wall time (evaluation "
+                 "excluded) from each run's results.json, on whatever machine and load it ran.")
     return "\n".join(lines) + "\n"
 
 
