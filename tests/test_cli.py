@@ -1,7 +1,6 @@
 """The command line on a user's own list of images (DataLoader path), eval, data check, and torchrun."""
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,16 +84,11 @@ def test_data_check_reports_missing_and_corrupt_files(image_lists, tmp_path, cap
     assert cli.main(["data", "check", str(image_lists / "train.txt"), "--root", str(image_lists)]) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_processes_end_to_end(image_lists, tmp_path):
     base = Path(__file__).resolve().parents[1] / "configs" / "cifar100_lt_if100_gala_reference.yaml"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "longtail", "train", str(base), "data.name=lists",
+    # --standalone: torchrun binds a free rendezvous port itself (no window for another process to take it)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "longtail", "train", str(base), "data.name=lists",
            *_overrides(image_lists, tmp_path, "ddp")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
