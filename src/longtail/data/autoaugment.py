@@ -114,6 +114,7 @@ def check_shear_interpolation(value: str) -> str:
         raise ValueError(f"shear interpolation must be one of {SHEAR_INTERPOLATIONS}, got {value!r}")
     return value
 
+
 def affine(x: Tensor, matrix: Tensor, fill: float = 128.0) -> Tensor:
     """Per-image affine warp. `matrix` (N, 2, 3) maps an OUTPUT pixel coordinate to the INPUT one in
     PIL's convention (continuous coordinates, pixel (i, j) covers [j, j+1) x [i, i+1), origin at the
