@@ -2,7 +2,7 @@ import statistics
 
 import pytest
 
-from longtail.report import markdown_table, published_figure, summarize
+from longtail.report import markdown_table, plot_summary, published_figure, summarize, summary_labels
 
 
 def _run(seed, top1, config=None, method="gala-reference", model="resnet32", ckpts=("best_val", "last")):
@@ -79,3 +79,24 @@ def test_the_table_shows_the_published_figure_unless_told_otherwise():
     custom = markdown_table(rows, published={"ce": "x"}).splitlines()
     assert next(ln for ln in custom if "| ce |" in ln).endswith("| x |")
     assert next(ln for ln in custom if "| gala-reference |" in ln).endswith("| - |")
+
+
+def test_the_summary_chart_names_each_bar_as_the_table_tells_the_rows_apart(tmp_path):
+    bicubic, nearest = ({"data": {"augment": "autoaugment", "autoaugment_shear": s}} for s in ("bicubic", "nearest"))
+    rows = summarize([_run(0, 50.0, config=bicubic), _run(1, 52.0, config=bicubic), _run(0, 49.0, config=nearest),
+                      _run(0, 38.0, method="ce")])
+    labels = summary_labels(rows)
+    assert len(set(labels)) == len(rows)  # two gala-reference settings, each named
+    assert sorted(labels) == ["ce", "gala-reference\ndata.autoaugment_shear=bicubic",
+                              "gala-reference\ndata.autoaugment_shear=nearest"]
+    # rows from several imbalance factors carry it; several models name theirs
+    other_if = dict(_run(0, 45.0), imb_factor=200)
+    assert sorted(summary_labels(summarize([_run(0, 50.0), other_if]))) == [
+        "cifar100-lt IF100\ngala-reference", "cifar100-lt IF200\ngala-reference"]
+    assert sorted(summary_labels(summarize([_run(0, 50.0), _run(0, 45.0, model="resnext50_32x4d")]))) == [
+        "gala-reference\nresnet32", "gala-reference\nresnext50_32x4d"]
+    # means with their std over seeds ("51.00 ± 1.41") and single runs plot alike
+    path = plot_summary(rows, tmp_path / "summary.png")
+    from PIL import Image
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 400

@@ -134,6 +134,32 @@ def published_figure(dataset: str, imb_factor, method: str) -> str:
     return table.get(family, "-")
 
 
+def _setting_name(row: dict) -> str:
+    imb = row.get("imb_factor")
+    return row["dataset"] + (f" IF{imb:g}" if imb and "cifar" in row["dataset"] else "")
+
+
+def _method_label(row: dict) -> str:
+    return row["method"] + (f" [{row['differs']}]" if row.get("differs") else "")
+
+
+def summary_labels(rows: list[dict]) -> list[str]:
+    """One name per bar of the summary chart, as the table tells the rows apart: the method, the
+    config values that set it apart from its other settings, the model where several appear, and
+    the dataset (with its imbalance factor) where the rows span several."""
+    several_settings = len({_setting_name(r) for r in rows}) > 1
+    several_models = len({r.get("model") for r in rows}) > 1
+    labels = []
+    for r in rows:
+        parts = ([_setting_name(r)] if several_settings else []) + [r["method"]]
+        if several_models:
+            parts.append(str(r.get("model")))
+        if r.get("differs"):
+            parts.append(r["differs"])
+        labels.append("\n".join(parts))
+    return labels
+
+
 def markdown_table(rows: list[dict], published: dict | None = None) -> str:
     """Method, seeds, top-1 / many / medium / few raw and with PR (tau on val), transductive PR,
     post-hoc logit adjustment (tau on val), best-epoch-on-test, training hours per run, and the
@@ -145,9 +171,7 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
     for r in rows:
         pub = (published.get(r["method"], "-") if published is not None
                else published_figure(r["dataset"], r.get("imb_factor"), r["method"]))
-        ds = r["dataset"] + (f" IF{r['imb_factor']:g}" if r.get("imb_factor") and "cifar" in r["dataset"] else "")
-        method = r["method"] + (f" [{r['differs']}]" if r.get("differs") else "")
-        lines.append(f"| {ds} | {method} | {r.get('model', '')} | {r['seeds']} | {r['raw.top1']} | {r['raw.many']} | {r['raw.medium']} | "
+        lines.append(f"| {_setting_name(r)} | {_method_label(r)} | {r.get('model', '')} | {r['seeds']} | {r['raw.top1']} | {r['raw.many']} | {r['raw.medium']} | "
                      f"{r['raw.few']} | {r['pr.top1']} | {r['pr.many']} | {r['pr.medium']} | {r['pr.few']} | "
                      f"{r['pr_transductive.top1']} | {r['la.top1']} | {r['best_on_test']} | {r['train_hours']} | {pub} |")
     lines.append("")
@@ -183,18 +207,21 @@ def plot_per_class(curves: dict[str, list], class_counts, path, title: str = "")
 
 
 def plot_summary(rows: list[dict], path) -> Path:
-    """Bar chart of top-1 (raw and +PR) per method."""
+    """Bar chart of top-1 (raw and +PR) per row of the table, with the std over seeds as error bars."""
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(max(5, len(rows) * 0.9), 3.5))
+    fig, ax = plt.subplots(figsize=(max(5, len(rows) * 1.1), 4))
 
-    def first(s):
-        return float(s.split(" ")[0]) if s not in ("-", None) else 0.0
+    def mean_and_std(s):  # "51.00 ± 1.41", "49.00" or "-"
+        if s in ("-", None):
+            return 0.0, 0.0
+        parts = s.split(" ± ")
+        return float(parts[0]), float(parts[1]) if len(parts) > 1 else 0.0
 
-    names = [r["method"] for r in rows]
     xs = range(len(rows))
-    ax.bar([x - 0.2 for x in xs], [first(r["raw.top1"]) for r in rows], width=0.4, label="raw")
-    ax.bar([x + 0.2 for x in xs], [first(r["pr.top1"]) for r in rows], width=0.4, label="+PR (tau on val)")
-    ax.set_xticks(list(xs), names, rotation=30, ha="right")
+    for offset, key, label in ((-0.2, "raw.top1", "raw"), (0.2, "pr.top1", "+PR (tau on val)")):
+        means, stds = zip(*(mean_and_std(r[key]) for r in rows))
+        ax.bar([x + offset for x in xs], means, width=0.4, yerr=stds if any(stds) else None, capsize=3, label=label)
+    ax.set_xticks(list(xs), summary_labels(rows), rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test top-1 (%)")
     ax.legend()
     fig.tight_layout()
