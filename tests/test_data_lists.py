@@ -215,15 +215,26 @@ SPLITS = {  # file: (lines, classes, per-class min, per-class max), as in SOURCE
 def test_real_split_lists(shared_data, name):
     n, classes, lo, hi = SPLITS[name]
     f = shared_data / "splits" / name
-    t0 = time.perf_counter()
     paths, labels = read_list(f, num_classes=classes)
-    elapsed = time.perf_counter() - t0
     raw_lines = f.read_text().splitlines()
     assert len(paths) == len(raw_lines) == n and len(set(paths)) == n
     assert paths[0] == raw_lines[0].split()[0] and labels[-1] == int(raw_lines[-1].split()[-1])
     counts = np.bincount(labels, minlength=classes)
     assert len(counts) == classes and counts.min() == lo and counts.max() == hi
-    assert elapsed < 1.0, f"parsing {name} took {elapsed:.2f}s"
+    # speed as a ratio against the bare minimum (split each line, int the label) timed alongside, so a
+    # loaded machine slows both; best of 3 of each. Measured about 1x on CPU2.
+    ours = _best_of(3, lambda: read_list(f, num_classes=classes))
+    bare = _best_of(3, lambda: [int(line.split()[-1]) for line in f.read_text().splitlines()])
+    assert ours < 3 * bare, f"parsing {name} took {ours:.2f}s, {ours / bare:.1f}x a bare split ({bare:.2f}s)"
+
+
+def _best_of(repeats, fn):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 @pytest.mark.slow
