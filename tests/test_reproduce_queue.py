@@ -49,7 +49,7 @@ def queue(monkeypatch, tmp_path):
     return mod, tmp_path / "runs", commands, fail, events
 
 
-def test_parallel_runs_every_pending_entry_once_in_order_with_split_threads(queue):
+def test_parallel_runs_every_pending_entry_once_at_the_same_time_with_split_threads(queue):
     mod, out, commands, _, events = queue
     (out / "cifar100_lt_if100_ce_s0").mkdir(parents=True)
     (out / "cifar100_lt_if100_ce_s0" / "results.json").write_text("{}")  # done: skipped
@@ -58,7 +58,8 @@ def test_parallel_runs_every_pending_entry_once_in_order_with_split_threads(queu
     assert mod.main(["--out", str(out), "--parallel", "2", "--threads", "2"]) == 0
 
     ran = [e["run"] for e in events() if e["event"] == "start"]
-    assert ran == ["cifar100_lt_if100_la_s0", "cifar100_lt_if100_ala_s0"]
+    # both pending entries, each once; which child process logs its start first is a race
+    assert sorted(ran) == ["cifar100_lt_if100_ala_s0", "cifar100_lt_if100_la_s0"]
     resumed, started = sorted(commands, key=lambda cmd: "--resume" not in cmd)  # threads append in any order
     assert resumed[3:6] == ["train", "--resume", str(out / "cifar100_lt_if100_la_s0")]
     assert started[4].endswith("configs/cifar100_lt_if100_ala.yaml") and "seed=0" in started
