@@ -102,9 +102,8 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
             for metric in ("top1", "many", "medium", "few"):
                 row[f"{variant}.{metric}"] = _mean_std(pick(variant, metric))
         row["best_on_test"] = _mean_std([(r.get("best_test_epoch") or {}).get("top1") for r in runs])
-        times = [r.get("train_time_s") for r in runs]
-        row["train_time_s"] = _mean_std(times)
-        row["train_hours"] = _mean_std([t / 3600 if t is not None else None for t in times])
+        row["train_hours"] = _mean_std([r["train_time_s"] / 3600 if r.get("train_time_s") is not None else None
+                                        for r in runs])
         rows.append(row)
         first_runs.append(runs[0])
     _label_differences(rows, first_runs)
