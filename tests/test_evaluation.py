@@ -38,4 +38,5 @@ def test_posthoc_report_takes_taus_from_validation_and_labels_the_transductive_f
     want = 100 * float((posthoc.rebalance(zt, 1.0).argmax(1) == yt).double().mean())
     assert abs(rep["pr_transductive"]["top1"] - want) < 1e-9 and "transductive" in rep["pr_transductive"]["protocol"]
     assert rep["raw"]["top1"] == 100 * float((zt.argmax(1) == yt).double().mean())
-    assert rep["la"]["tau"] in grid and rep["pr"]["ece"] is None
+    assert rep["la"]["tau"] in grid and rep["pr"]["ece"] is None and rep["pr"]["confidence"] is None
+    assert rep["raw"]["confidence"] == 100 * float(torch.softmax(zt.double(), 1).max(1).values.mean())

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from longtail.metrics import (EvalAccumulator, evaluate, expected_calibration_error, group_accuracies,
+from longtail.metrics import (EvalAccumulator, evaluate, expected_calibration_error, group_accuracies, mean_confidence,
                               per_class_accuracy, shot_groups, top1)
 
 
@@ -129,7 +129,7 @@ def test_evaluate_dict():
     y[y == 5] = 0  # class 5 absent
     counts = [400, 150, 60, 30, 10, 2]
     res = evaluate(z, y, counts)
-    assert set(res) == {"top1", "many", "medium", "few", "ece", "per_class", "num_samples"}
+    assert set(res) == {"top1", "many", "medium", "few", "ece", "confidence", "per_class", "num_samples"}
     json.dumps(res)  # plain types only
     assert isinstance(res["num_samples"], int) and res["num_samples"] == 90
     assert res["top1"] == pytest.approx(top1(z, y))
@@ -140,11 +140,23 @@ def test_evaluate_dict():
     assert res["medium"] == pytest.approx((loop[2] + loop[3]) / 2)
     assert res["few"] == pytest.approx(loop[4])  # class 5 has no test samples: excluded
     assert res["ece"] == pytest.approx(_ece_loop(torch.softmax(z.double(), 1).tolist(), y.tolist(), 15))
-    assert all(isinstance(res[k], float) for k in ("top1", "many", "medium", "few", "ece"))
+    probs = torch.softmax(z.double(), 1).tolist()
+    assert res["confidence"] == pytest.approx(100 * sum(max(row) for row in probs) / len(probs))
+    assert all(isinstance(res[k], float) for k in ("top1", "many", "medium", "few", "ece", "confidence"))
     assert evaluate(z, y)["many"] is None  # no train counts, no groups
     empty = evaluate(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), [5, 50, 500])
-    assert empty["top1"] is None and empty["ece"] is None and empty["many"] is None
+    assert empty["top1"] is None and empty["ece"] is None and empty["confidence"] is None and empty["many"] is None
     assert empty["per_class"] == [None, None, None] and empty["num_samples"] == 0
+
+
+def test_mean_confidence_says_which_way_ece_points():
+    # always 90% sure, right half the time: overconfident, confidence 90 above top-1 50
+    p = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.9]])
+    y = torch.tensor([0, 1, 1, 0])
+    assert mean_confidence(p) == pytest.approx(90.0)
+    assert mean_confidence(torch.log(p), from_logits=True) == pytest.approx(90.0)
+    assert expected_calibration_error(p, y) == pytest.approx(40.0)
+    assert mean_confidence(torch.zeros(0, 2)) is None
 
 
 def test_bad_inputs():

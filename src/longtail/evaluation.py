@@ -111,7 +111,7 @@ def posthoc_report(val_logits: torch.Tensor | None, val_targets: torch.Tensor | 
         "tau": published_pr_tau, "protocol": "transductive: marginal from the test set, published tau"}
     for key in ("pr", "la", "pr_transductive"):  # softmax of re-balanced scores is no calibrated probability
         if key in report:
-            report[key]["ece"] = None
+            report[key]["ece"] = report[key]["confidence"] = None
     return report
 
 
@@ -138,14 +138,16 @@ def _fmt(v) -> str:
 
 def report_markdown(results: dict) -> str:
     """A markdown table: one row per checkpoint x post-hoc variant."""
-    lines = ["| checkpoint | variant | top-1 | many | medium | few | ECE | tau |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| checkpoint | variant | top-1 | many | medium | few | ECE | confidence | tau |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for ckpt, variants in results["checkpoints"].items():
         for key, label in VARIANT_LABELS.items():
             if key not in variants:
                 continue
             r = variants[key]
             lines.append(f"| {ckpt} | {label} | {_fmt(r['top1'])} | {_fmt(r['many'])} | {_fmt(r['medium'])} | "
-                         f"{_fmt(r['few'])} | {_fmt(r.get('ece'))} | {r.get('tau', '-')} |")
+                         f"{_fmt(r['few'])} | {_fmt(r.get('ece'))} | {_fmt(r.get('confidence'))} | "
+                         f"{r.get('tau', '-')} |")
     best_test = results.get("best_test_epoch")
     if best_test:
         lines.append("")

@@ -29,6 +29,7 @@ __all__ = [
     "shot_groups",
     "group_accuracies",
     "expected_calibration_error",
+    "mean_confidence",
     "evaluate",
     "EvalAccumulator",
     "Accumulator",
@@ -184,18 +185,31 @@ def expected_calibration_error(probs_or_logits: torch.Tensor, targets: torch.Ten
     return 100.0 * float((sum_acc - sum_conf).abs().sum() / n)
 
 
+def mean_confidence(probs_or_logits: torch.Tensor, from_logits: bool | None = None) -> float | None:
+    """Mean top-class probability, mean_i max_j p_ij, in percent; None when there are no samples.
+
+    Beside top-1 it says which way a model is miscalibrated (ECE alone does not): above top-1
+    is overconfident, below is underconfident. `from_logits` as in `expected_calibration_error`.
+    """
+    p = _confidences(probs_or_logits, from_logits)
+    if p.shape[0] == 0:
+        return None
+    return 100.0 * float(p.max(dim=1).values.mean())
+
+
 def evaluate(logits: torch.Tensor, targets: torch.Tensor, train_counts=None, many: float = 100,
              few: float = 20, n_bins: int = 15) -> dict:
     """All metrics at once, as a plain JSON-ready dict:
 
-    {"top1": %, "many": %, "medium": %, "few": %, "ece": %, "per_class": [% or None, ...],
-     "num_samples": int}
+    {"top1": %, "many": %, "medium": %, "few": %, "ece": %, "confidence": %,
+     "per_class": [% or None, ...], "num_samples": int}
 
-    Accuracies and ECE are floats in percent; "many"/"medium"/"few" are the mean per-class
-    accuracy over each shot group's classes that have test samples (None if none, or if
-    `train_counts` is None); "per_class" has None for classes absent from `targets`; "top1" and
-    "ece" are None when there are no samples. `logits` may be any scores whose argmax is the
-    prediction; ECE applies softmax to them, so pass real logits if ECE matters.
+    Accuracies, ECE and the mean top-class probability ("confidence") are floats in percent;
+    "many"/"medium"/"few" are the mean per-class accuracy over each shot group's classes that
+    have test samples (None if none, or if `train_counts` is None); "per_class" has None for classes absent from `targets`; "top1",
+    "ece" and "confidence" are None when there are no samples. `logits` may be any scores whose
+    argmax is the prediction; ECE and confidence apply softmax to them, so pass real logits if
+    they matter.
     """
     logits = _check_logits(logits)
     c = logits.shape[1]
@@ -207,6 +221,7 @@ def evaluate(logits: torch.Tensor, targets: torch.Tensor, train_counts=None, man
         "top1": top1(logits, targets),
         **groups,
         "ece": expected_calibration_error(logits, targets, n_bins, from_logits=True),
+        "confidence": mean_confidence(logits, from_logits=True),
         "per_class": _nan_to_none(pc),
         "num_samples": int(logits.shape[0]),
     }
