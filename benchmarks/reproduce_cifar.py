@@ -3,9 +3,15 @@
     python benchmarks/reproduce_cifar.py --out /work/runs               # run (or resume) everything
     python benchmarks/reproduce_cifar.py --out /work/runs --parallel 2  # two runs at once, 1 thread each
     python benchmarks/reproduce_cifar.py --out /work/runs --dry-run     # show what is done / next
+    python benchmarks/reproduce_cifar.py --out /work/runs --only cifar100_lt_if100_gcl_s0  # a subset
 
 Each run is `longtail train configs/<config>.yaml seed=S` in OUT/<config>_s<S>. A run folder with
-results.json is done and skipped; one with last.pt is resumed; otherwise the run starts. Stop it
+results.json is done and skipped; one with last.pt is resumed; otherwise the run starts.
+
+Run folders stay out of git, and a new machine starts without them. So each finished run's
+results.json and results.md are copied to ARCHIVE/<run> (default docs/results, committed) and its
+per-class plot to docs/figures/<run>_per_class.png; a run archived there counts as done on any
+machine, and `longtail report docs/results` rebuilds the tables from git alone. Stop it
 any time (Ctrl-C, or SIGINT/SIGTERM to the `longtail train` processes, checkpoints the runs in
 flight); start it again later and it carries on. At the end the markdown table of everything
 finished is written to OUT/report.md.
@@ -19,12 +25,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = REPO / "docs" / "results"  # finished runs' results, committed
+FIGURES = REPO / "docs" / "figures"
 
 # (config, seed) in the order they run: one seed of every IF100 method first (so the table can be
 # read as early as possible, a run every ~1.5-2 h on CPU), then the second seeds, then the other IFs.
@@ -38,8 +47,8 @@ QUEUE = [
 ]
 
 
-def state(run_dir: Path) -> str:
-    if (run_dir / "results.json").exists():
+def state(run_dir: Path, archive: Path | None = None) -> str:
+    if (run_dir / "results.json").exists() or (archive and (archive / run_dir.name / "results.json").exists()):
         return "done"
     if (run_dir / "last.pt").exists():
         return "resume"
@@ -55,6 +64,17 @@ def train_command(config: str, seed: int, run_dir: Path, args, threads: int) -> 
                   f"out_dir={run_dir.parent}", f"run_name={run_dir.name}", *runtime, *args.extra]
 
 
+def archive_run(run_dir: Path, archive: Path, figures: Path) -> None:
+    """Copy what a finished run reports into the committed folders (see the module docstring)."""
+    dest = archive / run_dir.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "results.md"):
+        shutil.copy2(run_dir / name, dest / name)
+    if (run_dir / "per_class.png").exists():
+        figures.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run_dir / "per_class.png", figures / f"{run_dir.name}_per_class.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs", help="folder for the run folders (keep it out of git)")
@@ -66,17 +86,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runtime", nargs="*", default=["eval.batch_size=128"],
                     help="runtime overrides (RESUME_OVERRIDABLE keys) for new and resumed runs alike "
                          "(default: eval batch 128, faster than 512 on CPU)")
+    ap.add_argument("--archive", default=str(ARCHIVE),
+                    help="where each finished run's results.json/.md are copied (committed; counts as done)")
+    ap.add_argument("--figures", default=str(FIGURES),
+                    help="where each finished run's per-class plot is copied")
+    ap.add_argument("--only", nargs="+", metavar="RUN",
+                    help="run just these queue entries, named as their run folders (e.g. cifar100_lt_if100_gcl_s0), "
+                         "in queue order; useful when a session has time for only some runs")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
     if args.parallel < 1:
         raise SystemExit("--parallel must be at least 1")
     out = Path(args.out)
+    names = [f"{config}_s{seed}" for config, seed in QUEUE]
+    unknown = sorted(set(args.only or ()) - set(names))
+    if unknown:
+        raise SystemExit(f"--only: not in the queue: {', '.join(unknown)}; the queue is: {', '.join(names)}")
     pending = []
     for config, seed in QUEUE:
+        if args.only and f"{config}_s{seed}" not in args.only:
+            continue
         if not (REPO / "configs" / f"{config}.yaml").is_file():
             raise SystemExit(f"config {config} is missing from configs/")
         run_dir = out / f"{config}_s{seed}"
-        what = state(run_dir)
+        what = state(run_dir, Path(args.archive))
         print(f"{what:7s} {run_dir}", flush=True)
         if what != "done":
             pending.append((config, seed, run_dir))
@@ -99,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 with lock:
                     failures.append((run_dir, code))
                 return
+            archive_run(run_dir, Path(args.archive), Path(args.figures))
 
     workers = [threading.Thread(target=worker) for _ in range(args.parallel)]
     for w in workers:
@@ -109,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {run_dir} exited with {code}; run this script again to continue", flush=True)
     if failures:
         return failures[0][1]
-    write_report(out)
+    write_report(out, Path(args.archive))
     return 0
 
 
-def write_report(out: Path) -> None:
-    finished = [str(p.parent) for p in sorted(out.glob("*/results.json"))]
+def write_report(out: Path, archive: Path) -> None:
+    """OUT/report.md: the table of every archived run, this machine's and earlier ones'."""
+    finished = [str(p.parent) for p in sorted(archive.glob("*/results.json"))]
     if finished:
         subprocess.call([sys.executable, "-m", "longtail", "report", *finished, "--out", str(out / "report.md")])
 

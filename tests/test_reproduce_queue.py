@@ -1,5 +1,6 @@
 """The reproduction queue runner (benchmarks/reproduce_cifar.py): order, skipping, resuming,
-parallel runs and stopping on a failure, with a stand-in for `longtail train`."""
+parallel runs, subsets, archiving finished runs and stopping on a failure, with a stand-in for
+`longtail train`."""
 import importlib.util
 import json
 import sys
@@ -20,7 +21,9 @@ with open(log, "a") as f:
 time.sleep(0.5)
 if code == 0:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "results.json").write_text("{}")
+    (run_dir / "results.json").write_text(json.dumps({"run": run_dir.name}))
+    (run_dir / "results.md").write_text("# " + run_dir.name)
+    (run_dir / "per_class.png").write_bytes(run_dir.name.encode())
 with open(log, "a") as f:
     f.write(json.dumps({"run": run_dir.name, "event": "end", "t": time.time()}) + "\\n")
 sys.exit(code)
@@ -33,7 +36,10 @@ def queue(monkeypatch, tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     monkeypatch.setattr(mod, "QUEUE", QUEUE)
-    monkeypatch.setattr(mod, "write_report", lambda out: None)
+    monkeypatch.setattr(mod, "write_report", lambda out, archive: None)
+    # never the repository's docs/: the archive and figure folders are the test's own
+    monkeypatch.setattr(mod, "ARCHIVE", tmp_path / "archive")
+    monkeypatch.setattr(mod, "FIGURES", tmp_path / "figures")
     log, commands, fail = tmp_path / "events.jsonl", [], set()
     real = mod.train_command
 
@@ -100,3 +106,36 @@ def test_bad_parallel_is_refused(queue):
     mod, out, *_ = queue
     with pytest.raises(SystemExit, match="--parallel must be at least 1"):
         mod.main(["--out", str(out), "--parallel", "0"])
+
+
+def test_finished_runs_are_archived_and_an_archived_run_is_done_on_a_new_machine(queue, tmp_path):
+    mod, out, _, _, events = queue
+    assert mod.main(["--out", str(out), "--threads", "2"]) == 0
+    for config, seed in QUEUE:
+        name = f"{config}_s{seed}"
+        assert json.loads((tmp_path / "archive" / name / "results.json").read_text()) == {"run": name}
+        assert (tmp_path / "archive" / name / "results.md").read_text() == "# " + name
+        assert (tmp_path / "figures" / f"{name}_per_class.png").read_bytes() == name.encode()
+    # a new machine: no run folders, only what was committed; nothing runs again
+    import shutil
+    shutil.rmtree(out)
+    before = len(events())
+    assert mod.main(["--out", str(out), "--threads", "2"]) == 0
+    assert len(events()) == before and not out.exists()
+
+
+def test_a_failed_run_is_not_archived(queue, tmp_path):
+    mod, out, _, fail, _ = queue
+    fail.add("cifar100_lt_if100_ce_s0")
+    assert mod.main(["--out", str(out), "--threads", "2"]) == 3
+    assert not (tmp_path / "archive").exists()
+
+
+def test_only_runs_the_named_entries_in_queue_order(queue, capsys):
+    mod, out, _, _, events = queue
+    assert mod.main(["--out", str(out), "--threads", "2",
+                     "--only", "cifar100_lt_if100_ala_s0", "cifar100_lt_if100_ce_s0"]) == 0
+    assert [e["run"] for e in events() if e["event"] == "start"] == ["cifar100_lt_if100_ce_s0",
+                                                                        "cifar100_lt_if100_ala_s0"]
+    with pytest.raises(SystemExit, match="not in the queue: cifar100_lt_if100_bs_s9"):
+        mod.main(["--out", str(out), "--only", "cifar100_lt_if100_bs_s9"])
