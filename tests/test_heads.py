@@ -55,6 +55,19 @@ def test_cosine_head_bf16_features_give_float32():
     torch.testing.assert_close(z.double(), ref_cosine(f.double(), head.weight.detach(), 30.0), rtol=1e-5, atol=1e-5)
 
 
+def test_cosine_head_stays_float32_under_autocast():
+    # The trainer runs the network under bf16 autocast on GPUs and AMX CPUs; the cosine must not
+    # be rounded to bf16 there (a matmul is one of the ops autocast casts down).
+    torch.manual_seed(4)
+    head = CosineHead(64, 10)
+    f = torch.randn(32, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = head(f.to(torch.bfloat16))
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z.double(), ref_cosine(f.to(torch.bfloat16).double(), head.weight.detach(), 30.0),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_linear_head_has_bias():
     torch.manual_seed(3)
     head = LinearHead(7, 4)
