@@ -11,7 +11,7 @@ results.json is done and skipped; one with last.pt is resumed; otherwise the run
 Run folders stay out of git, and a new machine starts without them. So each finished run's
 results.json and results.md are copied to ARCHIVE/<run> (default docs/results, committed) and its
 per-class plot to docs/figures/<run>_per_class.png; a run archived there counts as done on any
-machine, and `longtail report docs/results` rebuilds the tables from git alone. Stop it
+machine, and `longtail report docs/results` rebuilds the tables from git alone. Stop the queue
 any time (Ctrl-C, or SIGINT/SIGTERM to the `longtail train` processes, checkpoints the runs in
 flight); start it again later and it carries on. At the end the markdown table of everything
 finished is written to OUT/report.md.
@@ -103,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--only: not in the queue: {', '.join(unknown)}; the queue is: {', '.join(names)}")
     pending = []
-    for config, seed in QUEUE:
-        if args.only and f"{config}_s{seed}" not in args.only:
+    for (config, seed), name in zip(QUEUE, names):
+        if args.only and name not in args.only:
             continue
         if not (REPO / "configs" / f"{config}.yaml").is_file():
             raise SystemExit(f"config {config} is missing from configs/")
-        run_dir = out / f"{config}_s{seed}"
+        run_dir = out / name
         what = state(run_dir, Path(args.archive))
         print(f"{what:7s} {run_dir}", flush=True)
         if what != "done":
