@@ -3,6 +3,7 @@ parallel runs, subsets, archiving finished runs and stopping on a failure, with 
 `longtail train`."""
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -117,7 +118,6 @@ def test_finished_runs_are_archived_and_an_archived_run_is_done_on_a_new_machine
         assert (tmp_path / "archive" / name / "results.md").read_text() == "# " + name
         assert (tmp_path / "figures" / f"{name}_per_class.png").read_bytes() == name.encode()
     # a new machine: no run folders, only what was committed; nothing runs again
-    import shutil
     shutil.rmtree(out)
     before = len(events())
     assert mod.main(["--out", str(out), "--threads", "2"]) == 0
