@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from longtail.evaluation import resolve_precision
 from longtail.models import build_model
 
 
@@ -54,7 +55,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     isa = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    lines = [f"$ python {' '.join(sys.argv)}",
+    model_name = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")),
+                      "unknown CPU")
+    lines = [f"$ python {' '.join(sys.argv)}", f"CPU: {model_name}; longtail's precision auto picks "
+             f"{resolve_precision('auto', torch.device('cpu'))} here",
              f"torch {torch.__version__}, threads={torch.get_num_threads()}, CPU flags present: {', '.join(isa) or 'none'}, "
              f"load average at start {os.getloadavg()[0]:.2f}",
              "| batch | precision | memory format | images/s | vs fp32 contiguous |", "|---|---|---|---|---|"]

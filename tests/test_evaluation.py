@@ -7,10 +7,28 @@ from longtail.evaluation import posthoc_report, resolve_precision
 def test_auto_precision_follows_the_hardware(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
-    monkeypatch.setattr(evaluation, "_cpu_has_amx", lambda: False)
+    monkeypatch.setattr(evaluation, "_cpu_bf16_is_fast", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(evaluation, "_cpu_has_amx", lambda: True)
+    monkeypatch.setattr(evaluation, "_cpu_bf16_is_fast", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
+
+
+def _cpuinfo(vendor, *flags):
+    # two logical processors, as /proc/cpuinfo lists them
+    block = f"processor\t: {{}}\nvendor_id\t: {vendor}\nmodel name\t: X\nflags\t\t: fpu sse2 avx2 {' '.join(flags)}\n"
+    return "\n".join(block.format(i) for i in range(2))
+
+
+def test_bf16_is_fast_only_on_the_cpus_where_it_was_measured_faster():
+    assert evaluation.bf16_is_fast(_cpuinfo("GenuineIntel", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
+    assert evaluation.bf16_is_fast(_cpuinfo("AuthenticAMD", "avx512f", "avx512_bf16"))
+    # Intel with AVX512-BF16 but no AMX measured slower in bf16
+    assert not evaluation.bf16_is_fast(_cpuinfo("GenuineIntel", "avx512f", "avx512_bf16"))
+    assert not evaluation.bf16_is_fast(_cpuinfo("AuthenticAMD", "avx512f"))
+    assert not evaluation.bf16_is_fast(_cpuinfo("AuthenticAMD"))
+    assert not evaluation.bf16_is_fast("")
+    # a flag name that only contains the wanted one does not count
+    assert not evaluation.bf16_is_fast(_cpuinfo("AuthenticAMD", "xavx512_bf16"))
 
 
 def test_posthoc_report_takes_taus_from_validation_and_labels_the_transductive_figure():

@@ -104,7 +104,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: bf16 on GPU / AMX CPUs, else fp32
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: see evaluation.resolve_precision
     channels_last: bool = True
     compile: bool = False
     # torch.compile mode: default | reduce-overhead (CUDA graphs: on a GPU, launch overhead dominates

@@ -15,23 +15,44 @@ from longtail import distributed, metrics, posthoc
 from longtail.data import TensorSplit
 
 
-def _cpu_has_amx() -> bool:
+def bf16_is_fast(cpuinfo: str) -> bool:
+    """Whether bf16 autocast trains ResNet-32 faster than fp32 on the CPU that `cpuinfo` (the text
+    of /proc/cpuinfo) describes. Measured with benchmarks/precision_probe.py, 2 threads, batch 64,
+    channels_last, bf16 autocast against fp32:
+    - Intel Xeon with AMX: about 1.9x (train-loop throughput, 480 vs 250 images/s);
+    - AMD EPYC with AVX512-BF16 (no AMX): 1.58x (523 vs 331 images/s, benchmarks/precision_probe_amd_epyc.txt;
+      1.36x in an earlier probe on the same machine);
+    - Intel Xeon with AVX512-BF16 but no AMX: 0.88x (272 vs 309 images/s); its batch-norm backward
+      and dtype casts cost more than its bf16 convolutions save.
+    So AMX, or AVX512-BF16 on AMD; fp32 everywhere else, including unknown CPUs."""
+    flags: set[str] = set()
+    amd = False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "flags":
+            flags.update(value.split())
+        elif key == "vendor_id":
+            amd = amd or value.strip() == "AuthenticAMD"
+    return "amx_bf16" in flags or (amd and "avx512_bf16" in flags)
+
+
+def _cpu_bf16_is_fast() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
-            return any("amx_bf16" in line for line in f if line.startswith("flags"))
+            return bf16_is_fast(f.read())
     except OSError:
         return False
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto": bf16 autocast on GPUs and on CPUs with AMX; fp32 elsewhere. Measured on a 2-core
-    AVX-512 CPU without AMX, bf16 made the ResNet-32 step slower (295 vs 394 images/s, fp32 with
-    channels_last): its batch-norm backward and dtype casts cost more than the convolutions save."""
+    """"auto": bf16 autocast on GPUs and on CPUs where it was measured faster (see `bf16_is_fast`);
+    fp32 elsewhere. A resumed run keeps the precision it started with (`longtail.train`)."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" and _cpu_has_amx() else "fp32"
+    return "bf16" if device.type == "cpu" and _cpu_bf16_is_fast() else "fp32"
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -115,9 +136,9 @@ def posthoc_report(val_logits: torch.Tensor | None, val_targets: torch.Tensor | 
     return report
 
 
-def evaluate_model(model, bench, cfg, device: torch.device, transform) -> dict:
+def evaluate_model(model, bench, cfg, device: torch.device, transform, precision: str | None = None) -> dict:
     """Predict validation and test with `model` as it is, then `posthoc_report` (taus on validation)."""
-    args = (transform, device, cfg.precision, cfg.eval.batch_size, cfg.channels_last, cfg.data.workers)
+    args = (transform, device, precision or cfg.precision, cfg.eval.batch_size, cfg.channels_last, cfg.data.workers)
     val = predict(model, bench.val, *args) if bench.val is not None else (None, None)
     test = predict(model, bench.test, *args)
     return posthoc_report(val[0], val[1], test[0], test[1], bench.class_counts, cfg.eval.tau_grid,
