@@ -1,5 +1,6 @@
 """End to end on the real CIFAR-100: train, artefacts, resume after a kill, bad input, report."""
 import errno
+import os
 import json
 import signal
 import subprocess
@@ -221,3 +222,44 @@ def test_tensorboard_logging_or_a_clear_message(tmp_path):
     else:
         run = train(cfg)
         assert any((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_keeps_the_precision_the_run_started_with(shared_data, tmp_path, monkeypatch):
+    # precision "auto" depends on the CPU: start where it means fp32, resume where it means bf16
+    # (another machine); the resumed part must still train and evaluate in fp32.
+    from longtail import evaluation
+    real_autocast, real_predict = train_mod.autocast_context, train_mod.predict
+    used = []
+
+    def autocast_recording(device, precision):
+        used.append(("train", precision))
+        if len(used) == 3 and phase == "start":
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler checkpoints after this step
+        return real_autocast(device, precision)
+
+    def predict_recording(model, split, transform, device, precision, *args):
+        used.append(("eval", precision))
+        return real_predict(model, split, transform, device, precision, *args)
+
+    monkeypatch.setattr(train_mod, "autocast_context", autocast_recording)
+    monkeypatch.setattr(train_mod, "predict", predict_recording)
+    monkeypatch.setattr(evaluation, "predict", predict_recording)
+    cfg = tiny(shared_data, tmp_path, "pinned", "optim.epochs=2", "precision=auto")
+
+    phase = "start"
+    monkeypatch.setattr(evaluation, "_cpu_bf16_is_fast", lambda: False)
+    with pytest.raises(train_mod.TrainingInterrupted):
+        train(cfg)
+    assert set(used) == {("train", "fp32")}
+    assert json.loads((tmp_path / "pinned" / "environment.json").read_text())["precision"] == "fp32"
+
+    phase, used[:] = "resume", []
+    monkeypatch.setattr(evaluation, "_cpu_bf16_is_fast", lambda: True)
+    run = train(train_mod.resume_config(tmp_path / "pinned"), tmp_path / "pinned", resume=True)
+    assert {p for _, p in used} == {"fp32"} and {kind for kind, _ in used} == {"train", "eval"}
+    assert json.loads((run / "results.json").read_text())["config"]["precision"] == "auto"
+
+    # control: a new run on the "bf16 machine" does train in bf16, so the recording would see it
+    used[:] = []
+    train(tiny(shared_data, tmp_path, "fresh", "optim.epochs=1", "precision=auto"))
+    assert ("train", "bf16") in used

@@ -98,6 +98,14 @@ def atomic_save(obj, path: Path) -> None:
                                    f"{path.parent}`") from exc
 
 
+def _started_precision(run_dir: Path) -> str | None:
+    """The precision a run folder's run started with (None when environment.json lacks it)."""
+    try:
+        return json.loads((run_dir / "environment.json").read_text()).get("precision")
+    except (OSError, ValueError):
+        return None
+
+
 def environment_info(rt: distributed.Runtime, cfg: Config) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "platform": platform.platform(), "device": str(rt.device), "world_size": rt.world_size,
@@ -196,7 +204,11 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     criterion = criterion.to(rt.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
-    precision = resolve_precision(cfg.precision, rt.device)
+    # "auto" depends on the machine: a run resumed on another one (or after the rule changed) keeps
+    # the precision it started with, recorded in environment.json, instead of training half in fp32
+    # and half in bf16. cfg keeps "auto", so the run still groups with its seeds in reports.
+    started = _started_precision(run_dir) if resume and cfg.precision == "auto" else None
+    precision = started or resolve_precision(cfg.precision, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16")
 
     state = {"epoch": 0, "step": 0, "best_val": -1.0, "best_val_epoch": None, "best_test": -1.0,
@@ -310,7 +322,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 x = augment(x, aug_gen)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with autocast_context(rt.device, cfg.precision):
+                with autocast_context(rt.device, precision):
                     logits = net(x)
                 logits = logits.float()
                 loss = criterion(logits, y)
@@ -352,7 +364,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                       "images_per_s": round(seen * rt.world_size / max(elapsed, 1e-9), 1)}
             last_epoch = epoch + 1 == cfg.optim.epochs
             if bench.val is not None and ((epoch + 1) % cfg.eval.every == 0 or last_epoch):
-                val_top1 = _top1(predict(model, bench.val, eval_tf, rt.device, cfg.precision, cfg.eval.batch_size,
+                val_top1 = _top1(predict(model, bench.val, eval_tf, rt.device, precision, cfg.eval.batch_size,
                                          cfg.channels_last, cfg.data.workers))
                 record["val_acc"] = val_top1
                 if val_top1 > state["best_val"]:
@@ -360,7 +372,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                     checkpoint(epoch + 1, 0, "best.pt")
                 if cfg.eval.track_test:
-                    test_top1 = _top1(predict(model, bench.test, eval_tf, rt.device, cfg.precision,
+                    test_top1 = _top1(predict(model, bench.test, eval_tf, rt.device, precision,
                                               cfg.eval.batch_size, cfg.channels_last, cfg.data.workers))
                     record["test_acc_for_best_on_test_figure"] = test_top1
                     if test_top1 > state["best_test"]:
@@ -382,7 +394,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             state["epoch"], state["step"] = epoch + 1, 0
         progress.close()
         distributed.barrier()
-        results = final_evaluation(cfg, run_dir, model, bench, rt, eval_tf, state, best_state)
+        results = final_evaluation(cfg, run_dir, model, bench, rt, eval_tf, state, best_state, precision)
     except TrainingDiverged as exc:
         good = run_dir / "last.pt"
         where = (f"the last good checkpoint is {good} (end of epoch {state['epoch']})" if good.exists()
@@ -420,7 +432,8 @@ def _top1(pred) -> float:
     return 100.0 * float((logits.argmax(1) == targets).float().mean()) if len(targets) else 0.0
 
 
-def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, state: dict, best_state) -> dict:
+def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, state: dict, best_state,
+                     precision: str) -> dict:
     """Test the best-on-validation and the last checkpoints once; write results.json/.md and the plot."""
     results = {"run": run_dir.name, "dataset": cfg.data.name,
                "imb_factor": cfg.data.imb_factor if cfg.data.name.startswith("cifar") else None,
@@ -435,12 +448,12 @@ def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, stat
                "checkpoints": {}}
     # The model in memory is the last state; the best-on-validation weights were kept in memory when
     # found (every rank has them: validation accuracy is gathered), or come from best.pt after a resume.
-    results["checkpoints"]["last"] = evaluate_model(model, bench, cfg, rt.device, eval_tf)
+    results["checkpoints"]["last"] = evaluate_model(model, bench, cfg, rt.device, eval_tf, precision)
     if best_state is None and (run_dir / "best.pt").exists():
         best_state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["model"]
     if best_state is not None:
         model.load_state_dict(best_state)
-        results["checkpoints"] = {"best_val": evaluate_model(model, bench, cfg, rt.device, eval_tf),
+        results["checkpoints"] = {"best_val": evaluate_model(model, bench, cfg, rt.device, eval_tf, precision),
                                   **results["checkpoints"]}
     if rt.is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
