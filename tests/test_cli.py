@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from longtail import cli
+from longtail import cli, evaluation
+from longtail.config import load_config
 
 pytestmark = pytest.mark.slow
 COUNTS = {"train": [24, 10, 4], "val": [3, 3, 3], "test": [5, 5, 5]}
@@ -43,7 +44,7 @@ def _overrides(root, out, name, *extra):
             f"run_name={name}", *extra]
 
 
-def test_train_and_eval_on_your_own_image_list(image_lists, tmp_path, capsys):
+def test_train_and_eval_on_your_own_image_list(image_lists, tmp_path, capsys, monkeypatch):
     base = Path(__file__).resolve().parents[1] / "configs" / "cifar100_lt_if100_ce.yaml"
     assert cli.main(["train", str(base), "data.name=lists", "loss.name=ce", *_overrides(image_lists, tmp_path, "own")]) == 0
     run = tmp_path / "own"
@@ -54,8 +55,19 @@ def test_train_and_eval_on_your_own_image_list(image_lists, tmp_path, capsys):
     assert [r["epoch"] for r in log] == [1, 2]
     capsys.readouterr()
 
-    # eval re-creates the same figures from the checkpoint, and takes a PR tau
+    # eval re-creates the same figures from the checkpoint, and takes a PR tau; with precision auto
+    # it evaluates in the precision the run trained in, even where auto now means the other one
+    trained_in = json.loads((run / "environment.json").read_text())["precision"]
+    assert load_config(run / "config.yaml").precision == "auto" and trained_in in ("fp32", "bf16")
+    monkeypatch.setattr(evaluation, "_cpu_bf16_is_fast", lambda: trained_in == "fp32")
+    real_predict, used = evaluation.predict, set()
+
+    def predict_recording(model, split, transform, device, precision, *args):
+        used.add(precision)
+        return real_predict(model, split, transform, device, precision, *args)
+    monkeypatch.setattr(evaluation, "predict", predict_recording)
     assert cli.main(["eval", str(run), "--pr-tau", "0.5"]) == 0
+    assert used == {trained_in}
     out = capsys.readouterr().out
     again = json.loads((run / "eval-best.json").read_text())["checkpoints"]["best"]
     assert again["raw"]["top1"] == pytest.approx(results["checkpoints"]["best_val"]["raw"]["top1"])

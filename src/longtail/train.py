@@ -98,10 +98,10 @@ def atomic_save(obj, path: Path) -> None:
                                    f"{path.parent}`") from exc
 
 
-def _started_precision(run_dir: Path) -> str | None:
+def started_precision(run_dir: str | Path) -> str | None:
     """The precision a run folder's run started with (None when environment.json lacks it)."""
     try:
-        return json.loads((run_dir / "environment.json").read_text()).get("precision")
+        return json.loads((Path(run_dir) / "environment.json").read_text()).get("precision")
     except (OSError, ValueError):
         return None
 
@@ -207,7 +207,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     # "auto" depends on the machine: a run resumed on another one (or after the rule changed) keeps
     # the precision it started with, recorded in environment.json, instead of training half in fp32
     # and half in bf16. cfg keeps "auto", so the run still groups with its seeds in reports.
-    started = _started_precision(run_dir) if resume and cfg.precision == "auto" else None
+    started = started_precision(run_dir) if resume and cfg.precision == "auto" else None
     precision = started or resolve_precision(cfg.precision, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16")
 
@@ -499,4 +499,4 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Co
 
 
 __all__ = ["train", "learning_rate", "epoch_batches", "atomic_save", "TrainingDiverged", "TrainingInterrupted",
-           "CheckpointWriteError", "resume_config", "method_name", "setting_key"]
+           "CheckpointWriteError", "resume_config", "method_name", "setting_key", "started_precision"]
