@@ -69,7 +69,7 @@ def cmd_eval(args) -> int:
     from longtail.data.augment import build_eval_transform
     from longtail.distributed import pick_device
     from longtail.evaluation import evaluate_model, report_markdown
-    from longtail.train import build_model, load_data, method_name, started_precision
+    from longtail.train import build_model, load_data, method_name, run_precision
 
     target = Path(args.target)
     ckpt_path = target / "best.pt" if target.is_dir() else target
@@ -87,9 +87,7 @@ def cmd_eval(args) -> int:
     model = build_model(cfg, bench.num_classes, in_ch).to(device)
     model.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False)["model"])
     cfg.channels_last = False  # the model here is in the default memory format
-    # evaluate as the run trained: "auto" means the precision the run started with, not what it
-    # means on this machine (an explicit precision=... override wins)
-    precision = started_precision(run_dir) if cfg.precision == "auto" else None
+    precision = run_precision(cfg, run_dir, device)  # as the run trained (an explicit override wins)
     report = evaluate_model(model, bench, cfg, device, build_eval_transform(bench.mean, bench.std), precision)
     results = {"method": method_name(cfg), "checkpoint": str(ckpt_path), "checkpoints": {ckpt_path.stem: report}}
     out = run_dir / f"eval-{ckpt_path.stem}.json"

@@ -106,6 +106,14 @@ def started_precision(run_dir: str | Path) -> str | None:
         return None
 
 
+def run_precision(cfg: Config, run_dir: str | Path, device: torch.device) -> str:
+    """The precision an existing run folder's run trains and evaluates in. "auto" depends on the
+    machine, so it means the precision the run started with (a run resumed or evaluated on another
+    machine is not trained half in fp32 and half in bf16); an explicit precision is kept."""
+    started = started_precision(run_dir) if cfg.precision == "auto" else None
+    return started or resolve_precision(cfg.precision, device)
+
+
 def environment_info(rt: distributed.Runtime, cfg: Config) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "platform": platform.platform(), "device": str(rt.device), "world_size": rt.world_size,
@@ -204,11 +212,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     criterion = criterion.to(rt.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
-    # "auto" depends on the machine: a run resumed on another one (or after the rule changed) keeps
-    # the precision it started with, recorded in environment.json, instead of training half in fp32
-    # and half in bf16. cfg keeps "auto", so the run still groups with its seeds in reports.
-    started = started_precision(run_dir) if resume and cfg.precision == "auto" else None
-    precision = started or resolve_precision(cfg.precision, rt.device)
+    # cfg keeps "auto", so the run still groups with its seeds in reports
+    precision = run_precision(cfg, run_dir, rt.device) if resume else resolve_precision(cfg.precision, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16")
 
     state = {"epoch": 0, "step": 0, "best_val": -1.0, "best_val_epoch": None, "best_test": -1.0,
@@ -499,4 +504,4 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Co
 
 
 __all__ = ["train", "learning_rate", "epoch_batches", "atomic_save", "TrainingDiverged", "TrainingInterrupted",
-           "CheckpointWriteError", "resume_config", "method_name", "setting_key", "started_precision"]
+           "CheckpointWriteError", "resume_config", "method_name", "setting_key", "started_precision", "run_precision"]
