@@ -37,6 +37,7 @@ def queue(monkeypatch, tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     monkeypatch.setattr(mod, "QUEUE", QUEUE)
+    monkeypatch.setattr(mod, "RECORDED", frozenset())  # tests that need recorded runs set their own
     monkeypatch.setattr(mod, "write_report", lambda out, archive: None)
     # never the repository's docs/: the archive and figure folders are the test's own
     monkeypatch.setattr(mod, "ARCHIVE", tmp_path / "archive")
@@ -139,3 +140,21 @@ def test_only_runs_the_named_entries_in_queue_order(queue, capsys):
                                                                         "cifar100_lt_if100_ala_s0"]
     with pytest.raises(SystemExit, match="not in the queue: cifar100_lt_if100_bs_s9"):
         mod.main(["--out", str(out), "--only", "cifar100_lt_if100_bs_s9"])
+
+
+def test_recorded_runs_count_as_done_unless_asked_for(queue, monkeypatch, capsys, tmp_path):
+    mod, out, _, _, events = queue
+    monkeypatch.setattr(mod, "RECORDED", frozenset({"cifar100_lt_if100_la_s0"}))
+    assert mod.main(["--out", str(out), "--threads", "2"]) == 0
+    assert [e["run"] for e in events() if e["event"] == "start"] == ["cifar100_lt_if100_ce_s0",
+                                                                        "cifar100_lt_if100_ala_s0"]
+    assert "recorded " + str(out / "cifar100_lt_if100_la_s0") in capsys.readouterr().out
+    # --include-recorded trains it again; a recorded run cut off midway (last.pt) is resumed anyway
+    assert mod.main(["--out", str(out), "--threads", "2", "--include-recorded"]) == 0
+    assert [e["run"] for e in events() if e["event"] == "start"][2:] == ["cifar100_lt_if100_la_s0"]
+    for folder in (out, tmp_path / "archive"):  # as if it had not finished
+        shutil.rmtree(folder / "cifar100_lt_if100_la_s0")
+    (out / "cifar100_lt_if100_la_s0").mkdir()
+    (out / "cifar100_lt_if100_la_s0" / "last.pt").write_bytes(b"")
+    assert mod.main(["--out", str(out), "--threads", "2"]) == 0
+    assert [e["run"] for e in events() if e["event"] == "start"][3:] == ["cifar100_lt_if100_la_s0"]
