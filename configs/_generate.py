@@ -23,7 +23,8 @@ LDAM_RECIPE = {
     "data_augment": "crop_flip",
 }
 
-# method -> (recipe, loss section). Which recipe: the one each method's published CIFAR numbers used.
+# method -> (recipe, loss section). Which recipe: the one each method's published CIFAR numbers used,
+# except GCL, whose own recipe (mixup, then classifier re-training) longtail lacks (configs/README.md).
 CIFAR_METHODS = {
     "ce": (LDAM_RECIPE, {"name": "ce"}),
     "focal": (LDAM_RECIPE, {"name": "focal", "gamma": 1.0}),
