@@ -23,8 +23,9 @@ LDAM_RECIPE = {
     "data_augment": "crop_flip",
 }
 
-# method -> (recipe, loss section). Which recipe: the one each method's published CIFAR numbers used,
-# except GCL, whose own recipe (mixup, then classifier re-training) longtail lacks (configs/README.md).
+# method -> (recipe, loss section). Which recipe: LDAM-DRW style where the published CIFAR numbers used
+# it (and ALA); the GALA release recipe for GALA and the prior-aware baselines it is compared with
+# (bs, la, gcl), so those differ only in the loss (configs/README.md).
 CIFAR_METHODS = {
     "ce": (LDAM_RECIPE, {"name": "ce"}),
     "focal": (LDAM_RECIPE, {"name": "focal", "gamma": 1.0}),
