@@ -56,11 +56,9 @@ RECORDED = frozenset(f"cifar100_lt_if100_{m}_s0" for m in ("ce", "gala_paper", "
 def state(run_dir: Path, archive: Path | None = None, recorded: frozenset[str] = frozenset()) -> str:
     if (run_dir / "results.json").exists() or (archive and (archive / run_dir.name / "results.json").exists()):
         return "done"
-    if run_dir.name in recorded and not (run_dir / "last.pt").exists():
-        return "recorded"
     if (run_dir / "last.pt").exists():
         return "resume"
-    return "start"
+    return "recorded" if run_dir.name in recorded else "start"
 
 
 def train_command(config: str, seed: int, run_dir: Path, args, threads: int) -> list[str]:
