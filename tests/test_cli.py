@@ -1,6 +1,8 @@
 """The command line on a user's own list of images (DataLoader path), eval, data check, and torchrun."""
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -96,14 +98,55 @@ def test_data_check_reports_missing_and_corrupt_files(image_lists, tmp_path, cap
     assert cli.main(["data", "check", str(image_lists / "train.txt"), "--root", str(image_lists)]) == 0
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc), children before grandchildren."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, todo = [], [pid]
+    while todo:
+        kids = [c for c, p in parent.items() if p == todo[0]]
+        found += kids
+        todo = todo[1:] + kids
+    return found
+
+
+def _run_showing_stacks_on_hang(cmd, timeout):
+    """Run cmd and return (exit code, stderr). If it is still running after `timeout` seconds, every
+    process it started (torchrun, the ranks, their DataLoader workers) prints its Python stack through
+    faulthandler on SIGABRT, and the test fails with those stacks: a hang says where it was."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    try:
+        err = proc.communicate(timeout=timeout)[1]
+        return proc.returncode, err
+    except subprocess.TimeoutExpired:
+        for pid in [*_descendants(proc.pid), proc.pid]:  # the ranks first: torchrun would stop them
+            try:
+                os.kill(pid, signal.SIGABRT)
+            except ProcessLookupError:
+                pass
+        try:
+            err = proc.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            for pid in [*_descendants(proc.pid), proc.pid]:
+                os.kill(pid, signal.SIGKILL)
+            err = proc.communicate()[1]
+        pytest.fail(f"{cmd[:6]}... still running after {timeout} s; the stacks of its processes:\n{err[-20000:]}")
+
+
 def test_torchrun_two_processes_end_to_end(image_lists, tmp_path):
     base = Path(__file__).resolve().parents[1] / "configs" / "cifar100_lt_if100_gala_reference.yaml"
     # --standalone: torchrun binds a free rendezvous port itself (no window for another process to take it)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "longtail", "train", str(base), "data.name=lists",
            *_overrides(image_lists, tmp_path, "ddp")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, err = _run_showing_stacks_on_hang(cmd, timeout=300)
+    assert code == 0, err[-3000:]
     run = tmp_path / "ddp"
     results = json.loads((run / "results.json").read_text())
     assert results["checkpoints"]["last"]["raw"]["num_samples"] == sum(COUNTS["test"])

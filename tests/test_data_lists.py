@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from longtail import distributed
 from longtail.data import load_benchmark
 from longtail.data.listfile import ListDataset, check_list, class_counts_from_list, read_list
+from longtail.train import EpochBatches
 
 
 def _save(path, arr, fmt=None):
@@ -147,6 +149,36 @@ def test_list_dataset_limit_and_dataloader_workers(image_folder, tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
     xs, ys = zip(*loader)
     assert torch.cat(ys).tolist() == [c for _, c in expected]
+    assert torch.equal(torch.cat(xs), torch.stack([ds[i][0] for i in range(len(ds))]))
+
+
+def test_one_training_loader_serves_each_epochs_batches_with_persistent_workers(image_folder, tmp_path):
+    # train() makes one DataLoader per run and sets its sampler to each epoch's batches in turn
+    root, entries = image_folder
+    ds = ListDataset(root, _write_list(tmp_path / "l.txt", entries), num_classes=3, image_size=8, resize=10)
+    plan = EpochBatches()
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=plan, num_workers=1, persistent_workers=True)
+    for batches in ([[0, 1, 2], [3, 4]], [[9, 5], [6, 7, 8]], [[2]], []):  # a new order, a resumed tail, none
+        plan.batches = batches
+        got = list(loader)
+        assert [y.tolist() for _, y in got] == [[entries[i][1] for i in b] for b in batches]
+        for (x, _), b in zip(got, batches):
+            assert torch.equal(x, torch.stack([ds[i][0] for i in b]))
+
+
+def test_loader_workers_start_from_forkserver_only_under_a_process_group(image_folder, tmp_path, monkeypatch):
+    root, entries = image_folder
+    ds = ListDataset(root, _write_list(tmp_path / "l.txt", entries), num_classes=3, train=False,
+                     image_size=8, resize=10)
+    assert distributed.loader_context(2) is None  # one process: the DataLoader default (fork)
+    monkeypatch.setattr(distributed, "is_active", lambda: True)
+    assert distributed.loader_context(0) is None  # no workers, nothing to start
+    ctx = distributed.loader_context(2)
+    assert ctx.get_start_method() == "forkserver"
+    # the dataset reaches workers by pickling, and they decode exactly what the main process does
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context=ctx)
+    xs, ys = zip(*loader)
+    assert torch.cat(ys).tolist() == [c for _, c in entries]
     assert torch.equal(torch.cat(xs), torch.stack([ds[i][0] for i in range(len(ds))]))
 
 

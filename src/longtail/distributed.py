@@ -6,6 +6,7 @@ on GPUs, gloo on CPUs.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 from dataclasses import dataclass
 
@@ -83,6 +84,18 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def loader_context(workers: int):
+    """The start method for DataLoader workers: the default (fork) in one process, forkserver under a
+    process group. A rank runs gloo's communication threads, and a lock one of them holds at the
+    moment of fork() stays held forever in the child, so a forked worker can hang; forkserver starts
+    workers from a clean single-threaded server that has imported torch once."""
+    if workers <= 0 or not is_active():
+        return None
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "longtail.data"])  # has effect only before the server starts
+    return ctx
 
 
 def barrier() -> None:

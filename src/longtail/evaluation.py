@@ -99,7 +99,8 @@ def predict(model, split, transform, device: torch.device, precision: str = "fp3
             labels.append(split.labels[chunk.to(split.labels.device)].to(device))
     else:
         loader = DataLoader(Subset(split, index.tolist()), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, pin_memory=device.type == "cuda")
+                            num_workers=workers, pin_memory=device.type == "cuda",
+                            multiprocessing_context=distributed.loader_context(workers))
         for x, y in loader:
             outs.append(run(x))
             labels.append(y.to(device))

@@ -84,6 +84,22 @@ def epoch_batches(num_samples: int, global_batch: int, epoch: int, seed: int, ra
 
 # ----------------------------------------------------------------------------- run folder I/O
 
+class EpochBatches:
+    """The batch sampler of a run's one training DataLoader, set to each epoch's batches in turn.
+
+    The DataLoader asks its sampler for batches in the main process at the start of every epoch,
+    so persistent workers serve each new epoch's order without being restarted."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temp file then rename: a crash or full disk never leaves a broken checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
@@ -258,6 +274,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     held = isinstance(bench.train, TensorSplit)
     if held:
         bench.train = bench.train.to(rt.device)
+    else:  # one DataLoader for the whole run: its workers start once, not once per epoch
+        plan = EpochBatches()
+        workers = cfg.data.workers
+        loader = DataLoader(bench.train, batch_sampler=plan, num_workers=workers,
+                            pin_memory=rt.device.type == "cuda", persistent_workers=workers > 0,
+                            multiprocessing_context=distributed.loader_context(workers))
     writer = SummaryWriter(str(run_dir / "tensorboard")) if cfg.tensorboard and main else None
 
     stop = {"flag": False}
@@ -310,9 +332,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 on_device = torch.cat(todo).to(rt.device).split([len(b) for b in todo]) if todo else []
                 source = ((bench.train.images[b], bench.train.labels[b]) for b in on_device)
             else:
-                source = DataLoader(bench.train, batch_sampler=[b.tolist() for b in batches[start_step:]],
-                                    num_workers=cfg.data.workers, pin_memory=rt.device.type == "cuda",
-                                    persistent_workers=False)
+                plan.batches = [b.tolist() for b in batches[start_step:]]
+                source = loader
             model.train()
             criterion.train()
             loss_sum = torch.zeros((), device=rt.device)
