@@ -5,6 +5,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,28 +117,50 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _run_showing_stacks_on_hang(cmd, timeout):
-    """Run cmd and return (exit code, stderr). If it is still running after `timeout` seconds, every
-    process it started (torchrun, the ranks, their DataLoader workers) prints its Python stack through
-    faulthandler on SIGABRT, and the test fails with those stacks: a hang says where it was."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+def _running(pid: int) -> bool:
     try:
-        err = proc.communicate(timeout=timeout)[1]
-        return proc.returncode, err
-    except subprocess.TimeoutExpired:
-        for pid in [*_descendants(proc.pid), proc.pid]:  # the ranks first: torchrun would stop them
-            try:
-                os.kill(pid, signal.SIGABRT)
-            except ProcessLookupError:
-                pass
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal_all(pid: int, sig: int) -> list[int]:
+    """Send sig to pid and every process below it, the ranks before torchrun (which would stop them)."""
+    pids = [*_descendants(pid), pid]
+    for p in pids:
         try:
-            err = proc.communicate(timeout=60)[1]
+            os.kill(p, sig)
+        except ProcessLookupError:  # exited meanwhile
+            pass
+    return pids
+
+
+def _run_showing_stacks_on_hang(cmd, timeout):
+    """Run cmd and return (exit code, its output). If it is still running after `timeout` seconds,
+    every process it started (torchrun, the ranks, their DataLoader workers) prints its Python stack
+    through faulthandler on SIGABRT, and the test fails with those stacks: a hang says where it was.
+    The output goes to a file, not a pipe: a process that outlives torchrun (a worker server started
+    after the signals) must not keep the test waiting for the end of a pipe."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+        try:
+            code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            for pid in [*_descendants(proc.pid), proc.pid]:
-                os.kill(pid, signal.SIGKILL)
-            err = proc.communicate()[1]
-        pytest.fail(f"{cmd[:6]}... still running after {timeout} s; the stacks of its processes:\n{err[-20000:]}")
+            signalled = _signal_all(proc.pid, signal.SIGABRT)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(map(_running, signalled[:-1])):
+                time.sleep(0.2)  # the ranks are writing their stacks
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_all(proc.pid, signal.SIGKILL)
+                proc.wait()
+            out.seek(0)
+            pytest.fail(f"{cmd[:6]}... still running after {timeout} s; the stacks of its processes:\n"
+                        f"{out.read()[-20000:]}")
+        out.seek(0)
+        return code, out.read()
 
 
 def test_torchrun_two_processes_end_to_end(image_lists, tmp_path):

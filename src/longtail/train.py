@@ -82,8 +82,6 @@ def epoch_batches(num_samples: int, global_batch: int, epoch: int, seed: int, ra
     return out
 
 
-# ----------------------------------------------------------------------------- run folder I/O
-
 class EpochBatches:
     """The batch sampler of a run's one training DataLoader, set to each epoch's batches in turn.
 
@@ -99,6 +97,8 @@ class EpochBatches:
     def __len__(self) -> int:
         return len(self.batches)
 
+
+# ----------------------------------------------------------------------------- run folder I/O
 
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temp file then rename: a crash or full disk never leaves a broken checkpoint."""
