@@ -51,6 +51,10 @@ QUEUE = [
     # published figure (IF200: 46.21 against 48.0), then a third CE IF100 seed.
     ("cifar100_lt_if200_gala_reference", 1),
     ("cifar100_lt_if100_ce", 2),
+    # Then second seeds of the two one-seed rows the headline comparisons lean on: LDAM-DRW (ALA's
+    # fixed-margin counterpart, 42.22 against ALA's two-seed 40.84) and BS (50.63, level with GALA).
+    ("cifar100_lt_if100_ldam_drw", 1),
+    ("cifar100_lt_if100_bs", 1),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
