@@ -55,6 +55,10 @@ QUEUE = [
     # fixed-margin counterpart, 42.22 against ALA's two-seed 40.84) and BS (50.63, level with GALA).
     ("cifar100_lt_if100_ldam_drw", 1),
     ("cifar100_lt_if100_bs", 1),
+    # Then third seeds of the two rows the target and the headline comparison rest on: GALA reference
+    # (+PR 50.50 +/- 0.13 over two seeds against the 52.3 target) and LA (level with GALA).
+    ("cifar100_lt_if100_gala_reference", 2),
+    ("cifar100_lt_if100_la", 2),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
