@@ -2,7 +2,14 @@ import statistics
 
 import pytest
 
-from longtail.report import markdown_table, plot_summary, published_figure, summarize, summary_labels
+from longtail.report import (
+    bar_labels,
+    markdown_table,
+    plot_summary,
+    published_figure,
+    summarize,
+    summary_labels,
+)
 
 
 def _run(seed, top1, config=None, method="gala-reference", model="resnet32", ckpts=("best_val", "last")):
@@ -95,6 +102,9 @@ def test_the_summary_chart_names_each_bar_as_the_table_tells_the_rows_apart(tmp_
         "cifar100-lt IF100\ngala-reference", "cifar100-lt IF200\ngala-reference"]
     assert sorted(summary_labels(summarize([_run(0, 50.0), _run(0, 45.0, model="resnext50_32x4d")]))) == [
         "gala-reference\nresnet32", "gala-reference\nresnext50_32x4d"]
+    # the chart's bars also say how many seeds each stands on
+    assert sorted(bar_labels(rows)) == ["ce\n(1 seed)", "gala-reference\ndata.autoaugment_shear=bicubic\n(2 seeds)",
+                                        "gala-reference\ndata.autoaugment_shear=nearest\n(1 seed)"]
     # means with their std over seeds ("51.00 ± 1.41") and single runs plot alike
     path = plot_summary(rows, tmp_path / "summary.png")
     from PIL import Image

@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def load_results(run_dirs) -> list[dict]:
@@ -93,7 +93,7 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
             raise ValueError(f"{', '.join(missing)} have no {checkpoint!r} checkpoint results (no validation split?); "
                              "use --checkpoint last for them")
 
-        def pick(variant, metric):
+        def pick(variant, metric, runs=runs):  # bound now: defined in the loop
             return [r["checkpoints"][checkpoint].get(variant, {}).get(metric) for r in runs]
 
         row = {"dataset": dataset, "imb_factor": imb, "method": method, "model": model, "setting": setting,
@@ -157,6 +157,13 @@ def summary_labels(rows: list[dict]) -> list[str]:
             parts.append(r["differs"])
         labels.append("\n".join(parts))
     return labels
+
+
+def bar_labels(rows: list[dict]) -> list[str]:
+    """The summary chart's bar names: summary_labels plus the number of seeds behind each bar, so
+    a one-seed bar (no error bar) is not read as a mean with no spread."""
+    return [f"{name}\n({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})"
+            for name, r in zip(summary_labels(rows), rows)]
 
 
 def markdown_table(rows: list[dict], published: dict | None = None) -> str:
@@ -223,7 +230,8 @@ def plot_summary(rows: list[dict], path) -> Path:
                       label=label)
         # the bars of close methods look equal from 0 to 50: print each value on its bar
         ax.bar_label(bars, labels=[f"{m:.1f}" if m else "" for m in means], fontsize=7, padding=2)
-    ax.set_xticks(list(xs), summary_labels(rows), rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(list(xs), bar_labels(rows), rotation=30, ha="right", fontsize=8)
+    ax.margins(y=0.1)  # room above the tallest bar for its printed value
     ax.set_ylabel("test top-1 (%)")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the bars
     fig.tight_layout()
