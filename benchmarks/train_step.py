@@ -47,7 +47,10 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _released_baseline import (  # noqa: E402
-    NumpyImageDataset, ReleasedGALA, released_eval_transform, released_train_transform,
+    NumpyImageDataset,
+    ReleasedGALA,
+    released_eval_transform,
+    released_train_transform,
 )
 
 from longtail import losses  # noqa: E402

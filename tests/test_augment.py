@@ -79,8 +79,9 @@ def test_grayscale_digits_crop_flip_pad_derived_from_size():
     seen = set()
     for i in range(32):
         p = np.pad(x[i, 0].numpy(), 1)
-        cands = [(t, l, f) for t in range(3) for l in range(3) for f in (0, 1)
-                 if np.array_equal(raw[i, 0].numpy(), (p[t:t + 8, l:l + 8][:, ::-1] if f else p[t:t + 8, l:l + 8]))]
+        cands = [(t, left, f) for t in range(3) for left in range(3) for f in (0, 1)
+                 if np.array_equal(raw[i, 0].numpy(),
+                                   p[t:t + 8, left:left + 8][:, ::-1] if f else p[t:t + 8, left:left + 8])]
         assert cands, f"image {i} is not a padded crop of its input"
         seen.update(cands)
     assert len(seen) > 6  # per-image choices, not one for the batch
@@ -98,8 +99,8 @@ def test_crop_flip_matches_pad_and_slice():
     y = A.crop_flip(x, 4, 32, offsets, flip)
     for i in range(12):
         p = np.pad(x[i].numpy(), ((0, 0), (4, 4), (4, 4)))
-        t, l = offsets[i].tolist()
-        ref = p[:, t:t + 32, l:l + 32]
+        t, left = offsets[i].tolist()
+        ref = p[:, t:t + 32, left:left + 32]
         if flip[i]:
             ref = ref[:, :, ::-1]
         assert np.array_equal(y[i].numpy(), ref)
@@ -115,8 +116,9 @@ def test_random_crop_flip_is_per_image():
     p = np.pad(x[0].numpy(), ((0, 0), (4, 4), (4, 4)))
     offsets, flips = set(), set()
     for i in range(0, 256, 4):
-        hits = [(t, l, f) for t in range(9) for l in range(9) for f in (0, 1)
-                if np.array_equal(y[i].numpy(), p[:, t:t + 32, l:l + 32][:, :, ::-1] if f else p[:, t:t + 32, l:l + 32])]
+        hits = [(t, left, f) for t in range(9) for left in range(9) for f in (0, 1)
+                if np.array_equal(y[i].numpy(),
+                                  p[:, t:t + 32, left:left + 32][:, :, ::-1] if f else p[:, t:t + 32, left:left + 32])]
         assert hits
         offsets.add(hits[0][:2])
         flips.add(hits[0][2])

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from longtail.config import ConfigError, Config, load_config, save_config
+from longtail.config import Config, ConfigError, load_config, save_config
 from longtail.train import epoch_batches, learning_rate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -350,7 +350,7 @@ def _dist_worker(rank, world, port, batches, split, out):
             rows = slice(0, split) if rank == 0 else slice(split, None)  # uneven halves
             for loss in losses.values():
                 loss(z[rows], y[rows])
-        torch.save({m: (l.theta, l.phi) for m, l in losses.items()}, f"{out}/rank{rank}.pt")
+        torch.save({m: (loss.theta, loss.phi) for m, loss in losses.items()}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 

@@ -6,8 +6,18 @@ import torch
 
 from longtail import losses
 from longtail.heads import CosineHead
-from longtail.losses import (ALA, GCL, LDAM, BalancedSoftmax, ClassBalancedCE, CrossEntropy, Focal, LogitAdjusted,
-                             build, class_balanced_weights)
+from longtail.losses import (
+    ALA,
+    GCL,
+    LDAM,
+    BalancedSoftmax,
+    ClassBalancedCE,
+    CrossEntropy,
+    Focal,
+    LogitAdjusted,
+    build,
+    class_balanced_weights,
+)
 
 S = 30.0  # cosine-head scale used throughout
 NAMES = ["ce", "focal", "cb", "la", "bs", "ldam", "gcl", "ala"]

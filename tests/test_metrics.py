@@ -8,8 +8,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from longtail.metrics import (EvalAccumulator, evaluate, expected_calibration_error, group_accuracies, mean_confidence,
-                              per_class_accuracy, shot_groups, top1)
+from longtail.metrics import (
+    EvalAccumulator,
+    evaluate,
+    expected_calibration_error,
+    group_accuracies,
+    mean_confidence,
+    per_class_accuracy,
+    shot_groups,
+    top1,
+)
 
 
 def _data(n=60, c=5, seed=0):

@@ -4,14 +4,13 @@ model like ResNet-32 costs more than the kernels themselves. There is no GPU her
 count the operations that force such a read, on CPU tensors, for the code paths a GPU takes."""
 import pytest
 import torch
+from test_augment import smooth_images
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from longtail import losses
 from longtail.data import augment as A
 from longtail.data import autoaugment as AA
 from longtail.models import build_model
-
-from test_augment import smooth_images
 
 # Operators whose result size or value the host must know: on CUDA each one synchronises.
 SYNCING_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.bincount", "aten.unique", "aten._unique",

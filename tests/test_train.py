@@ -1,7 +1,7 @@
 """End to end on the real CIFAR-100: train, artefacts, resume after a kill, bad input, report."""
 import errno
-import os
 import json
+import os
 import signal
 import subprocess
 import sys

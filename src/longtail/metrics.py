@@ -17,11 +17,10 @@ nothing divides by zero.
 """
 from __future__ import annotations
 
-
 import torch
+import torch.nn.functional as F
 
 from longtail.checks import check_class_vector
-import torch.nn.functional as F
 
 __all__ = [
     "top1",

@@ -22,7 +22,7 @@ calibrated probabilities (softmax of them is not a meaningful confidence).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

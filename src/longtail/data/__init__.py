@@ -78,7 +78,7 @@ class TensorSplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def to(self, device, non_blocking: bool = False) -> "TensorSplit":
+    def to(self, device, non_blocking: bool = False) -> TensorSplit:
         return TensorSplit(self.images.to(device, non_blocking=non_blocking),
                            self.labels.to(device, non_blocking=non_blocking), self.source_indices)
 

@@ -15,16 +15,34 @@ Recipes (`build_train_augment(kind, ...)`):
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .autoaugment import (  # noqa: F401  (re-exported: the individual operations are public here too)
-    CIFAR10_POLICY, OPS, SHEAR_INTERPOLATIONS, affine, autoaugment_cifar10, autocontrast, brightness,
-    check_shear_interpolation, color, contrast, equalize, invert, posterize, rotate, sharpness, shear_x,
-    shear_y, solarize, sync_free_default, translate_x, translate_y,
+    CIFAR10_POLICY,
+    OPS,
+    SHEAR_INTERPOLATIONS,
+    affine,
+    autoaugment_cifar10,
+    autocontrast,
+    brightness,
+    check_shear_interpolation,
+    color,
+    contrast,
+    equalize,
+    invert,
+    posterize,
+    rotate,
+    sharpness,
+    shear_x,
+    shear_y,
+    solarize,
+    sync_free_default,
+    translate_x,
+    translate_y,
 )
 
 __all__ = [

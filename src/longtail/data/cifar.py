@@ -350,9 +350,9 @@ def load_cifar(root: str | os.PathLike, dataset: str = "cifar100", split: str = 
     datas, labels = [], []
     for name, md5 in files:
         path = folder / name
-        d, l = _decode_batch(path, _read_pickle(path, md5, verify), info.label_key)
-        datas.append(d)
-        labels.append(l)
+        batch_images, batch_labels = _decode_batch(path, _read_pickle(path, md5, verify), info.label_key)
+        datas.append(batch_images)
+        labels.append(batch_labels)
     meta_path = folder / info.meta_file[0]
     meta = _read_pickle(meta_path, info.meta_file[1], verify)
     if info.names_key not in meta:

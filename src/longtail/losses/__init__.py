@@ -5,13 +5,13 @@
 """
 from __future__ import annotations
 
+from longtail.losses.ala import ALA
 from longtail.losses.base import LongTailLoss, check_class_counts, check_inputs, class_balanced_weights
 from longtail.losses.ce import ClassBalancedCE, CrossEntropy, Focal
-from longtail.losses.logit_adjustment import BalancedSoftmax, LogitAdjusted
-from longtail.losses.ldam import LDAM
-from longtail.losses.gcl import GCL
-from longtail.losses.ala import ALA
 from longtail.losses.gala import GALA
+from longtail.losses.gcl import GCL
+from longtail.losses.ldam import LDAM
+from longtail.losses.logit_adjustment import BalancedSoftmax, LogitAdjusted
 
 REGISTRY: dict[str, type[LongTailLoss]] = {
     "ce": CrossEntropy,

@@ -9,8 +9,8 @@ networks the names are torchvision's, so torchvision's ImageNet `.pth` files loa
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
