@@ -62,6 +62,8 @@ QUEUE = [
     # Then second GALA seeds at IF50 and IF10, where one seed each is all the issue asks for.
     ("cifar100_lt_if50_gala_reference", 1),
     ("cifar100_lt_if10_gala_reference", 1),
+    # Then a second GCL seed, the last IF100 method with one (46.00, stage one only).
+    ("cifar100_lt_if100_gcl", 1),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
