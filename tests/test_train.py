@@ -42,6 +42,8 @@ def test_train_writes_every_artefact_and_report_renders(shared_data, tmp_path, c
     assert {"loss", "lr", "train_acc", "val_acc", "time_s", "images_per_s"} <= set(log[0])
     results = json.loads((run / "results.json").read_text())
     assert results["method"] == "gala-reference"
+    # the heading names the setting: method, dataset, imbalance factor and seed
+    assert (run / "results.md").read_text().splitlines()[0] == "# gala-reference on cifar100-lt IF100 (seed 0)"
     best = results["checkpoints"]["best_val"]
     assert set(best) == {"raw", "pr", "la", "pr_transductive"}
     assert best["raw"]["num_samples"] == 200  # 2 test images per class
