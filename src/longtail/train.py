@@ -531,4 +531,5 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Co
 
 
 __all__ = ["train", "learning_rate", "epoch_batches", "atomic_save", "TrainingDiverged", "TrainingInterrupted",
-           "CheckpointWriteError", "resume_config", "run_title", "method_name", "setting_key", "started_precision", "run_precision"]
+           "CheckpointWriteError", "resume_config", "run_title", "method_name", "setting_key", "started_precision",
+           "run_precision"]
