@@ -64,6 +64,9 @@ QUEUE = [
     ("cifar100_lt_if10_gala_reference", 1),
     # Then a second GCL seed, the last IF100 method with one (46.00, stage one only).
     ("cifar100_lt_if100_gcl", 1),
+    # Then third seeds of GALA paper mode (the reference-vs-paper answer rests on two) and ALA.
+    ("cifar100_lt_if100_gala_paper", 2),
+    ("cifar100_lt_if100_ala", 2),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
