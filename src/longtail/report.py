@@ -138,6 +138,12 @@ def _setting_name(row: dict) -> str:
     return row["dataset"] + (f" IF{imb:g}" if imb and "cifar" in row["dataset"] else "")
 
 
+def run_title(results: dict) -> str:
+    """'gala-reference on cifar100-lt IF50 (seed 1)': one run's results.md heading and plot title,
+    naming the setting as the tables do so that one setting's figures are not taken for another's."""
+    return f"{results['method']} on {_setting_name(results)} (seed {results['seed']})"
+
+
 def _method_label(row: dict) -> str:
     return row["method"] + (f" [{row['differs']}]" if row.get("differs") else "")
 

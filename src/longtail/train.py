@@ -458,13 +458,6 @@ def _top1(pred) -> float:
     return 100.0 * float((logits.argmax(1) == targets).float().mean()) if len(targets) else 0.0
 
 
-def run_title(results: dict) -> str:
-    """'gala-reference on cifar100-lt IF50 (seed 1)': the heading of results.md and the plot, which
-    name the imbalance factor so that one setting's figures are not mistaken for another's."""
-    imb = f" IF{results['imb_factor']:g}" if results.get("imb_factor") else ""
-    return f"{results['method']} on {results['dataset']}{imb} (seed {results['seed']})"
-
-
 def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, state: dict, best_state,
                      precision: str) -> dict:
     """Test the best-on-validation and the last checkpoints once; write results.json/.md and the plot."""
@@ -489,10 +482,10 @@ def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, stat
         results["checkpoints"] = {"best_val": evaluate_model(model, bench, cfg, rt.device, eval_tf, precision),
                                   **results["checkpoints"]}
     if rt.is_main:
+        from longtail.report import plot_per_class, run_title  # matplotlib: only when a run ends
+
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         (run_dir / "results.md").write_text(f"# {run_title(results)}\n\n" + report_markdown(results))
-        from longtail.report import plot_per_class
-
         chosen = results["checkpoints"].get("best_val") or results["checkpoints"]["last"]
         plot_per_class({"raw": chosen["raw"]["per_class"], **({"PR (tau on val)": chosen["pr"]["per_class"]}
                                                                 if "pr" in chosen else {})},
@@ -531,5 +524,4 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Co
 
 
 __all__ = ["train", "learning_rate", "epoch_batches", "atomic_save", "TrainingDiverged", "TrainingInterrupted",
-           "CheckpointWriteError", "resume_config", "run_title", "method_name", "setting_key", "started_precision",
-           "run_precision"]
+           "CheckpointWriteError", "resume_config", "method_name", "setting_key", "started_precision", "run_precision"]
