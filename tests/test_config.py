@@ -73,6 +73,11 @@ def test_cifar_configs_follow_the_two_recipes():
     ldam = load_config(CONFIGS / "cifar100_lt_if100_ldam_drw.yaml")
     assert (ldam.optim.batch_size, ldam.optim.weight_decay, ldam.optim.warmup_epochs, ldam.loss.drw_epoch) == \
         (128, 2e-4, 5, 160)
+    # la_ldam_recipe is LA in CE's recipe: the same config but the loss
+    la = load_config(CONFIGS / "cifar100_lt_if100_la_ldam_recipe.yaml")
+    ce = load_config(CONFIGS / "cifar100_lt_if100_ce.yaml")
+    assert (la.loss.name, la.loss.params) == ("la", {"tau": 1.0})
+    assert (la.data, la.optim, la.model) == (ce.data, ce.optim, ce.model)
     raw = yaml.safe_load((CONFIGS / "cifar10_lt_if50_ala.yaml").read_text())
     assert raw["data"]["imb_factor"] == 50 and raw["data"]["name"] == "cifar10-lt"
 
