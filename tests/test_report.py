@@ -1,4 +1,5 @@
 import statistics
+import warnings
 
 import pytest
 
@@ -110,3 +111,16 @@ def test_the_summary_chart_names_each_bar_as_the_table_tells_the_rows_apart(tmp_
     from PIL import Image
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 400
+    # rows told apart by several config values (two recipes) get a line per value: one long line
+    # ran off the chart sideways, tight_layout gave up ("Tight layout not applied") and clipped it
+    recipes = ({"data": {"augment": a}, "optim": {"batch_size": b, "schedule": sc, "weight_decay": wd,
+                                                  "warmup_epochs": w, "drop_last": d}}
+               for a, b, sc, wd, w, d in (("autoaugment", 64, "cosine", 5e-4, 2, True),
+                                          ("crop_flip", 128, "step", 2e-4, 5, False)))
+    rows = summarize([_run(0, 50.0, config=c) for c in recipes])
+    assert sorted(summary_labels(rows))[1] == (
+        "gala-reference\ndata.augment=crop_flip\ndata.autoaugment_shear=None\noptim.batch_size=128\n"
+        "optim.drop_last=False\noptim.schedule=step\noptim.warmup_epochs=5\noptim.weight_decay=0.0002")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the layout must fit the labels
+        plot_summary(rows, tmp_path / "recipes.png")

@@ -160,7 +160,7 @@ def summary_labels(rows: list[dict]) -> list[str]:
         if several_models:
             parts.append(str(r.get("model")))
         if r.get("differs"):
-            parts.append(r["differs"])
+            parts.extend(r["differs"].split(", "))  # a line per config value: one long line runs off the chart
         labels.append("\n".join(parts))
     return labels
 
@@ -221,7 +221,14 @@ def plot_per_class(curves: dict[str, list], class_counts, path, title: str = "")
 def plot_summary(rows: list[dict], path) -> Path:
     """Bar chart of top-1 (raw and +PR) per row of the table, with the std over seeds as error bars."""
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(max(5, len(rows) * 1.1), 4))
+    labels = bar_labels(rows)
+    # a bar named by several config values gets a tall label: set such labels upright, a line per
+    # value side by side, and make the figure taller by the longest line so the bars keep their room
+    most_lines = max(label.count("\n") + 1 for label in labels)
+    upright = most_lines > 3
+    longest = max(len(line) for label in labels for line in label.split("\n"))
+    per_bar = max(1.1, 0.2 * most_lines) if upright else 1.1  # inches: wide enough for neighbours not to touch
+    fig, ax = plt.subplots(figsize=(max(5, len(rows) * per_bar), 4 + (0.06 * longest if upright else 0)))
 
     def mean_and_std(s):  # "51.00 ± 1.41", "49.00" or "-"
         if s in ("-", None):
@@ -236,11 +243,13 @@ def plot_summary(rows: list[dict], path) -> Path:
                       label=label)
         # the bars of close methods look equal from 0 to 50: print each value on its bar
         ax.bar_label(bars, labels=[f"{m:.1f}" if m else "" for m in means], fontsize=7, padding=2)
-    ax.set_xticks(list(xs), bar_labels(rows), rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(list(xs), labels, rotation=90 if upright else 30, ha="center" if upright else "right", fontsize=8)
     ax.margins(y=0.1)  # room above the tallest bar for its printed value
     ax.set_ylabel("test top-1 (%)")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the bars
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # "tight" grows the image to hold tall tick labels (rows told apart by several config values),
+    # which tight_layout alone cannot fit into the figure size and would clip
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
