@@ -70,6 +70,8 @@ QUEUE = [
     # Then LA in the LDAM-DRW recipe, the recipe of its published 43.9 as far as we know: is the
     # published GALA-over-LA lead (52.1 against 43.9) the loss or the recipe?
     ("cifar100_lt_if100_la_ldam_recipe", 0),
+    # Then GALA in that recipe too: does GALA beat LA when both train in the weaker recipe?
+    ("cifar100_lt_if100_gala_reference_ldam_recipe", 0),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.

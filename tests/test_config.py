@@ -78,6 +78,9 @@ def test_cifar_configs_follow_the_two_recipes():
     ce = load_config(CONFIGS / "cifar100_lt_if100_ce.yaml")
     assert (la.loss.name, la.loss.params) == ("la", {"tau": 1.0})
     assert (la.data, la.optim, la.model) == (ce.data, ce.optim, ce.model)
+    gala = load_config(CONFIGS / "cifar100_lt_if100_gala_reference_ldam_recipe.yaml")
+    assert gala.loss == load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml").loss
+    assert (gala.data, gala.optim) == (ce.data, ce.optim)
     raw = yaml.safe_load((CONFIGS / "cifar10_lt_if50_ala.yaml").read_text())
     assert raw["data"]["imb_factor"] == 50 and raw["data"]["name"] == "cifar10-lt"
 
