@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -160,7 +161,8 @@ def summary_labels(rows: list[dict]) -> list[str]:
         if several_models:
             parts.append(str(r.get("model")))
         if r.get("differs"):
-            parts.extend(r["differs"].split(", "))  # a line per config value: one long line runs off the chart
+            # a line per config value (one long line runs off the chart); a list value keeps its commas
+            parts.extend(re.split(r", (?=[\w.]+=)", r["differs"]))
         labels.append("\n".join(parts))
     return labels
 
