@@ -123,7 +123,7 @@ def test_the_summary_chart_names_each_bar_as_the_table_tells_the_rows_apart(tmp_
         "optim.drop_last=False\noptim.schedule=step\noptim.warmup_epochs=5\noptim.weight_decay=0.0002")
     # a list value keeps its commas on its line
     listed = {"dataset": "cifar100-lt", "method": "ce", "model": "resnet32",
-              "differs": "optim.milestones=[160, 180], optim.lr=0.1"}
+              "differs_values": ["optim.milestones=[160, 180]", "optim.lr=0.1"]}
     assert summary_labels([listed]) == ["ce\noptim.milestones=[160, 180]\noptim.lr=0.1"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the layout must fit the labels

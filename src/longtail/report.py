@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -62,7 +61,8 @@ def _label_differences(rows: list[dict], first_runs: list[dict]) -> None:
         known = [f for _, f in members if f]
         keys = sorted({k for f in known for k in f if len({repr(g.get(k)) for g in known}) > 1})
         for row, flat in members:
-            row["differs"] = ", ".join(f"{k}={flat.get(k)}" for k in keys) if flat else "config not readable"
+            row["differs_values"] = [f"{k}={flat.get(k)}" for k in keys] if flat else ["config not readable"]
+            row["differs"] = ", ".join(row["differs_values"])
 
 
 def _mean_std(values: list) -> str:
@@ -76,8 +76,9 @@ def _mean_std(values: list) -> str:
 
 def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
     """One row per setting (runs whose configs differ only in seed and runtime keys): metrics as
-    mean ± std over its seeds. Where a method appears in several settings, row["differs"] names the
-    config values that set each apart (also shown beside the method in the markdown table)."""
+    mean ± std over its seeds. Where a method appears in several settings, row["differs_values"] lists
+    the config values ("key=value") that set each apart, and row["differs"] joins them (shown beside
+    the method in the markdown table)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
         model = (r.get("config") or {}).get("model", {}).get("name", "")
@@ -98,7 +99,8 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
             return [r["checkpoints"][checkpoint].get(variant, {}).get(metric) for r in runs]
 
         row = {"dataset": dataset, "imb_factor": imb, "method": method, "model": model, "setting": setting,
-               "seeds": len(runs), "seed_list": sorted(seeds), "differs": ""}
+               "seeds": len(runs), "seed_list": sorted(seeds), "differs": "",
+               "differs_values": []}
         for variant in ("raw", "pr", "pr_transductive", "la"):
             for metric in ("top1", "many", "medium", "few"):
                 row[f"{variant}.{metric}"] = _mean_std(pick(variant, metric))
@@ -160,9 +162,7 @@ def summary_labels(rows: list[dict]) -> list[str]:
         parts = ([_setting_name(r)] if several_settings else []) + [r["method"]]
         if several_models:
             parts.append(str(r.get("model")))
-        if r.get("differs"):
-            # a line per config value (one long line runs off the chart); a list value keeps its commas
-            parts.extend(re.split(r", (?=[\w.]+=)", r["differs"]))
+        parts.extend(r.get("differs_values", []))  # a line per config value: one long line runs off the chart
         labels.append("\n".join(parts))
     return labels
 
