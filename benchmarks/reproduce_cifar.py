@@ -72,6 +72,8 @@ QUEUE = [
     ("cifar100_lt_if100_la_ldam_recipe", 0),
     # Then GALA in that recipe too: does GALA beat LA when both train in the weaker recipe?
     ("cifar100_lt_if100_gala_reference_ldam_recipe", 0),
+    # And its second seed, started beside the first so the answer rests on two seeds.
+    ("cifar100_lt_if100_gala_reference_ldam_recipe", 1),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
