@@ -74,6 +74,9 @@ QUEUE = [
     ("cifar100_lt_if100_gala_reference_ldam_recipe", 0),
     # And its second seed, started beside the first so the answer rests on two seeds.
     ("cifar100_lt_if100_gala_reference_ldam_recipe", 1),
+    # GALA there (41.94 over two seeds) is 0.8 below LA's one seed (42.78): two more LA seeds.
+    ("cifar100_lt_if100_la_ldam_recipe", 1),
+    ("cifar100_lt_if100_la_ldam_recipe", 2),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
