@@ -67,7 +67,7 @@ QUEUE = [
     # Then third seeds of GALA paper mode (the reference-vs-paper answer rests on two) and ALA.
     ("cifar100_lt_if100_gala_paper", 2),
     ("cifar100_lt_if100_ala", 2),
-    # Then LA in the LDAM-DRW recipe, the recipe of its published 43.9 as far as we know: is the
+    # Then LA in the LDAM-DRW recipe, the 200-epoch recipe nearest its published 43.9's: is the
     # published GALA-over-LA lead (52.1 against 43.9) the loss or the recipe?
     ("cifar100_lt_if100_la_ldam_recipe", 0),
     # Then GALA in that recipe too: does GALA beat LA when both train in the weaker recipe?
@@ -77,6 +77,10 @@ QUEUE = [
     # GALA there (41.94 over two seeds) is 0.8 below LA's one seed (42.78): two more LA seeds.
     ("cifar100_lt_if100_la_ldam_recipe", 1),
     ("cifar100_lt_if100_la_ldam_recipe", 2),
+    # Then third seeds of GALA in that recipe (so GALA against LA there is three seeds each) and of
+    # BS, the third prior-aware loss level with GALA and LA in the GALA recipe (two seeds so far).
+    ("cifar100_lt_if100_gala_reference_ldam_recipe", 2),
+    ("cifar100_lt_if100_bs", 2),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
