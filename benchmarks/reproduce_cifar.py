@@ -81,6 +81,9 @@ QUEUE = [
     # BS, the third prior-aware loss level with GALA and LA in the GALA recipe (two seeds so far).
     ("cifar100_lt_if100_gala_reference_ldam_recipe", 2),
     ("cifar100_lt_if100_bs", 2),
+    # Then third seeds of the last two IF100 rows with two: LDAM-DRW and GCL stage one.
+    ("cifar100_lt_if100_ldam_drw", 2),
+    ("cifar100_lt_if100_gcl", 2),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
