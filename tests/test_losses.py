@@ -386,3 +386,32 @@ def test_drw_weights_survive_a_state_dict_round_trip():
     plain = losses.build("ala", class_counts=counts)
     plain.load_state_dict(losses.build("ala", class_counts=counts).state_dict())
     assert not plain.weighted
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gcl_second_stage_margin_and_focal_match_a_direct_computation(weighted):
+    # GCL's stage two (released cifar_train_classifier.py): s * (cos - noise - m [target]), focal gamma 1, s = 20.
+    s, m, gamma = 20.0, 0.1, 1.0
+    n, z, y = random_problem(7, 12, seed=21, cosine=True)
+    z = z / S * s  # logits of a head with scale 20
+    loss = GCL(n.tolist(), scale=s, margin=m, focal_gamma=gamma, generator=torch.Generator().manual_seed(3))
+    w = torch.rand(7, generator=torch.Generator().manual_seed(4), dtype=torch.float64) + 0.5
+    if weighted:
+        loss.set_class_weights(w.float())
+    got = loss(z.float(), y)
+    # the same noise, drawn again from the same seed, then everything in float64 by hand
+    eps = (torch.randn(z.shape, generator=torch.Generator().manual_seed(3)) / 3).clamp(-1, 1).double()
+    rel = (math.log(n.max()) - torch.log(n)) / (math.log(n.max()) - math.log(n.min()))
+    cos = z / s - 0.5 * eps.abs() * rel
+    cos[torch.arange(12), y] -= m
+    ce = torch.logsumexp(s * cos, 1) - s * cos[torch.arange(12), y]
+    if weighted:
+        ce = ce * w[y]
+    want = ((1 - torch.exp(-ce)) ** gamma * ce).mean()
+    torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=1e-6)
+    # margin 0 and gamma 0 are SPEC's (first-stage) GCL
+    plain = GCL(n.tolist(), scale=s, generator=torch.Generator().manual_seed(3))
+    explicit = GCL(n.tolist(), scale=s, margin=0.0, focal_gamma=0.0, generator=torch.Generator().manual_seed(3))
+    assert plain(z, y).item() == explicit(z, y).item()
+    with pytest.raises(ValueError, match="margin must be non-negative"):
+        GCL(n.tolist(), margin=-0.1)

@@ -20,13 +20,20 @@ class GCL(LongTailLoss):
     Expects cosine-head logits z = scale * cos. Pass a `torch.Generator` (or set `.generator`) for
     reproducible noise. With all counts equal there is no imbalance and no noise is added
     (the released code would divide 0 by 0 there).
+
+    `margin` and `focal_gamma` (both 0 in SPEC's GCL, the first stage) are the settings of GCL's
+    second stage, classifier re-training (released code: m=0.1, gamma=1, scale 20): the target
+    cosine also loses `margin`, and each sample's CE_i is weighted by (1 - exp(-CE_i))^gamma before
+    the plain batch mean (as the focal loss, longtail.losses.Focal).
     """
 
-    def __init__(self, class_counts, scale: float = 30.0, noise_mul: float = 0.5,
-                 generator: torch.Generator | None = None, check_values: bool = True):
+    def __init__(self, class_counts, scale: float = 30.0, noise_mul: float = 0.5, margin: float = 0.0,
+                 focal_gamma: float = 0.0, generator: torch.Generator | None = None, check_values: bool = True):
         super().__init__(class_counts, check_values=check_values)
         self.scale = check_param("scale", scale, positive=True)
         self.noise_mul = check_param("noise_mul", noise_mul, non_negative=True)
+        self.margin = check_param("margin", margin, non_negative=True)
+        self.focal_gamma = check_param("focal_gamma", focal_gamma, non_negative=True)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.generator = generator
@@ -48,7 +55,15 @@ class GCL(LongTailLoss):
         eps = self.sample_noise(z.shape, z.device).to(z.dtype)
         # s * (cos - d) = z - s * d, with cos = z / s.
         shift = (self.scale * self.noise_mul) * eps.abs() * self.noise_scale.to(z.dtype)
-        return self.cross_entropy(z - shift, target)
+        z = z - shift
+        if self.margin:
+            z = z.scatter_add(1, target[:, None], z.new_full((len(target), 1), -self.scale * self.margin))
+        if not self.focal_gamma:
+            return self.cross_entropy(z, target)
+        ce = self.cross_entropy(z, target, reduction="none")
+        one_minus_p = (-torch.expm1(-ce)).clamp_min(0.0)  # 1 - exp(-ce), accurate for small ce
+        return (one_minus_p.pow(self.focal_gamma) * ce).mean()
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, scale={self.scale}, noise_mul={self.noise_mul}"
+        extra = f", margin={self.margin}, focal_gamma={self.focal_gamma}" if self.margin or self.focal_gamma else ""
+        return f"{super().extra_repr()}, scale={self.scale}, noise_mul={self.noise_mul}{extra}"
