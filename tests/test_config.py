@@ -146,3 +146,24 @@ def test_saved_run_configs_keep_the_behaviour_of_the_version_that_wrote_them(tmp
     assert setting_key(saved_config_from_dict(old)) != setting_key(shipped)
     # a saved value is never overwritten
     assert saved_config_from_dict(shipped.to_dict()) == shipped
+
+
+def test_second_stage_options_are_checked():
+    gala = CONFIGS / "cifar100_lt_if100_gala_reference.yaml"
+    with pytest.raises(ConfigError, match="mixup_alpha is not supported with loss gala"):
+        load_config(gala, ["optim.mixup_alpha=1"])
+    with pytest.raises(ConfigError, match="mixup_alpha must be >= 0"):
+        load_config(gala, ["optim.mixup_alpha=-1"])
+    with pytest.raises(ConfigError, match="data.sampler must be one of instance, class_balanced"):
+        load_config(gala, ["data.sampler=balanced"])
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(gala, ["model.init_from=runs/a", "model.pretrained=b.pth"])
+    stage2 = load_config(CONFIGS / "cifar100_lt_if100_gcl_stage2.yaml")
+    assert stage2.model.freeze_backbone and stage2.data.sampler == "class_balanced"
+    assert stage2.model.scale == 20 and stage2.loss.params == {"scale": 20.0, "noise_mul": 0.5, "margin": 0.1,
+                                                               "focal_gamma": 1.0}
+    # the first-stage run a second stage starts from varies with the seed, like the seed
+    from longtail.config import setting_key
+    a = load_config(CONFIGS / "cifar100_lt_if100_gcl_stage2.yaml", ["model.init_from=runs/gcl_s0"])
+    b = load_config(CONFIGS / "cifar100_lt_if100_gcl_stage2.yaml", ["model.init_from=runs/gcl_s1", "seed=1"])
+    assert setting_key(a) == setting_key(b) != setting_key(load_config(CONFIGS / "cifar100_lt_if100_gcl.yaml"))

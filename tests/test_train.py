@@ -1,6 +1,7 @@
 """End to end on the real CIFAR-100: train, artefacts, resume after a kill, bad input, report."""
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -265,3 +266,92 @@ def test_resume_keeps_the_precision_the_run_started_with(shared_data, tmp_path, 
     used[:] = []
     train(tiny(shared_data, tmp_path, "fresh", "optim.epochs=1", "precision=auto"))
     assert ("train", "bf16") in used
+
+
+def stage_two(shared_data, tmp_path, name, first, *extra):
+    """GCL's second stage on a few real CIFAR-100-LT images, from the first-stage run `first`."""
+    return load_config(CONFIGS / "cifar100_lt_if100_gcl_stage2.yaml", [
+        f"data.root={shared_data}", "data.limit_per_class=4", "data.limit_eval_per_class=2", "optim.epochs=3",
+        "optim.batch_size=32", f"out_dir={tmp_path}", f"run_name={name}", "progress=quiet", "threads=1",
+        "eval.batch_size=256", f"model.init_from={first}", *extra])
+
+
+@pytest.fixture(scope="module")
+def gcl_stage_one(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gcl")
+    runs = []
+    for seed in (0, 1):
+        cfg = load_config(CONFIGS / "cifar100_lt_if100_gcl.yaml", [
+            f"data.root={shared_data}", "data.limit_per_class=4", "data.limit_eval_per_class=2", "optim.epochs=2",
+            "optim.batch_size=32", "optim.warmup_epochs=1", f"out_dir={out}", f"run_name=s{seed}",
+            "progress=quiet", "threads=1", "eval.batch_size=256", f"seed={seed}"])
+        runs.append(train(cfg))
+    return runs
+
+
+def test_classifier_retraining_trains_only_the_head_of_the_loaded_run(shared_data, tmp_path, gcl_stage_one):
+    first = gcl_stage_one[0]
+    run = train(stage_two(shared_data, tmp_path, "stage2", first))
+    before, after = weights(first, "best.pt")["model"], weights(run)
+    backbone = [k for k in before if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone)
+    for key in backbone:  # weights and batch-norm statistics exactly as loaded
+        assert torch.equal(before[key], after["model"][key]), key
+    assert not torch.equal(before["head.weight"], after["model"]["head.weight"])
+    # the optimizer holds the head alone
+    assert [len(g["params"]) for g in after["optimizer"]["param_groups"]] == [1]
+    results = json.loads((run / "results.json").read_text())
+    assert results["method"] == "gcl-crt"
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # the released schedule: 0.008 * (1 + cos(pi e / E)) / 2, no warm-up
+    assert [r["lr"] for r in log] == pytest.approx([0.008 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)])
+    # class-balanced draws: as many images per epoch as the training set holds (400, batch 32, last kept)
+    assert log[0]["images_per_s"] > 0 and after["state"]["images_seen"] == 3 * 400
+
+
+def test_classifier_retraining_resumes_to_the_same_weights(shared_data, tmp_path, gcl_stage_one, monkeypatch):
+    first = gcl_stage_one[0]
+    reference = train(stage_two(shared_data, tmp_path, "whole", first))
+    real_mixed_loss = train_mod.mixed_loss
+    calls = {"n": 0}
+
+    def interrupting(*args):
+        calls["n"] += 1
+        if calls["n"] == 17:  # mid epoch 2 (13 steps per epoch): the handler checkpoints after this step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_mixed_loss(*args)
+    monkeypatch.setattr(train_mod, "mixed_loss", interrupting)
+    cfg = stage_two(shared_data, tmp_path, "cut", first)
+    with pytest.raises(train_mod.TrainingInterrupted):
+        train(cfg)
+    assert weights(tmp_path / "cut")["state"]["step"] == 4
+    train(train_mod.resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
+    a, b = weights(reference), weights(tmp_path / "cut")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_classifier_retraining_seeds_group_in_one_row_and_bad_sources_fail_clearly(shared_data, tmp_path,
+                                                                                  gcl_stage_one, capsys):
+    for seed, first in enumerate(gcl_stage_one):
+        train(stage_two(shared_data, tmp_path / "runs", f"s{seed}", first, "optim.epochs=1", f"seed={seed}"))
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    # each seed starts from its own first-stage run, yet the two are seeds of one setting
+    assert "| cifar100-lt IF100 | gcl-crt | resnet32 | 2 |" in out and "48.7" in out
+
+    with pytest.raises(FileNotFoundError, match="model.init_from: no checkpoint"):
+        train(stage_two(shared_data, tmp_path, "nowhere", tmp_path / "nowhere"))
+    from longtail.models import build_model
+    other = tmp_path / "other.pt"  # a longtail checkpoint of another network: a linear-head ResNet-32
+    torch.save({"model": build_model("resnet32", 100, head="linear").state_dict()}, other)
+    with pytest.raises(ValueError, match="do not fit this model"):
+        train(stage_two(shared_data, tmp_path, "mismatch", other))
+    torch.save({"weights": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a longtail checkpoint"):
+        train(stage_two(shared_data, tmp_path, "foreign", tmp_path / "foreign.pt"))
+    code = cli.main(["train", str(CONFIGS / "cifar100_lt_if100_gcl_stage2.yaml"), f"data.root={shared_data}",
+                     f"out_dir={tmp_path}", "run_name=nofirst"])
+    assert code == 2 and "model.init_from=RUN_FOLDER" in capsys.readouterr().err
+    assert not (tmp_path / "nofirst").exists()

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .data.autoaugment import SHEAR_INTERPOLATIONS
+from .data.sampling import SAMPLERS
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,9 @@ class DataConfig:
     limit_per_class: int | None = None  # cap per-class training images (tiny smoke runs)
     limit_eval_per_class: int | None = None
     workers: int = 4  # DataLoader workers for list datasets
+    # instance: every training image once per epoch; class_balanced: as many draws, each a class
+    # uniformly then one of its images (classifier re-training, e.g. GCL's stage two)
+    sampler: str = "instance"
 
 
 @dataclass
@@ -60,6 +64,11 @@ class ModelConfig:
     scale: float = 30.0
     pretrained: str | None = None  # a torchvision-format ImageNet state dict for the backbone
     sync_bn: bool = False
+    # Start from a longtail run's weights, backbone and head: its folder (best.pt) or a .pt file.
+    # With freeze_backbone, only the head trains and the backbone's batch-norm statistics stay as
+    # loaded: a two-stage method's second stage (classifier re-training).
+    init_from: str | None = None
+    freeze_backbone: bool = False
 
 
 @dataclass
@@ -84,6 +93,7 @@ class OptimConfig:
     step_factors: list[float] = field(default_factory=lambda: [0.01, 0.0001])  # total factor from each milestone
     drop_last: bool = True
     grad_clip: float | None = None
+    mixup_alpha: float = 0.0  # mixup with lam ~ Beta(alpha, alpha) on every batch; 0 = off
 
 
 @dataclass
@@ -133,6 +143,7 @@ _CHOICES = {
     "model.head": ("auto", "linear", "cosine"),
     "progress": ("auto", "bar", "log", "quiet"),
     "data.val_shortfall": ("move", "error"),
+    "data.sampler": SAMPLERS,
     "data.autoaugment_shear": SHEAR_INTERPOLATIONS,
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
@@ -266,6 +277,14 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("check_every must be >= 0 (0 = auto)")
     if cfg.eval.every < 1:
         raise ConfigError("eval.every must be >= 1")
+    if cfg.model.init_from and cfg.model.pretrained:
+        raise ConfigError("set model.init_from (a whole longtail run) or model.pretrained (a backbone), not both")
+    if not (math.isfinite(o.mixup_alpha) and o.mixup_alpha >= 0):
+        raise ConfigError(f"optim.mixup_alpha must be >= 0 (0 = no mixup), got {o.mixup_alpha}")
+    if o.mixup_alpha > 0 and cfg.loss.name == "gala":
+        # GALA accumulates gradient statistics from each call: a mixed batch would feed it twice
+        raise ConfigError("optim.mixup_alpha is not supported with loss gala (it accumulates gradient statistics "
+                          "per call, which SPEC defines for one label per image); set it to 0")
     if not cfg.eval.tau_grid or not all(math.isfinite(t) for t in cfg.eval.tau_grid):
         raise ConfigError(f"eval.tau_grid must be a non-empty list of numbers, got {cfg.eval.tau_grid}")
     lc = cfg.loss
@@ -345,6 +364,9 @@ def save_config(cfg: Config, path: str | Path) -> None:
 # Keys that do not change what is learned (check_every: tested bit-identical across values).
 RUNTIME_KEYS = ("seed", "run_name", "out_dir", "threads", "progress", "tensorboard", "device", "eval.batch_size",
                 "data.workers", "data.root", "data.download", "check_every")
+# Keys that, like the seed, differ between the seeds of one setting: a second stage starts from
+# the first-stage run of its own seed.
+PER_SEED_KEYS = ("model.init_from",)
 
 
 # Keys added after configs were first saved in run folders, with the behaviour of the versions that
@@ -377,7 +399,7 @@ def experiment_settings(cfg: Config) -> dict[str, Any]:
         flat.update({(f"{section}.{key}" if key else section): v for key, v in items})
     if flat["data.augment"] != "autoaugment":
         del flat["data.autoaugment_shear"]  # no effect without AutoAugment
-    return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
+    return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS + PER_SEED_KEYS}
 
 
 def setting_key(cfg: Config) -> str:

@@ -132,7 +132,7 @@ def published_figure(dataset: str, imb_factor, method: str) -> str:
     """The published top-1 for this setting and method (SPEC section 6), or "-"."""
     table = PUBLISHED.get((dataset, float(imb_factor) if imb_factor else None), {})
     base = method.split("(")[0]  # la(tau=...) is still LA
-    family = {"gala-paper": "gala", "gala-reference": "gala", "ala-drw": "ala"}.get(base, base)
+    family = {"gala-paper": "gala", "gala-reference": "gala", "ala-drw": "ala", "gcl-crt": "gcl"}.get(base, base)
     return table.get(family, "-")
 
 

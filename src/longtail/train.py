@@ -26,9 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from longtail import distributed, losses, models
-from longtail.config import Config, save_config, setting_key
+from longtail.config import Config, ConfigError, save_config, setting_key
 from longtail.data import TensorSplit, load_benchmark
 from longtail.data.augment import build_eval_transform, build_train_augment
+from longtail.data.mixup import mix, mixed_loss, mixup_draw
+from longtail.data.sampling import class_balanced_batches, epoch_batches
 from longtail.evaluation import autocast_context, evaluate_model, predict, report_markdown, resolve_precision
 
 
@@ -63,23 +65,6 @@ def learning_rate(epoch: int, o) -> float:
         if epoch >= milestone:
             factor = f
     return o.lr * factor
-
-
-def epoch_batches(num_samples: int, global_batch: int, epoch: int, seed: int, rank: int = 0, world: int = 1,
-                  drop_last: bool = True) -> list[torch.Tensor]:
-    """This rank's index batches for one epoch: a permutation fixed by (seed, epoch), cut into global
-    batches, each split evenly across ranks (so N ranks see exactly the batches one process would)."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(num_samples, generator=g)
-    # Under data parallelism a last partial batch is always dropped: split unevenly, the ranks'
-    # mean losses would no longer average to the batch mean (and a rank could get no sample).
-    n_batches = num_samples // global_batch if drop_last or world > 1 else math.ceil(num_samples / global_batch)
-    local = global_batch // world
-    out = []
-    for b in range(n_batches):
-        batch = perm[b * global_batch:(b + 1) * global_batch]
-        out.append(batch[rank * local:(rank + 1) * local])
-    return out
 
 
 class EpochBatches:
@@ -179,6 +164,27 @@ def load_data(cfg: Config):
                           limit_per_class=d.limit_per_class, limit_eval_per_class=d.limit_eval_per_class)
 
 
+def load_run_weights(model, source: str | Path, device: torch.device) -> Path:
+    """Load a longtail checkpoint's model weights (backbone and head) into `model`: `source` is a
+    run folder (its best.pt, else last.pt) or a .pt file. Returns the file read."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_from: no checkpoint at {path} (give a run folder or a .pt file "
+                                "written by `longtail train`)")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    state = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"model.init_from: {path} is not a longtail checkpoint (no 'model' weights in it)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"model.init_from: the weights in {path} do not fit this model (same model.name, "
+                         f"head and number of classes needed): {exc}") from None
+    return path
+
+
 def apply_drw(criterion, cfg: Config, epoch: int, counts) -> None:
     if cfg.loss.drw_epoch is not None and epoch >= cfg.loss.drw_epoch:
         if not criterion.weighted:
@@ -204,6 +210,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     if cfg.optim.batch_size % rt.world_size:
         raise ValueError(f"optim.batch_size {cfg.optim.batch_size} (global) must be divisible by the "
                          f"{rt.world_size} processes")
+    if cfg.model.freeze_backbone and not (cfg.model.init_from or cfg.model.pretrained):
+        # a shipped second-stage config leaves init_from empty: which first-stage run is the user's
+        raise ConfigError("model.freeze_backbone trains only the head, so the backbone must come from somewhere: "
+                          "set model.init_from=RUN_FOLDER (the first stage's run) or model.pretrained=FILE")
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     if not resume and (run_dir / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; use `longtail train --resume {run_dir}` or another "
@@ -220,13 +230,17 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     counts = bench.class_counts
     in_channels = (bench.train.images.shape[1] if isinstance(bench.train, TensorSplit) else 3)
     model = build_model(cfg, bench.num_classes, in_channels).to(rt.device)
+    if cfg.model.init_from and not resume:  # a resumed run's weights come from its own last.pt
+        load_run_weights(model, cfg.model.init_from, rt.device)
+    if cfg.model.freeze_backbone:
+        model.backbone.requires_grad_(False)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # The loop watches the loss for NaN/inf itself and the labels were checked when loaded: skip the
     # losses' own value checks, which read tensors back to the host (a stall per step on a GPU).
     criterion = losses.build(cfg.loss.name, class_counts=counts, **{"check_values": False, **cfg.loss.params})
     criterion = criterion.to(rt.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
     # cfg keeps "auto", so the run still groups with its seeds in reports
     precision = run_precision(cfg, run_dir, rt.device) if resume else resolve_precision(cfg.precision, rt.device)
@@ -324,9 +338,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             start_step = state["step"] if epoch == start_epoch else 0
             if start_step == 0:
                 aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + rt.rank)
-            n_train = len(bench.train)
-            batches = epoch_batches(n_train, cfg.optim.batch_size, epoch, cfg.seed, rt.rank, rt.world_size,
-                                    cfg.optim.drop_last)
+            if cfg.data.sampler == "class_balanced":
+                batches = class_balanced_batches(bench.train.labels, cfg.optim.batch_size, epoch, cfg.seed, rt.rank,
+                                                 rt.world_size, cfg.optim.drop_last)
+            else:
+                batches = epoch_batches(len(bench.train), cfg.optim.batch_size, epoch, cfg.seed, rt.rank,
+                                        rt.world_size, cfg.optim.drop_last)
             if held:  # the epoch's indices go to the device in one copy, not one per step
                 todo = batches[start_step:]
                 on_device = torch.cat(todo).to(rt.device).split([len(b) for b in todo]) if todo else []
@@ -335,6 +352,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 plan.batches = [b.tolist() for b in batches[start_step:]]
                 source = loader
             model.train()
+            if cfg.model.freeze_backbone:  # its batch-norm statistics stay as loaded
+                model.backbone.eval()
             criterion.train()
             loss_sum = torch.zeros((), device=rt.device)
             correct = torch.zeros((), device=rt.device)
@@ -346,12 +365,15 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             for x, y in source:
                 x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
                 x = augment(x, aug_gen)
+                if cfg.optim.mixup_alpha:
+                    lam, perm = mixup_draw(len(y), cfg.optim.mixup_alpha, cfg.seed, epoch, step, rt.rank)
+                    x = mix(x, lam, perm)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast_context(rt.device, precision):
                     logits = net(x)
                 logits = logits.float()
-                loss = criterion(logits, y)
+                loss = mixed_loss(criterion, logits, y, lam, perm) if cfg.optim.mixup_alpha else criterion(logits, y)
                 nonfinite |= ~torch.isfinite(loss.detach())
                 if check_every == 1:  # checked before the optimizer step; with larger intervals, after
                     diverged_check(epoch, step, step + 1)
@@ -364,7 +386,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 scaler.update()
                 step += 1
                 loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
+                hits = logits.argmax(1) == y
+                if cfg.optim.mixup_alpha:  # a mixed image counts as lam right for y, 1 - lam for y[perm]
+                    hits = lam * hits + (1.0 - lam) * (logits.argmax(1) == y[perm.to(y.device)])
+                correct += hits.sum()
                 seen += len(y)
                 if step % check_every and step != len(batches):
                     continue
@@ -502,6 +527,8 @@ def method_name(cfg: Config) -> str:
         name += f"(tau={p['tau']})"
     if cfg.loss.drw_epoch is not None:
         name += "-drw"
+    if cfg.model.freeze_backbone:
+        name += "-crt"  # classifier re-training: the second stage of a two-stage method
     return name
 
 
