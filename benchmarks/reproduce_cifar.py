@@ -9,7 +9,10 @@ Each run is `longtail train configs/<config>.yaml seed=S` in OUT/<config>_s<S>. 
 results.json is done and skipped; one with last.pt is resumed; otherwise the run starts. The runs
 in RECORDED finished before results were archived: their figures are in docs/RESULTS.md but their
 files were lost with their machine, so they count as done too (`--include-recorded` trains them
-again, to get their files back).
+again, to get their files back). A second-stage entry (`<first>_stage2`, e.g. GCL's classifier
+re-training) starts from OUT/<first>_s<S> (`model.init_from`): it waits while that run is still
+in this invocation's queue, and is reported blocked when the first stage's weights are not in OUT
+(archived results carry no weights: train both together).
 
 Run folders stay out of git, and a new machine starts without them. So each finished run's
 results.json and results.md are copied to ARCHIVE/<run> (default docs/results, committed) and its
@@ -32,11 +35,13 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO / "docs" / "results"  # finished runs' results, committed
 FIGURES = REPO / "docs" / "figures"
+WAIT_S = 30  # how often a waiting second stage looks for its first stage's results
 
 # (config, seed) in the order they run: one seed of every IF100 method first (so the table can be
 # read as early as possible, a run every ~1.5-2 h on CPU), then the second seeds, then the other IFs.
@@ -84,10 +89,30 @@ QUEUE = [
     # Then third seeds of the last two IF100 rows with two: LDAM-DRW and GCL stage one.
     ("cifar100_lt_if100_ldam_drw", 2),
     ("cifar100_lt_if100_gcl", 2),
+    # Then GCL's second stage (classifier re-training) on that seed's stage one: SPEC's GCL figure
+    # is the two-stage one, and stage one alone is 2.0 below it.
+    ("cifar100_lt_if100_gcl_stage2", 2),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
 RECORDED = frozenset(f"cifar100_lt_if100_{m}_s0" for m in ("ce", "gala_paper", "gala_reference", "la", "ala", "bs"))
+
+
+SECOND_STAGE = "_stage2"  # a config named <first>_stage2 re-trains the classifier of a <first> run
+
+
+def first_stage(run_dir: Path) -> Path | None:
+    """The run folder a second-stage run starts from (same seed, same OUT), or None."""
+    config, _, seed = run_dir.name.rpartition("_s")
+    if not config.endswith(SECOND_STAGE):
+        return None
+    return run_dir.parent / f"{config[:-len(SECOND_STAGE)]}_s{seed}"
+
+
+def ready(run_dir: Path) -> bool:
+    """A run can start: it has no first stage, or its first stage finished here (best.pt kept)."""
+    first = first_stage(run_dir)
+    return first is None or ((first / "results.json").exists() and (first / "best.pt").exists())
 
 
 def state(run_dir: Path, archive: Path | None = None, recorded: frozenset[str] = frozenset()) -> str:
@@ -103,8 +128,10 @@ def train_command(config: str, seed: int, run_dir: Path, args, threads: int) -> 
     runtime = [f"threads={threads}", "progress=log", *args.runtime]
     if state(run_dir) == "resume":
         return cmd + ["--resume", str(run_dir), *runtime]
+    first = first_stage(run_dir)
     return cmd + [str(REPO / "configs" / f"{config}.yaml"), f"seed={seed}", f"data.root={args.data_root}",
-                  f"out_dir={run_dir.parent}", f"run_name={run_dir.name}", *runtime, *args.extra]
+                  f"out_dir={run_dir.parent}", f"run_name={run_dir.name}",
+                  *([f"model.init_from={first}"] if first else []), *runtime, *args.extra]
 
 
 def archive_run(run_dir: Path, archive: Path, figures: Path) -> None:
@@ -155,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"config {config} is missing from configs/")
         run_dir = out / name
         what = state(run_dir, Path(args.archive), frozenset() if args.include_recorded else RECORDED)
+        first = first_stage(run_dir)
+        if what == "start" and not ready(run_dir) and first not in [r for _, _, r in pending]:
+            # its first stage's weights are not here and this invocation will not train them
+            print(f"blocked  {run_dir} (needs the finished first stage {first} with best.pt: run both together)",
+                  flush=True)
+            continue
         print(f"{what:8s} {run_dir}", flush=True)
         if what not in ("done", "recorded"):
             pending.append((config, seed, run_dir))
@@ -162,22 +195,37 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     threads = max(1, args.threads // args.parallel)
-    lock, failures = threading.Lock(), []
+    lock, failures, running = threading.Lock(), [], []
 
     def worker() -> None:
         while True:
             with lock:
                 if failures or not pending:
                     return
-                config, seed, run_dir = pending.pop(0)
+                # the first entry that can start; a second stage waits for its first (queued before it)
+                startable = [entry for entry in pending if ready(entry[2]) or state(entry[2]) == "resume"]
+                if not startable and not running:  # nothing in flight can make one ready
+                    for _, _, waiting in pending:
+                        print(f"blocked  {waiting} (its first stage {first_stage(waiting)} has no best.pt)", flush=True)
+                    failures.append((pending[0][2], 1))
+                    return
+                if startable:
+                    pending.remove(startable[0])
+                    config, seed, run_dir = startable[0]
+                    running.append(run_dir)
+            if not startable:
+                time.sleep(WAIT_S)
+                continue
             print(f"train   {run_dir} ({threads} threads)\n", end="", flush=True)  # one write: no interleaving
             code = subprocess.call(train_command(config, seed, run_dir, args, threads),
                                    env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-            if code != 0:
-                with lock:
+            if code == 0:
+                archive_run(run_dir, Path(args.archive), Path(args.figures))
+            with lock:
+                running.remove(run_dir)
+                if code != 0:
                     failures.append((run_dir, code))
-                return
-            archive_run(run_dir, Path(args.archive), Path(args.figures))
+                    return
 
     workers = [threading.Thread(target=worker) for _ in range(args.parallel)]
     for w in workers:

@@ -25,6 +25,7 @@ if code == 0:
     (run_dir / "results.json").write_text(json.dumps({"run": run_dir.name}))
     (run_dir / "results.md").write_text("# " + run_dir.name)
     (run_dir / "per_class.png").write_bytes(run_dir.name.encode())
+    (run_dir / "best.pt").write_bytes(b"")
 with open(log, "a") as f:
     f.write(json.dumps({"run": run_dir.name, "event": "end", "t": time.time()}) + "\\n")
 sys.exit(code)
@@ -158,3 +159,31 @@ def test_recorded_runs_count_as_done_unless_asked_for(queue, monkeypatch, capsys
     (out / "cifar100_lt_if100_la_s0" / "last.pt").write_bytes(b"")
     assert mod.main(["--out", str(out), "--threads", "2"]) == 0
     assert [e["run"] for e in events() if e["event"] == "start"][3:] == ["cifar100_lt_if100_la_s0"]
+
+
+def test_a_second_stage_waits_for_its_first_stage_and_starts_from_its_weights(queue, monkeypatch, capsys):
+    mod, out, commands, fail, events = queue
+    monkeypatch.setattr(mod, "WAIT_S", 0.05)
+    monkeypatch.setattr(mod, "QUEUE", [("cifar100_lt_if100_gcl", 1), ("cifar100_lt_if100_gcl_stage2", 1),
+                                       ("cifar100_lt_if100_ce", 0)])
+    assert mod.main(["--out", str(out), "--parallel", "2", "--threads", "2"]) == 0
+    t = {(e["run"], e["event"]): e["t"] for e in events()}
+    # two workers, yet the second stage starts only after its first stage has finished; CE does not wait
+    assert t[("cifar100_lt_if100_gcl_stage2_s1", "start")] >= t[("cifar100_lt_if100_gcl_s1", "end")]
+    assert t[("cifar100_lt_if100_ce_s0", "start")] < t[("cifar100_lt_if100_gcl_s1", "end")]
+    second = next(cmd for cmd in commands if "run_name=cifar100_lt_if100_gcl_stage2_s1" in cmd)
+    assert f"model.init_from={out / 'cifar100_lt_if100_gcl_s1'}" in second and "seed=1" in second
+    assert not any("model.init_from" in a for cmd in commands if cmd is not second for a in cmd)
+
+    # a new machine, where the first stage is only archived (no weights): the second stage is blocked
+    shutil.rmtree(out)
+    shutil.rmtree(mod.ARCHIVE / "cifar100_lt_if100_gcl_stage2_s1")
+    capsys.readouterr()
+    assert mod.main(["--out", str(out), "--threads", "2"]) == 0
+    assert "blocked  " + str(out / "cifar100_lt_if100_gcl_stage2_s1") in capsys.readouterr().out
+
+    # a first stage that fails: the waiting second stage is not started
+    monkeypatch.setattr(mod, "QUEUE", [("cifar100_lt_if100_gcl", 2), ("cifar100_lt_if100_gcl_stage2", 2)])
+    fail.add("cifar100_lt_if100_gcl_s2")
+    assert mod.main(["--out", str(out), "--parallel", "2", "--threads", "2"]) == 3
+    assert "cifar100_lt_if100_gcl_stage2_s2" not in [e["run"] for e in events()]
