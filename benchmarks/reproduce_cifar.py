@@ -11,8 +11,8 @@ in RECORDED finished before results were archived: their figures are in docs/RES
 files were lost with their machine, so they count as done too (`--include-recorded` trains them
 again, to get their files back). A second-stage entry (`<first>_stage2`, e.g. GCL's classifier
 re-training) starts from OUT/<first>_s<S> (`model.init_from`): it waits while that run is still
-in this invocation's queue, and is reported blocked when the first stage's weights are not in OUT
-(archived results carry no weights: train both together).
+in this invocation's queue, and is reported blocked (exit code 4, after the rest has run) when the
+first stage's weights are not in OUT: archived results carry no weights.
 
 Run folders stay out of git, and a new machine starts without them. So each finished run's
 results.json and results.md are copied to ARCHIVE/<run> (default docs/results, committed) and its
@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO / "docs" / "results"  # finished runs' results, committed
 FIGURES = REPO / "docs" / "figures"
 WAIT_S = 30  # how often a waiting second stage looks for its first stage's results
+BLOCKED_EXIT = 4  # everything else ran, but a second stage could not start
 
 # (config, seed) in the order they run: one seed of every IF100 method first (so the table can be
 # read as early as possible, a run every ~1.5-2 h on CPU), then the second seeds, then the other IFs.
@@ -110,9 +111,10 @@ def first_stage(run_dir: Path) -> Path | None:
 
 
 def ready(run_dir: Path) -> bool:
-    """A run can start: it has no first stage, or its first stage finished here (best.pt kept)."""
+    """A run can start: it has no first stage, or its first stage finished here (weights kept)."""
     first = first_stage(run_dir)
-    return first is None or ((first / "results.json").exists() and (first / "best.pt").exists())
+    return first is None or ((first / "results.json").exists()
+                             and any((first / f).exists() for f in ("best.pt", "last.pt")))
 
 
 def state(run_dir: Path, archive: Path | None = None, recorded: frozenset[str] = frozenset()) -> str:
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.only or ()) - set(names))
     if unknown:
         raise SystemExit(f"--only: not in the queue: {', '.join(unknown)}; the queue is: {', '.join(names)}")
-    pending = []
+    pending, blocked = [], []
     for (config, seed), name in zip(QUEUE, names):
         if args.only and name not in args.only:
             continue
@@ -185,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         first = first_stage(run_dir)
         if what == "start" and not ready(run_dir) and first not in [r for _, _, r in pending]:
             # its first stage's weights are not here and this invocation will not train them
-            print(f"blocked  {run_dir} (needs the finished first stage {first} with best.pt: run both together)",
-                  flush=True)
+            blocked.append(f"blocked  {run_dir}: its first stage {first} is not in OUT with its weights (archived "
+                           f"results carry none); train that run into OUT again (`longtail train "
+                           f"configs/{first.name.rpartition('_s')[0]}.yaml seed={seed} out_dir={out} "
+                           f"run_name={first.name}`), then run this script again")
+            print(blocked[-1], flush=True)
             continue
         print(f"{what:8s} {run_dir}", flush=True)
         if what not in ("done", "recorded"):
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 startable = [entry for entry in pending if ready(entry[2]) or state(entry[2]) == "resume"]
                 if not startable and not running:  # nothing in flight can make one ready
                     for _, _, waiting in pending:
-                        print(f"blocked  {waiting} (its first stage {first_stage(waiting)} has no best.pt)", flush=True)
+                        print(f"blocked  {waiting} (its first stage {first_stage(waiting)} has no weights)", flush=True)
                     failures.append((pending[0][2], 1))
                     return
                 if startable:
@@ -237,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         return failures[0][1]
     write_report(out, Path(args.archive))
-    return 0
+    for line in blocked:  # again at the end, where it is seen
+        print(line, flush=True)
+    return BLOCKED_EXIT if blocked else 0
 
 
 def write_report(out: Path, archive: Path) -> None:

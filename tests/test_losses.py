@@ -409,6 +409,19 @@ def test_gcl_second_stage_margin_and_focal_match_a_direct_computation(weighted):
         ce = ce * w[y]
     want = ((1 - torch.exp(-ce)) ** gamma * ce).mean()
     torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=1e-6)
+    # the gradient treats the focal weight as a constant (the release detaches p): d/dz of
+    # mean_i w_i CE_i(z) with w_i fixed at (1 - p_i)^gamma, in float64 through the same noise
+    zz = z.clone().requires_grad_(True)
+    loss.generator.manual_seed(3)
+    loss(zz, y).backward()
+    z64 = z.clone().requires_grad_(True)
+    cos64 = z64 / s - 0.5 * eps.abs() * rel
+    cos64 = cos64 - m * torch.nn.functional.one_hot(y, 7)
+    ce64 = torch.logsumexp(s * cos64, 1) - s * cos64[torch.arange(12), y]
+    if weighted:
+        ce64 = ce64 * w[y]
+    ((1 - torch.exp(-ce64.detach())) ** gamma * ce64).mean().backward()
+    torch.testing.assert_close(zz.grad, z64.grad, rtol=1e-4, atol=1e-7)
     # margin 0 and gamma 0 are SPEC's (first-stage) GCL
     plain = GCL(n.tolist(), scale=s, generator=torch.Generator().manual_seed(3))
     explicit = GCL(n.tolist(), scale=s, margin=0.0, focal_gamma=0.0, generator=torch.Generator().manual_seed(3))

@@ -179,8 +179,25 @@ def test_a_second_stage_waits_for_its_first_stage_and_starts_from_its_weights(qu
     shutil.rmtree(out)
     shutil.rmtree(mod.ARCHIVE / "cifar100_lt_if100_gcl_stage2_s1")
     capsys.readouterr()
-    assert mod.main(["--out", str(out), "--threads", "2"]) == 0
-    assert "blocked  " + str(out / "cifar100_lt_if100_gcl_stage2_s1") in capsys.readouterr().out
+    assert mod.main(["--out", str(out), "--threads", "2"]) == mod.BLOCKED_EXIT
+    said = capsys.readouterr().out
+    assert said.count("blocked  " + str(out / "cifar100_lt_if100_gcl_stage2_s1")) == 2  # at the start and the end
+    assert "run_name=cifar100_lt_if100_gcl_s1" in said
+
+    # a first stage that finished without a checkpoint: the waiting second stage cannot start
+    monkeypatch.setattr(mod, "QUEUE", [("cifar100_lt_if100_gcl", 3), ("cifar100_lt_if100_gcl_stage2", 3)])
+    real = mod.train_command
+
+    def no_weights(config, seed, run_dir, args, threads):
+        cmd = real(config, seed, run_dir, args, threads)
+        return cmd if "stage2" in run_dir.name else [sys.executable, "-c", "import pathlib, sys; "
+                                                     "d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True); "
+                                                     "(d / 'results.json').write_text('{}'); "
+                                                     "(d / 'results.md').write_text('')", str(run_dir)]
+    monkeypatch.setattr(mod, "train_command", no_weights)
+    assert mod.main(["--out", str(out), "--threads", "2"]) == 1
+    assert "blocked  " + str(out / "cifar100_lt_if100_gcl_stage2_s3") in capsys.readouterr().out
+    monkeypatch.setattr(mod, "train_command", real)
 
     # a first stage that fails: the waiting second stage is not started
     monkeypatch.setattr(mod, "QUEUE", [("cifar100_lt_if100_gcl", 2), ("cifar100_lt_if100_gcl_stage2", 2)])

@@ -56,6 +56,9 @@ def test_mixup_mixes_images_and_losses_with_one_lambda():
     lam2, perm2 = mixup_draw(8, 1.0, seed=0, epoch=3, step=5)
     assert lam == lam2 and torch.equal(perm, perm2)  # a resumed step mixes the same way
     assert mixup_draw(8, 1.0, seed=0, epoch=3, step=6)[0] != lam
+    assert mixup_draw(8, 1.0, seed=0, epoch=4, step=5)[0] != lam
+    lam_r1, perm_r1 = mixup_draw(8, 1.0, seed=0, epoch=3, step=5, rank=1)
+    assert lam_r1 == lam and not torch.equal(perm_r1, perm)  # DDP: one lam, each rank its own pairs
     x = torch.randn(8, 3, 4, 4)
     torch.testing.assert_close(mix(x, lam, perm), lam * x + (1 - lam) * x[perm])
     z, y = torch.randn(8, 5), torch.randint(0, 5, (8,))

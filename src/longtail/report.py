@@ -34,9 +34,13 @@ def _setting(result: dict) -> str:
     from longtail.config import ConfigError, saved_config_from_dict, setting_key
 
     try:
-        return setting_key(saved_config_from_dict(result["config"]))
+        key = setting_key(saved_config_from_dict(result["config"]))
     except (KeyError, TypeError, ConfigError):
         return result.get("setting", "")  # hand-made or foreign results: the fingerprint they carry
+    # a second stage's seeds start from different runs (model.init_from is not in the key): they are
+    # one setting when their first stages are
+    first = (result.get("first_stage") or {}).get("setting")
+    return f"{key}+{first}" if first else key
 
 
 def _flat_config(result: dict) -> dict:
@@ -45,9 +49,14 @@ def _flat_config(result: dict) -> dict:
     from longtail.config import ConfigError, experiment_settings, saved_config_from_dict
 
     try:
-        return experiment_settings(saved_config_from_dict(result["config"]))
+        flat = experiment_settings(saved_config_from_dict(result["config"]))
     except (KeyError, TypeError, ConfigError):
         return {}
+    try:  # a second stage is also set apart by its first stage's settings
+        first = experiment_settings(saved_config_from_dict(result["first_stage"]["config"]))
+    except (KeyError, TypeError, ConfigError):
+        return flat
+    return {**flat, **{f"first_stage.{k}": v for k, v in first.items()}}
 
 
 def _label_differences(rows: list[dict], first_runs: list[dict]) -> None:

@@ -164,11 +164,24 @@ def load_data(cfg: Config):
                           limit_per_class=d.limit_per_class, limit_eval_per_class=d.limit_eval_per_class)
 
 
-def load_run_weights(model, source: str | Path, device: torch.device) -> Path:
-    """Load a longtail checkpoint's model weights (backbone and head) into `model`: `source` is a
-    run folder (its best.pt, else last.pt) or a .pt file. Returns the file read."""
+# The data keys that fix which images are trained on and which are held out for validation: a
+# second stage must keep its first stage's, or it could select on images the backbone trained on.
+SPLIT_KEYS = ("name", "imb_factor", "val_per_class", "val_seed", "val_shortfall", "train_list", "val_list")
+
+
+def load_run_weights(model, source: str | Path, device: torch.device, cfg: Config) -> dict:
+    """Load a longtail run's model weights (backbone and head) into `model`, for a second stage.
+
+    `source` is a finished run folder (its best.pt, else last.pt) or a .pt file. The run must have
+    used this run's data split (SPLIT_KEYS). Returns what the results record of it: the file, and
+    the first stage's method, setting fingerprint, seed and config."""
+    from longtail.config import saved_config_from_dict
+
     path = Path(source)
     if path.is_dir():
+        if not (path / "results.json").exists():
+            raise ValueError(f"model.init_from: the run {path} has not finished (no results.json); wait for it, "
+                             "or name one of its .pt files to start from that checkpoint anyway")
         path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(f"model.init_from: no checkpoint at {path} (give a run folder or a .pt file "
@@ -177,12 +190,24 @@ def load_run_weights(model, source: str | Path, device: torch.device) -> Path:
     state = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"model.init_from: {path} is not a longtail checkpoint (no 'model' weights in it)")
+    info = {"checkpoint": str(path)}
+    if isinstance(ckpt.get("config"), dict):
+        first = saved_config_from_dict(ckpt["config"])
+        for key in SPLIT_KEYS:
+            there, here = getattr(first.data, key), getattr(cfg.data, key)
+            if key.endswith("_list"):  # the same list file may be reached by another path
+                there, here = (Path(v).name if v else v for v in (there, here))
+            if there != here:
+                raise ValueError(f"model.init_from: {path} was trained on another split (data.{key} {there!r} "
+                                 f"there, {here!r} here); a second stage must keep its first stage's training and "
+                                 "validation images")
+        info.update(method=method_name(first), setting=setting_key(first), seed=first.seed, config=ckpt["config"])
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ValueError(f"model.init_from: the weights in {path} do not fit this model (same model.name, "
                          f"head and number of classes needed): {exc}") from None
-    return path
+    return info
 
 
 def apply_drw(criterion, cfg: Config, epoch: int, counts) -> None:
@@ -230,8 +255,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     counts = bench.class_counts
     in_channels = (bench.train.images.shape[1] if isinstance(bench.train, TensorSplit) else 3)
     model = build_model(cfg, bench.num_classes, in_channels).to(rt.device)
+    first_stage = None
     if cfg.model.init_from and not resume:  # a resumed run's weights come from its own last.pt
-        load_run_weights(model, cfg.model.init_from, rt.device)
+        first_stage = load_run_weights(model, cfg.model.init_from, rt.device, cfg)
     if cfg.model.freeze_backbone:
         model.backbone.requires_grad_(False)
     if cfg.channels_last:
@@ -247,7 +273,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     scaler = torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16")
 
     state = {"epoch": 0, "step": 0, "best_val": -1.0, "best_val_epoch": None, "best_test": -1.0,
-             "best_test_epoch": None, "images_seen": 0, "train_time": 0.0}
+             "best_test_epoch": None, "images_seen": 0, "train_time": 0.0, "first_stage": first_stage}
     aug_gen = torch.Generator(device=rt.device)
     if resume:
         ckpt = torch.load(run_dir / "last.pt", map_location=rt.device, weights_only=False)
@@ -493,6 +519,7 @@ def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, stat
                "train_time_s": round(state["train_time"], 1),
                "train_images_per_s": round(state["images_seen"] / max(state["train_time"], 1e-9), 1),
                "best_val": {"epoch": state["best_val_epoch"], "top1": state["best_val"]},
+               **({"first_stage": state["first_stage"]} if state.get("first_stage") else {}),
                "best_test_epoch": ({"epoch": state["best_test_epoch"], "top1": state["best_test"],
                                     "note": "epoch selected on the TEST set, as papers report; not honest"}
                                    if state["best_test_epoch"] else None),

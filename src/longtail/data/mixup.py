@@ -1,8 +1,10 @@
 """Mixup (Zhang et al. 2018) on a batch: x <- lam x + (1 - lam) x[perm], and the loss becomes
 lam * loss(z, y) + (1 - lam) * loss(z, y[perm]), lam ~ Beta(alpha, alpha).
 
-lam and perm come from a NumPy generator keyed by (seed, epoch, step, rank), so a resumed run
-mixes exactly as an uninterrupted one without saving any random state.
+lam and perm come from NumPy generators keyed by (seed, epoch, step), so a resumed run mixes
+exactly as an uninterrupted one without saving any random state. Under DDP every rank uses the
+same lam and permutes its own share of the global batch (keyed by its rank too), so N ranks mix
+pairs within shares where one process would pair across the whole batch.
 """
 from __future__ import annotations
 
@@ -14,9 +16,8 @@ def mixup_draw(batch_size: int, alpha: float, seed: int, epoch: int, step: int, 
     """(lam, perm) for one step; alpha > 0."""
     if not alpha > 0:
         raise ValueError(f"mixup alpha must be positive, got {alpha}")
-    rng = np.random.default_rng([seed, epoch, step, rank])
-    lam = float(rng.beta(alpha, alpha))
-    perm = torch.from_numpy(rng.permutation(batch_size))
+    lam = float(np.random.default_rng([seed, epoch, step]).beta(alpha, alpha))
+    perm = torch.from_numpy(np.random.default_rng([seed, epoch, step, 1 + rank]).permutation(batch_size))
     return lam, perm
 
 

@@ -24,7 +24,8 @@ class GCL(LongTailLoss):
     `margin` and `focal_gamma` (both 0 in SPEC's GCL, the first stage) are the settings of GCL's
     second stage, classifier re-training (released code: m=0.1, gamma=1, scale 20): the target
     cosine also loses `margin`, and each sample's CE_i is weighted by (1 - exp(-CE_i))^gamma before
-    the plain batch mean (as the focal loss, longtail.losses.Focal).
+    the plain batch mean. As in the GCL release (and unlike LDAM-DRW's focal loss, `Focal`), that
+    weight is a constant for the gradient: p = exp(-CE_i) is detached.
     """
 
     def __init__(self, class_counts, scale: float = 30.0, noise_mul: float = 0.5, margin: float = 0.0,
@@ -61,7 +62,7 @@ class GCL(LongTailLoss):
         if not self.focal_gamma:
             return self.cross_entropy(z, target)
         ce = self.cross_entropy(z, target, reduction="none")
-        one_minus_p = (-torch.expm1(-ce)).clamp_min(0.0)  # 1 - exp(-ce), accurate for small ce
+        one_minus_p = (-torch.expm1(-ce.detach())).clamp_min(0.0)  # 1 - exp(-ce), accurate for small ce
         return (one_minus_p.pow(self.focal_gamma) * ce).mean()
 
     def extra_repr(self) -> str:
