@@ -93,6 +93,12 @@ QUEUE = [
     # Then GCL's second stage (classifier re-training) on that seed's stage one: SPEC's GCL figure
     # is the two-stage one, and stage one alone is 2.0 below it.
     ("cifar100_lt_if100_gcl_stage2", 2),
+    # On seed 2 the second stage over-corrected toward the tail (47.00 against stage one's 47.33):
+    # two more GCL seeds, each with its second stage, to see whether that holds.
+    ("cifar100_lt_if100_gcl", 3),
+    ("cifar100_lt_if100_gcl_stage2", 3),
+    ("cifar100_lt_if100_gcl", 4),
+    ("cifar100_lt_if100_gcl_stage2", 4),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
