@@ -93,3 +93,23 @@ def test_distributed_predict_counts_every_sample_once(tmp_path):
     assert got["logits"].shape == (n, 3)
     torch.testing.assert_close(got["logits"], want)
     assert got["labels"].tolist() == [i % 3 for i in range(n)]
+
+
+def test_a_second_stage_on_two_gloo_ranks_matches_one_process(tmp_path):
+    # frozen backbone (DDP must leave its parameters out of the gradient sync) and class-balanced
+    # draws split across ranks: the head ends where one process on the same global batches puts it
+    first = train(config_from_dict(_config(tmp_path, "first", loss="ce")))
+    second = _config(tmp_path, "single", loss="ce")
+    second["model"].update(init_from=str(first), freeze_backbone=True)
+    second["data"]["sampler"] = "class_balanced"
+    single = train(config_from_dict(second))
+    mp.spawn(_worker, args=(2, _free_port(), {**second, "run_name": "ddp"}, str(tmp_path / "ddp")), nprocs=2,
+             join=True)
+    start = torch.load(first / "best.pt", weights_only=False)["model"]
+    a = torch.load(single / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["model"]
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        if key.startswith("backbone."):
+            assert torch.equal(b[key], start[key]), key
+    assert not torch.equal(a["head.weight"], start["head.weight"])
