@@ -72,6 +72,17 @@ def class_balanced_weights(class_counts, beta: float = 0.9999) -> torch.Tensor:
     return (w / w.sum() * counts.numel()).float()
 
 
+def focal_mean(ce: torch.Tensor, gamma: float, detach_weight: bool = False) -> torch.Tensor:
+    """mean_i (1 - p_i)^gamma * ce_i with p_i = exp(-ce_i): the focal weighting of per-sample losses.
+    `detach_weight` makes the weight a constant for the gradient (the GCL release does; LDAM-DRW's
+    focal loss does not)."""
+    if gamma == 0.0:
+        return ce.mean()
+    # 1 - exp(-ce) via expm1 keeps digits for confident samples; clamp guards ce rounding below 0.
+    one_minus_p = (-torch.expm1(-(ce.detach() if detach_weight else ce))).clamp_min(0.0)
+    return (one_minus_p.pow(gamma) * ce).mean()
+
+
 class LongTailLoss(nn.Module):
     """Base of every loss: built from `class_counts`, called as `loss(logits, target)`.
 

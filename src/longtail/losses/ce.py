@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from longtail.dtypes import at_least_float32
-from longtail.losses.base import LongTailLoss, check_param, class_balanced_weights
+from longtail.losses.base import LongTailLoss, check_param, class_balanced_weights, focal_mean
 
 
 class CrossEntropy(LongTailLoss):
@@ -26,12 +26,7 @@ class Focal(LongTailLoss):
         self.gamma = check_param("gamma", gamma, non_negative=True)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = self.cross_entropy(at_least_float32(logits), target, reduction="none")
-        if self.gamma == 0.0:
-            return ce.mean()
-        # 1 - exp(-ce) via expm1 keeps digits for confident samples; clamp guards ce rounding below 0.
-        one_minus_p = (-torch.expm1(-ce)).clamp_min(0.0)
-        return (one_minus_p.pow(self.gamma) * ce).mean()
+        return focal_mean(self.cross_entropy(at_least_float32(logits), target, reduction="none"), self.gamma)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, gamma={self.gamma}"

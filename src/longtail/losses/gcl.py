@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from longtail.dtypes import at_least_float32
-from longtail.losses.base import LongTailLoss, check_param
+from longtail.losses.base import LongTailLoss, check_param, focal_mean
 
 # SPEC's "eps ~ N(0, 1/3)" follows the released code (Keke921/GCLLoss, losses.py), which draws
 # from torch.distributions.normal.Normal(0, 1/3): the second argument is the standard deviation,
@@ -61,9 +61,7 @@ class GCL(LongTailLoss):
             z = z.scatter_add(1, target[:, None], z.new_full((len(target), 1), -self.scale * self.margin))
         if not self.focal_gamma:
             return self.cross_entropy(z, target)
-        ce = self.cross_entropy(z, target, reduction="none")
-        one_minus_p = (-torch.expm1(-ce.detach())).clamp_min(0.0)  # 1 - exp(-ce), accurate for small ce
-        return (one_minus_p.pow(self.focal_gamma) * ce).mean()
+        return focal_mean(self.cross_entropy(z, target, reduction="none"), self.focal_gamma, detach_weight=True)
 
     def extra_repr(self) -> str:
         extra = f", margin={self.margin}, focal_gamma={self.focal_gamma}" if self.margin or self.focal_gamma else ""
