@@ -38,9 +38,11 @@ def _setting(result: dict) -> str:
     except (KeyError, TypeError, ConfigError):
         return result.get("setting", "")  # hand-made or foreign results: the fingerprint they carry
     # a second stage's seeds start from different runs (model.init_from is not in the key): they are
-    # one setting when their first stages are
-    first = (result.get("first_stage") or {}).get("setting")
-    return f"{key}+{first}" if first else key
+    # one setting when their first stages are, recomputed from the first stage's saved config alike
+    try:
+        return f"{key}+{setting_key(saved_config_from_dict(result['first_stage']['config']))}"
+    except (KeyError, TypeError, ConfigError):
+        return key
 
 
 def _flat_config(result: dict) -> dict:

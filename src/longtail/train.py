@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from longtail import distributed, losses, models
-from longtail.config import Config, ConfigError, save_config, setting_key
+from longtail.config import Config, ConfigError, save_config, saved_config_from_dict, setting_key
 from longtail.data import TensorSplit, load_benchmark
 from longtail.data.augment import build_eval_transform, build_train_augment
 from longtail.data.mixup import mix, mixed_loss, mixup_draw
@@ -174,9 +174,7 @@ def load_run_weights(model, source: str | Path, device: torch.device, cfg: Confi
 
     `source` is a finished run folder (its best.pt, else last.pt) or a .pt file. The run must have
     used this run's data split (SPLIT_KEYS). Returns what the results record of it: the file, and
-    the first stage's method, setting fingerprint, seed and config."""
-    from longtail.config import saved_config_from_dict
-
+    the first stage's method, seed and config."""
     path = Path(source)
     if path.is_dir():
         if not (path / "results.json").exists():
@@ -201,7 +199,7 @@ def load_run_weights(model, source: str | Path, device: torch.device, cfg: Confi
                 raise ValueError(f"model.init_from: {path} was trained on another split (data.{key} {there!r} "
                                  f"there, {here!r} here); a second stage must keep its first stage's training and "
                                  "validation images")
-        info.update(method=method_name(first), setting=setting_key(first), seed=first.seed, config=ckpt["config"])
+        info.update(method=method_name(first), seed=first.seed, config=ckpt["config"])
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -393,6 +391,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 x = augment(x, aug_gen)
                 if cfg.optim.mixup_alpha:
                     lam, perm = mixup_draw(len(y), cfg.optim.mixup_alpha, cfg.seed, epoch, step, rt.rank)
+                    perm = perm.to(rt.device, non_blocking=True)  # once per step, for the images and labels
                     x = mix(x, lam, perm)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -412,9 +411,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 scaler.update()
                 step += 1
                 loss_sum += loss.detach() * len(y)
-                hits = logits.argmax(1) == y
+                pred = logits.argmax(1)
+                hits = pred == y
                 if cfg.optim.mixup_alpha:  # a mixed image counts as lam right for y, 1 - lam for y[perm]
-                    hits = lam * hits + (1.0 - lam) * (logits.argmax(1) == y[perm.to(y.device)])
+                    hits = lam * hits + (1.0 - lam) * (pred == y[perm])
                 correct += hits.sum()
                 seen += len(y)
                 if step % check_every and step != len(batches):
