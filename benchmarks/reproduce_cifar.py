@@ -99,6 +99,11 @@ QUEUE = [
     ("cifar100_lt_if100_gcl_stage2", 3),
     ("cifar100_lt_if100_gcl", 4),
     ("cifar100_lt_if100_gcl_stage2", 4),
+    # Then GCL in its own released recipe (mixup, crop + flip, step schedule, weight decay 2e-4) and
+    # its second stage: is the gap to the published 48.7 and the over-correction our GALA-recipe
+    # first stage's?
+    ("cifar100_lt_if100_gcl_own_recipe", 0),
+    ("cifar100_lt_if100_gcl_own_recipe_stage2", 0),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.

@@ -105,6 +105,24 @@ def test_ldam_schedule_matches_spec():
         assert learning_rate(e, o) == pytest.approx(want), e
 
 
+def test_gcl_own_recipe_matches_the_gcl_release():
+    own = load_config(CONFIGS / "cifar100_lt_if100_gcl_own_recipe.yaml")
+    ours = load_config(CONFIGS / "cifar100_lt_if100_gcl.yaml")
+    assert own.loss == ours.loss and own.model == ours.model  # only the recipe differs
+    o = own.optim
+    assert (o.batch_size, o.weight_decay, o.mixup_alpha, o.drop_last, own.data.augment) == \
+        (64, 2e-4, 1.0, False, "crop_flip")
+    # cifar_train_backbone.py's adjust_learning_rate, 1-based epoch E: E<=5 -> lr*E/5; E>180 -> 0.01 lr; E>160 -> 0.1 lr
+    for e in range(200):
+        E = e + 1
+        want = 0.1 * E / 5 if E <= 5 else 0.1 * (1e-2 if E > 180 else 1e-1 if E > 160 else 1)
+        assert learning_rate(e, o) == pytest.approx(want), e
+    # its second stage is the same classifier re-training as for the GALA-recipe first stage
+    stage2 = {name: yaml.safe_load((CONFIGS / f"cifar100_lt_if100_{name}.yaml").read_text())
+              for name in ("gcl_stage2", "gcl_own_recipe_stage2")}
+    assert stage2["gcl_stage2"] == stage2["gcl_own_recipe_stage2"]
+
+
 def test_epoch_batches_split_global_batches_across_ranks():
     one = epoch_batches(103, 16, epoch=4, seed=7)
     assert len(one) == 6 and all(len(b) == 16 for b in one)  # drop_last
