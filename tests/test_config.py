@@ -166,6 +166,19 @@ def test_saved_run_configs_keep_the_behaviour_of_the_version_that_wrote_them(tmp
     assert saved_config_from_dict(shipped.to_dict()) == shipped
 
 
+def test_a_loss_parameter_left_at_its_default_is_the_same_setting():
+    from longtail.config import experiment_settings, setting_key
+
+    gcl = CONFIGS / "cifar100_lt_if100_gcl.yaml"
+    plain = load_config(gcl)
+    assert "margin" not in plain.loss.params
+    assert setting_key(plain) == setting_key(load_config(gcl, ["loss.margin=0", "loss.noise_mul=0.5"]))
+    assert setting_key(plain) != setting_key(load_config(gcl, ["loss.margin=0.1"]))
+    assert experiment_settings(plain)["loss.margin"] == 0.0 and experiment_settings(plain)["loss.focal_gamma"] == 0.0
+    # an input check changes no result
+    assert setting_key(plain) == setting_key(load_config(gcl, ["loss.check_values=false"]))
+
+
 def test_second_stage_options_are_checked():
     gala = CONFIGS / "cifar100_lt_if100_gala_reference.yaml"
     with pytest.raises(ConfigError, match="mixup_alpha is not supported with loss gala"):

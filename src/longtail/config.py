@@ -363,7 +363,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 # Keys that do not change what is learned (check_every: tested bit-identical across values).
 RUNTIME_KEYS = ("seed", "run_name", "out_dir", "threads", "progress", "tensorboard", "device", "eval.batch_size",
-                "data.workers", "data.root", "data.download", "check_every")
+                "data.workers", "data.root", "data.download", "check_every", "loss.check_values")
 # Keys that, like the seed, differ between the seeds of one setting: a second stage starts from
 # the first-stage run of its own seed.
 PER_SEED_KEYS = ("model.init_from",)
@@ -399,6 +399,9 @@ def experiment_settings(cfg: Config) -> dict[str, Any]:
         flat.update({(f"{section}.{key}" if key else section): v for key, v in items})
     if flat["data.augment"] != "autoaugment":
         del flat["data.autoaugment_shear"]  # no effect without AutoAugment
+    # a loss parameter left out runs at the loss's default: the same experiment as giving it
+    for key, default in _loss_param_types(cfg.loss.name).items():
+        flat.setdefault(f"loss.{key}", default)
     return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS + PER_SEED_KEYS}
 
 
