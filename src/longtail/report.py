@@ -72,7 +72,8 @@ def _label_differences(rows: list[dict], first_runs: list[dict]) -> None:
         known = [f for _, f in members if f]
         keys = sorted({k for f in known for k in f if len({repr(g.get(k)) for g in known}) > 1})
         for row, flat in members:
-            row["differs_values"] = [f"{k}={flat.get(k)}" for k in keys] if flat else ["config not readable"]
+            # a key missing from a run's settings has no effect there (e.g. the AutoAugment shear without AutoAugment)
+            row["differs_values"] = [f"{k}={flat[k]}" for k in keys if k in flat] if flat else ["config not readable"]
             row["differs"] = ", ".join(row["differs_values"])
 
 
