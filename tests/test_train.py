@@ -366,8 +366,8 @@ def test_classifier_retraining_seeds_group_in_one_row_and_bad_sources_fail_clear
     assert "48.7" in out
     # named apart by what differs in their first stages
     assert "| cifar100-lt IF100 | gcl-crt [first_stage.loss.noise_mul=0.3] | resnet32 | 1 |" in out
-    # (the shipped gcl config leaves noise_mul at the loss's default, which the label shows as None)
-    assert "| cifar100-lt IF100 | gcl-crt [first_stage.loss.noise_mul=None] | resnet32 | 2 |" in out
+    # (the shipped gcl config leaves noise_mul at the loss's default, which the label names)
+    assert "| cifar100-lt IF100 | gcl-crt [first_stage.loss.noise_mul=0.5] | resnet32 | 2 |" in out
 
     with pytest.raises(ValueError, match="was trained on another split"):
         train(stage_two(shared_data, tmp_path, "split", gcl_stage_one[0], "data.val_per_class=10"))
