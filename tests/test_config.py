@@ -175,6 +175,10 @@ def test_a_loss_parameter_left_at_its_default_is_the_same_setting():
     assert setting_key(plain) == setting_key(load_config(gcl, ["loss.margin=0", "loss.noise_mul=0.5"]))
     assert setting_key(plain) != setting_key(load_config(gcl, ["loss.margin=0.1"]))
     assert experiment_settings(plain)["loss.margin"] == 0.0 and experiment_settings(plain)["loss.focal_gamma"] == 0.0
+    # the step schedule's milestones do nothing on a cosine schedule
+    assert setting_key(plain) == setting_key(load_config(gcl, ["optim.milestones=[100]", "optim.step_factors=[0.1]"]))
+    step = load_config(gcl, ["optim.schedule=step"])
+    assert setting_key(step) != setting_key(load_config(gcl, ["optim.schedule=step", "optim.milestones=[100, 150]"]))
     # an input check changes no result
     assert setting_key(plain) == setting_key(load_config(gcl, ["loss.check_values=false"]))
 

@@ -118,13 +118,14 @@ def test_the_summary_chart_names_each_bar_as_the_table_tells_the_rows_apart(tmp_
                for a, b, sc, wd, w, d in (("autoaugment", 64, "cosine", 5e-4, 2, True),
                                           ("crop_flip", 128, "step", 2e-4, 5, False)))
     rows = summarize([_run(0, 50.0, config=c) for c in recipes])
-    # the shear has no effect without AutoAugment: only the AutoAugment row names it (nearest: saved
-    # without the key, as longtail 0.1.0 ran)
+    # the shear has no effect without AutoAugment, the milestones none on a cosine schedule: only the
+    # row where each acts names it (nearest: saved without the key, as longtail 0.1.0 ran)
     assert sorted(summary_labels(rows)) == [
         "gala-reference\ndata.augment=autoaugment\ndata.autoaugment_shear=nearest\noptim.batch_size=64\n"
         "optim.drop_last=True\noptim.schedule=cosine\noptim.warmup_epochs=2\noptim.weight_decay=0.0005",
-        "gala-reference\ndata.augment=crop_flip\noptim.batch_size=128\n"
-        "optim.drop_last=False\noptim.schedule=step\noptim.warmup_epochs=5\noptim.weight_decay=0.0002"]
+        "gala-reference\ndata.augment=crop_flip\noptim.batch_size=128\noptim.drop_last=False\n"
+        "optim.milestones=[160, 180]\noptim.schedule=step\noptim.step_factors=[0.01, 0.0001]\n"
+        "optim.warmup_epochs=5\noptim.weight_decay=0.0002"]
     # a list value keeps its commas on its line
     listed = {"dataset": "cifar100-lt", "method": "ce", "model": "resnet32",
               "differs_values": ["optim.milestones=[160, 180]", "optim.lr=0.1"]}

@@ -399,6 +399,8 @@ def experiment_settings(cfg: Config) -> dict[str, Any]:
         flat.update({(f"{section}.{key}" if key else section): v for key, v in items})
     if flat["data.augment"] != "autoaugment":
         del flat["data.autoaugment_shear"]  # no effect without AutoAugment
+    if flat["optim.schedule"] != "step":
+        del flat["optim.milestones"], flat["optim.step_factors"]  # no effect on a cosine schedule
     # a loss parameter left out runs at the loss's default: the same experiment as giving it
     for key, default in _loss_param_types(cfg.loss.name).items():
         flat.setdefault(f"loss.{key}", default)
