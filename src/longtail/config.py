@@ -407,7 +407,12 @@ def experiment_settings(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS + PER_SEED_KEYS}
 
 
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    """A short hash of {"section.key": value} settings: equal settings, equal fingerprints."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def setting_key(cfg: Config) -> str:
     """A fingerprint of experiment_settings: runs with equal keys are seeds of one setting
     (`longtail report` averages them)."""
-    return hashlib.sha1(json.dumps(experiment_settings(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    return settings_fingerprint(experiment_settings(cfg))

@@ -28,26 +28,20 @@ def load_results(run_dirs) -> list[dict]:
 
 
 def _setting(result: dict) -> str:
-    """The run's setting fingerprint, recomputed from its saved config, so runs saved by different
-    longtail versions compare by what they ran (keys a run predates take the value its version
-    behaved with: config.LEGACY_VALUES), not by the fingerprint each version computed."""
-    from longtail.config import ConfigError, saved_config_from_dict, setting_key
+    """The run's setting fingerprint, recomputed from its saved settings (_flat_config), so runs
+    saved by different longtail versions compare by what they ran (keys a run predates take the
+    value its version behaved with: config.LEGACY_VALUES), not by the fingerprint each version
+    computed. A second stage's seeds start from different runs (model.init_from is not a setting):
+    they are one setting when their first stages are, whose settings _flat_config includes."""
+    from longtail.config import settings_fingerprint
 
-    try:
-        key = setting_key(saved_config_from_dict(result["config"]))
-    except (KeyError, TypeError, ConfigError):
-        return result.get("setting", "")  # hand-made or foreign results: the fingerprint they carry
-    # a second stage's seeds start from different runs (model.init_from is not in the key): they are
-    # one setting when their first stages are, recomputed from the first stage's saved config alike
-    try:
-        return f"{key}+{setting_key(saved_config_from_dict(result['first_stage']['config']))}"
-    except (KeyError, TypeError, ConfigError):
-        return key
+    flat = _flat_config(result)
+    return settings_fingerprint(flat) if flat else result.get("setting", "")  # unreadable: the one it carries
 
 
 def _flat_config(result: dict) -> dict:
-    """The run's experiment settings (config.experiment_settings), read as _setting reads the
-    config ({} if unloadable)."""
+    """The run's experiment settings (config.experiment_settings) from its saved config, with its
+    first stage's as "first_stage.<key>" for a second stage ({} if unloadable)."""
     from longtail.config import ConfigError, experiment_settings, saved_config_from_dict
 
     try:
