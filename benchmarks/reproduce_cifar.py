@@ -110,6 +110,12 @@ QUEUE = [
     ("cifar100_lt_if100_gcl_own_recipe_stage2", 1),
     ("cifar100_lt_if100_gcl_own_recipe", 2),
     ("cifar100_lt_if100_gcl_own_recipe_stage2", 2),
+    # Then fourth and fifth seeds of the target row, GALA reference (+PR 50.63 +/- 0.26 over three
+    # seeds against 52.3), each beside the same seed of LA, the row it is level with.
+    ("cifar100_lt_if100_gala_reference", 3),
+    ("cifar100_lt_if100_la", 3),
+    ("cifar100_lt_if100_gala_reference", 4),
+    ("cifar100_lt_if100_la", 4),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
