@@ -116,6 +116,13 @@ QUEUE = [
     ("cifar100_lt_if100_la", 3),
     ("cifar100_lt_if100_gala_reference", 4),
     ("cifar100_lt_if100_la", 4),
+    # Then the other IFs' comparison rows: CE has one seed at IF200 and IF50 and GALA two, with
+    # GALA's IF200 mean 1.2 below the released code's own log: a second CE and a third GALA seed
+    # at IF200, then at IF50.
+    ("cifar100_lt_if200_gala_reference", 2),
+    ("cifar100_lt_if200_ce", 1),
+    ("cifar100_lt_if50_gala_reference", 2),
+    ("cifar100_lt_if50_ce", 1),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
