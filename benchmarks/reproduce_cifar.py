@@ -123,6 +123,9 @@ QUEUE = [
     ("cifar100_lt_if200_ce", 1),
     ("cifar100_lt_if50_gala_reference", 2),
     ("cifar100_lt_if50_ce", 1),
+    # Then the same at IF10, the last setting with one CE seed (and two GALA seeds).
+    ("cifar100_lt_if10_gala_reference", 2),
+    ("cifar100_lt_if10_ce", 1),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
