@@ -126,6 +126,9 @@ QUEUE = [
     # Then the same at IF10, the last setting with one CE seed (and two GALA seeds).
     ("cifar100_lt_if10_gala_reference", 2),
     ("cifar100_lt_if10_ce", 1),
+    # Then third CE seeds at IF200 and IF50, so CE has as many seeds as GALA there.
+    ("cifar100_lt_if200_ce", 2),
+    ("cifar100_lt_if50_ce", 2),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
