@@ -133,6 +133,8 @@ QUEUE = [
     # fourth at IF100, where CE's seed 0 is fp32 and lost: three archived bf16 CE seeds there.
     ("cifar100_lt_if10_ce", 2),
     ("cifar100_lt_if100_ce", 3),
+    # Then a fifth IF100 CE seed, so CE has as many seeds there as GALA (reference) and LA.
+    ("cifar100_lt_if100_ce", 4),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
