@@ -129,11 +129,11 @@ QUEUE = [
     # Then third CE seeds at IF200 and IF50, so CE has as many seeds as GALA there.
     ("cifar100_lt_if200_ce", 2),
     ("cifar100_lt_if50_ce", 2),
-    # Then a third CE seed at IF10, the last IF where CE has fewer seeds than GALA's three, and a
-    # fourth at IF100, where CE's seed 0 is fp32 and lost: three archived bf16 CE seeds there.
+    # Then a third CE seed at IF10 and a fourth and fifth at IF100, so that CE has as many seeds as
+    # GALA (reference) at every IF: three at IF10, five at IF100 (seed 0 there is fp32 and its files
+    # are lost, so seeds 1-4 are the archived ones).
     ("cifar100_lt_if10_ce", 2),
     ("cifar100_lt_if100_ce", 3),
-    # Then a fifth IF100 CE seed, so CE has as many seeds there as GALA (reference) and LA.
     ("cifar100_lt_if100_ce", 4),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
