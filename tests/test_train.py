@@ -80,6 +80,7 @@ def uninterrupted(shared_data, tmp_path_factory):
     return out / "reference"
 
 
+@pytest.mark.xdist_group("uninterrupted")  # one pytest-xdist worker trains the shared fixture once
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_resume_after_kill_gives_identical_weights(shared_data, tmp_path, sig, uninterrupted):
 
@@ -300,6 +301,7 @@ def gcl_stage_one(shared_data, tmp_path_factory):
     return runs
 
 
+@pytest.mark.xdist_group("gcl_stage_one")
 def test_classifier_retraining_trains_only_the_head_of_the_loaded_run(shared_data, tmp_path, gcl_stage_one,
                                                                    monkeypatch):
     first = gcl_stage_one[0]
@@ -334,6 +336,7 @@ def test_classifier_retraining_trains_only_the_head_of_the_loaded_run(shared_dat
     assert after["state"]["images_seen"] == 3 * len(drawn[0])
 
 
+@pytest.mark.xdist_group("gcl_stage_one")
 def test_classifier_retraining_resumes_to_the_same_weights(shared_data, tmp_path, gcl_stage_one, monkeypatch):
     first = gcl_stage_one[0]
     reference = train(stage_two(shared_data, tmp_path, "whole", first))
@@ -357,6 +360,7 @@ def test_classifier_retraining_resumes_to_the_same_weights(shared_data, tmp_path
         assert torch.equal(a["model"][key], b["model"][key]), key
 
 
+@pytest.mark.xdist_group("gcl_stage_one")
 def test_classifier_retraining_seeds_group_in_one_row_and_bad_sources_fail_clearly(shared_data, tmp_path,
                                                                                   gcl_stage_one, capsys):
     for seed, first in enumerate(gcl_stage_one):
