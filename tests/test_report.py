@@ -40,6 +40,28 @@ def test_seeds_of_one_setting_are_averaged_and_other_settings_kept_apart():
     assert "selected on the test" in table
 
 
+@pytest.mark.parametrize("seconds, unit, per_unit", [((3600.0, 7200.0), "h", 3600), ((90.0, 150.0), "min", 60),
+                                                     ((4.0, 6.5), "s", 1)])
+def test_training_time_column_takes_a_unit_that_shows_the_runs(seconds, unit, per_unit):
+    runs = [_run(0, 50.0), _run(1, 52.0)]
+    for run, t in zip(runs, seconds):
+        run["train_time_s"] = t
+    table = markdown_table(summarize(runs))
+    values = [t / per_unit for t in seconds]
+    assert f"| best epoch on TEST | train {unit} / run | published |" in table
+    assert f"| {statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} | 52.1 (+PR 52.3) |" in table
+    assert f"Train {unit} / run: training wall time" in table
+
+
+def test_training_time_unit_follows_the_longest_run_in_the_table():
+    # one table, one unit: a 30-second run beside a 2-hour run is shown in hours
+    short, long = _run(0, 50.0, method="ce"), _run(0, 52.0)
+    short["train_time_s"], long["train_time_s"] = 30.0, 7200.0
+    table = markdown_table(summarize([short, long]))
+    assert "train h / run" in table
+    assert f"| {30 / 3600:.2f} | 39.1 |" in table and "| 2.00 | 52.1 (+PR 52.3) |" in table
+
+
 def test_a_run_saved_before_a_config_key_existed_is_read_as_its_version_ran():
     # longtail 0.1.0 saved no data.autoaugment_shear and sheared with nearest sampling
     old = _run(0, 50.0, config={"data": {"augment": "autoaugment"}})

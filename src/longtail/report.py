@@ -111,8 +111,7 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
             for metric in ("top1", "many", "medium", "few"):
                 row[f"{variant}.{metric}"] = _mean_std(pick(variant, metric))
         row["best_on_test"] = _mean_std([(r.get("best_test_epoch") or {}).get("top1") for r in runs])
-        row["train_hours"] = _mean_std([r["train_time_s"] / 3600 if r.get("train_time_s") is not None else None
-                                        for r in runs])
+        row["train_seconds"] = [r["train_time_s"] for r in runs if r.get("train_time_s") is not None]
         rows.append(row)
         first_runs.append(runs[0])
     _label_differences(rows, first_runs)
@@ -180,26 +179,37 @@ def bar_labels(rows: list[dict]) -> list[str]:
             for name, r in zip(summary_labels(rows), rows)]
 
 
+def _time_unit(rows: list[dict]) -> tuple[str, float]:
+    """The training-time column's unit: hours for real runs, so that tables of them compare, but
+    minutes or seconds where every run is shorter (a demo run's 0.00 h says nothing)."""
+    longest = max((t for r in rows for t in r.get("train_seconds", [])), default=3600.0)
+    if longest >= 3600:
+        return "h", 3600.0
+    return ("min", 60.0) if longest >= 60 else ("s", 1.0)
+
+
 def markdown_table(rows: list[dict], published: dict | None = None) -> str:
     """Method, seeds, top-1 / many / medium / few raw and with PR (tau on val), transductive PR,
     post-hoc logit adjustment (tau on val), best-epoch-on-test, training hours per run, and the
     published figure: from `published` ({method: figure}) when given, else from PUBLISHED (SPEC
     section 6)."""
+    unit, per_unit = _time_unit(rows)
     head = ("| dataset | method | model | seeds | top-1 | many | medium | few | +PR top-1 | +PR many | +PR medium | "
-            "+PR few | PR transductive | +post-hoc LA top-1 | best epoch on TEST | train h / run | published |")
+            f"+PR few | PR transductive | +post-hoc LA top-1 | best epoch on TEST | train {unit} / run | published |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         pub = (published.get(r["method"], "-") if published is not None
                else published_figure(r["dataset"], r.get("imb_factor"), r["method"]))
         lines.append(f"| {_setting_name(r)} | {_method_label(r)} | {r.get('model', '')} | {r['seeds']} | {r['raw.top1']} | {r['raw.many']} | {r['raw.medium']} | "
                      f"{r['raw.few']} | {r['pr.top1']} | {r['pr.many']} | {r['pr.medium']} | {r['pr.few']} | "
-                     f"{r['pr_transductive.top1']} | {r['la.top1']} | {r['best_on_test']} | {r['train_hours']} | {pub} |")
+                     f"{r['pr_transductive.top1']} | {r['la.top1']} | {r['best_on_test']} | "
+                     f"{_mean_std([t / per_unit for t in r.get('train_seconds', [])])} | {pub} |")
     lines.append("")
     lines.append("Top-1 and groups: checkpoint selected on validation, mean ± std over seeds. PR: prediction "
                  "re-balancing with the class marginal and tau from validation. PR transductive: the paper's "
                  "protocol (marginal from the test set, published tau). Post-hoc LA: logits minus tau log(class "
                  "prior), tau from validation. Best epoch on TEST: selected on the test "
-                 "set as papers report it; not an honest estimate. Train h / run: training wall time (evaluation "
+                 f"set as papers report it; not an honest estimate. Train {unit} / run: training wall time (evaluation "
                  "excluded) from each run's results.json, on whatever machine and load it ran.")
     return "\n".join(lines) + "\n"
 
