@@ -2,8 +2,11 @@
 every `longtail` command line it shows parses, with configs and overrides that load."""
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -118,3 +121,21 @@ def test_every_longtail_command_in_the_readme_parses_and_its_config_loads():
                 for part in key.split("."):
                     node = getattr(node, part)
                 assert str(node).lower() == value.lower() or node == type(node)(value), (argv, key, node)
+
+
+@pytest.mark.slow
+def test_every_benchmark_command_in_the_readme_names_a_script_and_flags_it_accepts():
+    commands = []
+    for block in _code_blocks(README, "bash"):
+        for line in block.splitlines():
+            words = shlex.split(line.split("#")[0])
+            if words[:1] == ["python"] and words[1:2] and words[1].startswith("benchmarks/"):
+                commands.append(words[1:])
+    assert len(commands) >= 5
+    root = Path(__file__).resolve().parents[1]
+    for script, *args in commands:
+        # --help parses the script's arguments without running a benchmark
+        help_text = subprocess.run([sys.executable, script, "--help"], cwd=root, capture_output=True, text=True,
+                                   check=True, timeout=120).stdout
+        for flag in (a for a in args if a.startswith("--")):
+            assert re.search(rf"\[{re.escape(flag)}\b", help_text), (script, flag)
