@@ -10,6 +10,7 @@ from longtail.report import (
     published_figure,
     summarize,
     summary_labels,
+    write_csv,
 )
 
 
@@ -155,3 +156,45 @@ def test_the_summary_chart_names_each_bar_as_the_table_tells_the_rows_apart(tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the layout must fit the labels
         plot_summary(rows, tmp_path / "recipes.png")
+
+
+def test_csv_holds_each_figure_as_mean_and_std_numbers(tmp_path):
+    import csv
+
+    runs = [_run(0, 50.0), _run(1, 52.5), _run(2, 51.0), _run(0, 40.0, method="ce")]
+    runs[1]["checkpoints"]["best_val"]["pr"] = {"top1": 53.0}  # seed 1 alone has other +PR figures
+    rows = summarize(runs)
+    path = write_csv(rows, tmp_path / "summary.csv")
+    lines = {r["method"]: r for r in csv.DictReader(path.open())}
+    assert set(lines) == {"gala-reference", "ce"}
+    gala, ce = lines["gala-reference"], lines["ce"]
+    assert (gala["seeds"], gala["seed_list"], gala["imb_factor"], gala["model"]) == ("3", "0 1 2", "100", "resnet32")
+    top1 = [50.0, 52.5, 51.0]
+    assert float(gala["raw_top1_mean"]) == pytest.approx(statistics.mean(top1), abs=1e-4)
+    assert float(gala["raw_top1_std"]) == pytest.approx(statistics.stdev(top1), abs=1e-4)
+    assert float(gala["raw_few_mean"]) == pytest.approx(statistics.mean(top1) - 10, abs=1e-4)
+    # +PR: seeds 0 and 2 score their top-1, seed 1 its own 53.0; its groups are missing, so they
+    # average over the two seeds that have them
+    assert float(gala["pr_top1_mean"]) == pytest.approx(statistics.mean([50.0, 53.0, 51.0]), abs=1e-4)
+    assert float(gala["pr_many_mean"]) == pytest.approx(statistics.mean([60.0, 61.0]), abs=1e-4)
+    assert float(gala["best_on_test_mean"]) == pytest.approx(statistics.mean(top1) + 1, abs=1e-4)
+    assert float(gala["train_seconds_mean"]) == pytest.approx(3600 * 2)  # 1, 2 and 3 hours
+    assert gala["published"] == "52.1 (+PR 52.3)"
+    # one seed: a mean and no std
+    assert (float(ce["raw_top1_mean"]), ce["raw_top1_std"], ce["published"]) == (40.0, "", "39.1")
+
+
+def test_report_command_writes_the_csv(tmp_path, capsys):
+    import json
+
+    from longtail import cli
+
+    for seed, top1 in ((0, 50.0), (1, 52.0)):
+        run = tmp_path / f"gala_s{seed}"
+        run.mkdir()
+        (run / "results.json").write_text(json.dumps(_run(seed, top1)))
+    assert cli.main(["report", str(tmp_path), "--csv", str(tmp_path / "t.csv")]) == 0
+    text = (tmp_path / "t.csv").read_text().splitlines()
+    assert text[0].startswith("dataset,imb_factor,method,differs,model,seeds,seed_list,raw_top1_mean,raw_top1_std")
+    assert len(text) == 2 and ",51.0,1.4142," in text[1]
+    assert f"csv: {tmp_path / 't.csv'}" in capsys.readouterr().out

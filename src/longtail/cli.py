@@ -98,7 +98,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from longtail.report import load_results, markdown_table, plot_summary, summarize
+    from longtail.report import load_results, markdown_table, plot_summary, summarize, write_csv
 
     rows = summarize(load_results(args.runs), checkpoint=args.checkpoint)
     text = markdown_table(rows)
@@ -106,6 +106,9 @@ def cmd_report(args) -> int:
     if args.out:
         Path(args.out).write_text(text)
         print(f"written: {args.out}")
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"csv: {args.csv}")
     if args.plot:
         plot_summary(rows, args.plot)
         print(f"plot: {args.plot}")
@@ -205,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
     r.add_argument("--out", help="also write the table to this markdown file")
     r.add_argument("--plot", help="also write a bar chart PNG here")
-    r.add_argument("--checkpoint", default="best_val", choices=("best_val", "last"))
+    r.add_argument("--csv", help="also write the figures as numbers (mean and std columns) to this CSV file")
+    r.add_argument("--checkpoint", default="best_val", choices=("best_val", "last"),
+                   help="best_val: the checkpoint selected on validation (default); last: the final epoch")
     r.set_defaults(func=cmd_report)
 
     da = sub.add_parser("data", help="check list files, describe benchmarks")

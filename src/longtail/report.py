@@ -1,6 +1,7 @@
 """Result tables (markdown) across runs and seeds, and per-class accuracy plots."""
 from __future__ import annotations
 
+import csv
 import json
 import statistics
 from collections import defaultdict
@@ -80,6 +81,10 @@ def _mean_std(values: list) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+VARIANTS = ("raw", "pr", "pr_transductive", "la")
+METRICS = ("top1", "many", "medium", "few")
+
+
 def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
     """One row per setting (runs whose configs differ only in seed and runtime keys): metrics as
     mean ± std over its seeds. Where a method appears in several settings, row["differs_values"] lists
@@ -107,10 +112,12 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
         row = {"dataset": dataset, "imb_factor": imb, "method": method, "model": model, "setting": setting,
                "seeds": len(runs), "seed_list": sorted(seeds), "differs": "",
                "differs_values": []}
-        for variant in ("raw", "pr", "pr_transductive", "la"):
-            for metric in ("top1", "many", "medium", "few"):
-                row[f"{variant}.{metric}"] = _mean_std(pick(variant, metric))
-        row["best_on_test"] = _mean_std([(r.get("best_test_epoch") or {}).get("top1") for r in runs])
+        # per-seed figures (None where a run lacks one) behind each mean ± std string, for write_csv
+        row["values"] = {f"{variant}.{metric}": pick(variant, metric)
+                         for variant in VARIANTS for metric in METRICS}
+        row["values"]["best_on_test"] = [(r.get("best_test_epoch") or {}).get("top1") for r in runs]
+        for key, values in row["values"].items():
+            row[key] = _mean_std(values)
         row["train_seconds"] = [r["train_time_s"] for r in runs if r.get("train_time_s") is not None]
         rows.append(row)
         first_runs.append(runs[0])
@@ -212,6 +219,33 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
                  f"set as papers report it; not an honest estimate. Train {unit} / run: training wall time (evaluation "
                  "excluded) from each run's results.json, on whatever machine and load it ran.")
     return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], path) -> Path:
+    """The summary as numbers for a spreadsheet or pandas: one line per row of the markdown table,
+    each figure as its mean and sample std over seeds (std empty for one seed, both empty where no
+    run has the figure), and the seeds themselves."""
+    path = Path(path)
+    keys = list(rows[0]["values"]) if rows else []
+    head = ["dataset", "imb_factor", "method", "differs", "model", "seeds", "seed_list"]
+    head += [f"{k.replace('.', '_')}_{stat}" for k in keys for stat in ("mean", "std")]
+    head += ["train_seconds_mean", "published"]
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(head)
+        for r in rows:
+            imb = r.get("imb_factor")
+            line = [r["dataset"], f"{imb:g}" if imb else "", r["method"], r.get("differs", ""), r.get("model", ""),
+                    r["seeds"], " ".join(map(str, r["seed_list"]))]
+            for k in keys:
+                values = [v for v in r["values"][k] if v is not None]
+                line += [round(statistics.mean(values), 4) if values else "",
+                         round(statistics.stdev(values), 4) if len(values) > 1 else ""]
+            seconds = r.get("train_seconds") or []
+            line += [round(statistics.mean(seconds), 1) if seconds else "",
+                     published_figure(r["dataset"], r.get("imb_factor"), r["method"])]
+            out.writerow(line)
+    return path
 
 
 def plot_per_class(curves: dict[str, list], class_counts, path, title: str = "") -> Path:
