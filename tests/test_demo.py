@@ -1,4 +1,5 @@
 """`longtail demo`, the README's main job: every method trained, and a table that agrees with the runs."""
+import csv
 import json
 import re
 import statistics
@@ -43,6 +44,13 @@ def test_demo_trains_each_method_at_each_seed_and_tables_their_mean(tmp_path, ca
         assert rows[label]["seeds"] == "2"
         assert rows[label]["top-1"] == f"{statistics.mean(top1):.2f} ± {statistics.stdev(top1):.2f}"
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with (out / "summary.csv").open() as f:
+        numbers = {r["method"]: r for r in csv.DictReader(f)}
+    for folder, label in METHODS.items():
+        top1 = [json.loads((out / f"{folder}_s{s}" / "results.json").read_text())["checkpoints"]["best_val"]["raw"]["top1"]
+                for s in (3, 4)]
+        assert float(numbers[label]["raw_top1_mean"]) == pytest.approx(statistics.mean(top1), abs=1e-4)
+        assert numbers[label]["seed_list"] == "3 4"
     printed = capsys.readouterr().out
     assert (out / "summary.md").read_text().strip() in printed
     assert "One seed" not in printed

@@ -117,7 +117,7 @@ def cmd_report(args) -> int:
 
 def cmd_demo(args) -> int:
     from longtail.config import apply_overrides, config_from_dict
-    from longtail.report import load_results, markdown_table, plot_summary, summarize
+    from longtail.report import load_results, markdown_table, plot_summary, summarize, write_csv
     from longtail.train import train
 
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -138,12 +138,13 @@ def cmd_demo(args) -> int:
     rows = summarize(load_results([out]))
     table = markdown_table(rows)
     (out / "summary.md").write_text(table)
+    write_csv(rows, out / "summary.csv")
     plot_summary(rows, out / "summary.png")
     print("\n" + table)
     if len(seeds) == 1:
         print("One seed: on 500 test images this does not rank LA, ALA and GALA; `--seeds 3` gives mean ± std.")
-    print(f"demo finished in {time.perf_counter() - t0:.1f} s; runs, per-class plots (per_class.png) and "
-          f"summary.png are in {out}")
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s; runs, per-class plots (per_class.png), "
+          f"summary.md, summary.csv and summary.png are in {out}")
     return 0
 
 
