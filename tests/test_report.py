@@ -42,7 +42,9 @@ def test_seeds_of_one_setting_are_averaged_and_other_settings_kept_apart():
 
 
 @pytest.mark.parametrize("seconds, unit, per_unit", [((3600.0, 7200.0), "h", 3600), ((90.0, 150.0), "min", 60),
-                                                     ((4.0, 6.5), "s", 1)])
+                                                     ((4.0, 6.5), "s", 1), ((1800.0, 3600.0), "h", 3600),
+                                                     ((3599.0, 1200.0), "min", 60), ((30.0, 60.0), "min", 60),
+                                                     ((59.9, 12.0), "s", 1)])
 def test_training_time_column_takes_a_unit_that_shows_the_runs(seconds, unit, per_unit):
     runs = [_run(0, 50.0), _run(1, 52.0)]
     for run, t in zip(runs, seconds):
@@ -179,9 +181,15 @@ def test_csv_holds_each_figure_as_mean_and_std_numbers(tmp_path):
     assert float(gala["pr_many_mean"]) == pytest.approx(statistics.mean([60.0, 61.0]), abs=1e-4)
     assert float(gala["best_on_test_mean"]) == pytest.approx(statistics.mean(top1) + 1, abs=1e-4)
     assert float(gala["train_seconds_mean"]) == pytest.approx(3600 * 2)  # 1, 2 and 3 hours
+    assert float(gala["train_seconds_std"]) == pytest.approx(statistics.stdev([3600, 7200, 10800]))
+    assert gala["checkpoint"] == "best_val"
     assert gala["published"] == "52.1 (+PR 52.3)"
     # one seed: a mean and no std
     assert (float(ce["raw_top1_mean"]), ce["raw_top1_std"], ce["published"]) == (40.0, "", "39.1")
+    assert write_csv(summarize(runs, checkpoint="last"), tmp_path / "last.csv").read_text().splitlines()[1].count(",last,") == 1
+    # no rows: the same columns, no lines
+    empty = write_csv([], tmp_path / "empty.csv").read_text().splitlines()
+    assert empty == [path.read_text().splitlines()[0]]
 
 
 def test_report_command_writes_the_csv(tmp_path, capsys):

@@ -110,7 +110,7 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
             return [r["checkpoints"][checkpoint].get(variant, {}).get(metric) for r in runs]
 
         row = {"dataset": dataset, "imb_factor": imb, "method": method, "model": model, "setting": setting,
-               "seeds": len(runs), "seed_list": sorted(seeds), "differs": "",
+               "seeds": len(runs), "seed_list": sorted(seeds), "checkpoint": checkpoint, "differs": "",
                "differs_values": []}
         # per-seed figures (None where a run lacks one) behind each mean ± std string, for write_csv
         row["values"] = {f"{variant}.{metric}": pick(variant, metric)
@@ -197,7 +197,8 @@ def _time_unit(rows: list[dict]) -> tuple[str, float]:
 
 def markdown_table(rows: list[dict], published: dict | None = None) -> str:
     """Method, seeds, top-1 / many / medium / few raw and with PR (tau on val), transductive PR,
-    post-hoc logit adjustment (tau on val), best-epoch-on-test, training hours per run, and the
+    post-hoc logit adjustment (tau on val), best-epoch-on-test, training time per run (in hours,
+    minutes or seconds, by the table's longest run), and the
     published figure: from `published` ({method: figure}) when given, else from PUBLISHED (SPEC
     section 6)."""
     unit, per_unit = _time_unit(rows)
@@ -223,13 +224,14 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
 
 def write_csv(rows: list[dict], path) -> Path:
     """The summary as numbers for a spreadsheet or pandas: one line per row of the markdown table,
-    each figure as its mean and sample std over seeds (std empty for one seed, both empty where no
-    run has the figure), and the seeds themselves."""
+    each figure (training seconds too) as its mean and sample std over seeds (std empty for one
+    seed, both empty where no run has the figure), the seeds, the checkpoint the figures come from
+    (best_val or last) and the published figure as SPEC section 6 words it (text)."""
     path = Path(path)
-    keys = list(rows[0]["values"]) if rows else []
+    keys = [f"{v}.{m}" for v in VARIANTS for m in METRICS] + ["best_on_test"]
     head = ["dataset", "imb_factor", "method", "differs", "model", "seeds", "seed_list"]
     head += [f"{k.replace('.', '_')}_{stat}" for k in keys for stat in ("mean", "std")]
-    head += ["train_seconds_mean", "published"]
+    head += ["train_seconds_mean", "train_seconds_std", "checkpoint", "published"]
     with path.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(head)
@@ -243,6 +245,7 @@ def write_csv(rows: list[dict], path) -> Path:
                          round(statistics.stdev(values), 4) if len(values) > 1 else ""]
             seconds = r.get("train_seconds") or []
             line += [round(statistics.mean(seconds), 1) if seconds else "",
+                     round(statistics.stdev(seconds), 1) if len(seconds) > 1 else "", r.get("checkpoint", ""),
                      published_figure(r["dataset"], r.get("imb_factor"), r["method"])]
             out.writerow(line)
     return path
