@@ -206,3 +206,54 @@ def test_report_command_writes_the_csv(tmp_path, capsys):
     assert text[0].startswith("dataset,imb_factor,method,differs,model,seeds,seed_list,raw_top1_mean,raw_top1_std")
     assert len(text) == 2 and ",51.0,1.4142," in text[1]
     assert f"csv: {tmp_path / 't.csv'}" in capsys.readouterr().out
+
+
+def test_paired_table_differences_are_taken_seed_by_seed_over_shared_seeds():
+    from longtail.report import paired_table
+
+    ce = {0: 38.0, 1: 39.5, 2: 37.0}
+    gala = {1: 50.0, 2: 51.5, 3: 49.0}  # seed 3 has no CE partner, seed 0 no GALA one
+    runs = [_run(s, v, method="ce") for s, v in ce.items()] + [_run(s, v) for s, v in gala.items()]
+    runs.append(_run(1, 30.0, method="la(tau=1.0)"))
+    other_if = _run(1, 60.0)
+    other_if["imb_factor"] = 10  # another setting: no CE there to pair with
+    runs.append(other_if)
+    runs[4]["checkpoints"]["best_val"]["pr"] = {"top1": 55.0}  # GALA seed 2 with its own +PR figure
+    table = paired_table(summarize(runs), "ce")
+    diffs = [gala[1] - ce[1], gala[2] - ce[2]]
+    pr_diffs = [gala[1] - ce[1], 55.0 - ce[2]]
+    assert (f"| cifar100-lt IF100 | gala-reference | 1 2 | {statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} | "
+            f"{statistics.mean(pr_diffs):+.2f} ± {statistics.stdev(pr_diffs):.2f} | 2 of 2 |") in table
+    assert f"| cifar100-lt IF100 | la(tau=1.0) | 1 | {30.0 - ce[1]:+.2f} | {30.0 - ce[1]:+.2f} | 0 of 1 |" in table
+    assert "IF10 " not in table and "| ce |" not in table  # no partner in IF10; CE not paired with itself
+    # a bare name finds la(tau=1.0); a name that is not in the table says which are
+    assert "| gala-reference | 1 |" in paired_table(summarize(runs), "la")
+    with pytest.raises(ValueError, match="names no row of the table; its methods are: ce; gala-reference; la"):
+        paired_table(summarize(runs), "bs")
+
+
+def test_paired_table_asks_for_the_whole_label_when_a_name_is_ambiguous():
+    from longtail.report import paired_table
+
+    runs = [_run(0, 50.0), _run(0, 40.0, config={"optim": {"lr": 0.05}}), _run(0, 30.0, method="ce")]
+    with pytest.raises(ValueError, match="several rows of one setting; give the whole label"):
+        paired_table(summarize(runs), "gala-reference")
+    table = paired_table(summarize(runs), "gala-reference [optim.lr=0.05]")
+    assert f"| gala-reference [optim.lr=0.1] | 0 | {50.0 - 40.0:+.2f} |" in table
+
+
+def test_report_command_pairs_against_a_method_and_names_the_choices_when_it_is_missing(tmp_path, capsys):
+    import json
+
+    from longtail import cli
+
+    for name, seed, top1, method in (("ce_s0", 0, 40.0, "ce"), ("ce_s1", 1, 41.0, "ce"),
+                                     ("gala_s0", 0, 50.0, "gala-reference"), ("gala_s1", 1, 53.0, "gala-reference")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(_run(seed, top1, method=method)))
+    assert cli.main(["report", str(tmp_path), "--against", "ce"]) == 0
+    out = capsys.readouterr().out
+    assert "Paired by seed against ce (top1, checkpoint best_val" in out
+    assert f"| gala-reference | 0 1 | {statistics.mean([10.0, 12.0]):+.2f} ± {statistics.stdev([10.0, 12.0]):.2f} |" in out
+    assert cli.main(["report", str(tmp_path), "--against", "ldam"]) == 2
+    assert "its methods are: ce; gala-reference" in capsys.readouterr().err

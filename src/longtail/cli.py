@@ -98,10 +98,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from longtail.report import load_results, markdown_table, plot_summary, summarize, write_csv
+    from longtail.report import load_results, markdown_table, paired_table, plot_summary, summarize, write_csv
 
     rows = summarize(load_results(args.runs), checkpoint=args.checkpoint)
     text = markdown_table(rows)
+    if args.against:
+        text += "\n" + paired_table(rows, args.against)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
@@ -210,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="also write the table to this markdown file")
     r.add_argument("--plot", help="also write a bar chart PNG here")
     r.add_argument("--csv", help="also write the figures as numbers (mean and std columns) to this CSV file")
+    r.add_argument("--against", metavar="METHOD",
+                   help="also compare every row with this one (a method as the table names it, e.g. ce), "
+                   "seed by seed within each dataset and imbalance factor")
     r.add_argument("--checkpoint", default="best_val", choices=("best_val", "last"),
                    help="best_val: the checkpoint selected on validation (default); last: the final epoch")
     r.set_defaults(func=cmd_report)

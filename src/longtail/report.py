@@ -101,6 +101,7 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"runs {', '.join(r['_dir'] for r in runs)} repeat a seed of one setting "
                              f"({method}, seeds {sorted(seeds)}); report each folder once")
+        runs = sorted(runs, key=lambda r: r["seed"])  # row["values"] lists follow row["seed_list"]
         missing = [r["_dir"] for r in runs if checkpoint not in r["checkpoints"]]
         if missing:
             raise ValueError(f"{', '.join(missing)} have no {checkpoint!r} checkpoint results (no validation split?); "
@@ -112,7 +113,7 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
         row = {"dataset": dataset, "imb_factor": imb, "method": method, "model": model, "setting": setting,
                "seeds": len(runs), "seed_list": sorted(seeds), "checkpoint": checkpoint, "differs": "",
                "differs_values": []}
-        # per-seed figures (None where a run lacks one) behind each mean ± std string, for write_csv
+        # per-seed figures (None where a run lacks one) behind each mean ± std string, in seed order
         row["values"] = {f"{variant}.{metric}": pick(variant, metric)
                          for variant in VARIANTS for metric in METRICS}
         row["values"]["best_on_test"] = [(r.get("best_test_epoch") or {}).get("top1") for r in runs]
@@ -220,6 +221,49 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
                  f"set as papers report it; not an honest estimate. Train {unit} / run: training wall time (evaluation "
                  "excluded) from each run's results.json, on whatever machine and load it ran.")
     return "\n".join(lines) + "\n"
+
+
+def paired_table(rows: list[dict], against: str, metric: str = "top1") -> str:
+    """Each row minus the `against` row of its dataset and imbalance factor, seed by seed over the
+    seeds both have: mean ± sample std of the differences, raw and with PR (tau on validation),
+    and at how many shared seeds the row scores higher. Pairing by seed removes the spread that a
+    seed puts on both methods alike (its data order, initialisation and augmentation draws)."""
+    labels = {_method_label(r) for r in rows}
+    # the full label as the table prints it, or the bare method name where that is unambiguous
+    bases = ([r for r in rows if _method_label(r) == against] or [r for r in rows if r["method"] == against]
+             or [r for r in rows if r["method"].split("(")[0] == against])  # la(tau=1.0) is "la"
+    if not bases:
+        raise ValueError(f"--against {against!r} names no row of the table; its methods are: "
+                         + "; ".join(sorted(labels)))
+    settings = [(r["dataset"], r.get("imb_factor")) for r in bases]
+    if len(set(settings)) != len(settings):
+        raise ValueError(f"--against {against!r} matches several rows of one setting; give the whole label: "
+                         + "; ".join(sorted(_method_label(r) for r in bases)))
+    lines = [f"Paired by seed against {against} ({metric}, checkpoint {rows[0]['checkpoint']}; "
+             "+PR: tau and marginal from validation):", "",
+             "| setting | method | shared seeds | difference | +PR difference | higher at |", "|---|---|---|---|---|---|"]
+    for base in bases:
+        for r in rows:
+            if r is base or (r["dataset"], r.get("imb_factor")) != (base["dataset"], base.get("imb_factor")):
+                continue
+            shared = sorted(set(r["seed_list"]) & set(base["seed_list"]))
+            diffs = {}
+            for variant in ("raw", "pr"):
+                mine = dict(zip(r["seed_list"], r["values"][f"{variant}.{metric}"]))
+                theirs = dict(zip(base["seed_list"], base["values"][f"{variant}.{metric}"]))
+                diffs[variant] = [mine[s] - theirs[s] for s in shared if mine[s] is not None and theirs[s] is not None]
+            higher = f"{sum(d > 0 for d in diffs['raw'])} of {len(diffs['raw'])}" if diffs["raw"] else "-"
+            lines.append(f"| {_setting_name(r)} | {_method_label(r)} | {' '.join(map(str, shared)) or 'none'} | "
+                         f"{_signed_mean_std(diffs['raw'])} | {_signed_mean_std(diffs['pr'])} | {higher} |")
+    return "\n".join(lines) + "\n"
+
+
+def _signed_mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:+.2f}"
+    return f"{statistics.mean(values):+.2f} ± {statistics.stdev(values):.2f}"
 
 
 def write_csv(rows: list[dict], path) -> Path:
