@@ -14,7 +14,8 @@ METHODS = {"ce": "ce", "la": "la", "ala": "ala", "gala": "gala-reference"}  # ru
 
 def _table_rows(summary: str) -> dict[str, list[str]]:
     """The markdown table's data rows, keyed by the method column."""
-    lines = [line for line in summary.splitlines() if line.startswith("| ")]
+    first_table = summary.split("\n\n")[0]  # the paired table, when there is one, follows a blank line
+    lines = [line for line in first_table.splitlines() if line.startswith("| ")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {}
     for line in lines[1:]:  # the |---| rule does not start with "| "
@@ -51,6 +52,15 @@ def test_demo_trains_each_method_at_each_seed_and_tables_their_mean(tmp_path, ca
                 for s in (3, 4)]
         assert float(numbers[label]["raw_top1_mean"]) == pytest.approx(statistics.mean(top1), abs=1e-4)
         assert numbers[label]["seed_list"] == "3 4"
+    # each method minus CE, seed by seed
+    def top1(folder, seed):
+        return json.loads((out / f"{folder}_s{seed}" / "results.json").read_text())["checkpoints"]["best_val"]["raw"]["top1"]
+
+    summary = (out / "summary.md").read_text()
+    assert "Paired by seed against ce" in summary
+    for folder in ("la", "ala", "gala"):
+        diffs = [top1(folder, s) - top1("ce", s) for s in (3, 4)]
+        assert f"| {METHODS[folder]} | 3 4 | {statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} |" in summary
     printed = capsys.readouterr().out
     assert (out / "summary.md").read_text().strip() in printed
     assert "One seed" not in printed
@@ -67,6 +77,7 @@ def test_demo_default_is_one_seed_with_plain_folder_names(tmp_path, capsys):
     # one seed has no spread to show
     assert not any("±" in r["top-1"] for r in rows.values())
     assert "`--seeds 3` gives mean ± std" in capsys.readouterr().out
+    assert "Paired by seed" not in (out / "summary.md").read_text()  # one seed: no paired table
 
 
 @pytest.mark.parametrize("flag, value", [("--seeds", "0"), ("--epochs", "0"), ("--epochs", "-2"), ("--seeds", "two")])

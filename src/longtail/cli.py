@@ -119,7 +119,7 @@ def cmd_report(args) -> int:
 
 def cmd_demo(args) -> int:
     from longtail.config import apply_overrides, config_from_dict
-    from longtail.report import load_results, markdown_table, plot_summary, summarize, write_csv
+    from longtail.report import load_results, markdown_table, paired_table, plot_summary, summarize, write_csv
     from longtail.train import train
 
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -139,6 +139,8 @@ def cmd_demo(args) -> int:
             print(f"== {run_name} done in {time.perf_counter() - t:.1f} s", flush=True)
     rows = summarize(load_results([out]))
     table = markdown_table(rows)
+    if len(seeds) > 1:
+        table += "\n" + paired_table(rows, "ce")
     (out / "summary.md").write_text(table)
     write_csv(rows, out / "summary.csv")
     plot_summary(rows, out / "summary.png")
