@@ -60,7 +60,7 @@ def test_demo_trains_each_method_at_each_seed_and_tables_their_mean(tmp_path, ca
     assert "Paired by seed against ce" in summary
     for folder in ("la", "ala", "gala"):
         diffs = [top1(folder, s) - top1("ce", s) for s in (3, 4)]
-        assert f"| {METHODS[folder]} | 3 4 | {statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} |" in summary
+        assert f"| {METHODS[folder]} | 3 4 | {statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} (n=2) |" in summary
     printed = capsys.readouterr().out
     assert (out / "summary.md").read_text().strip() in printed
     assert "One seed" not in printed

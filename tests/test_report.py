@@ -211,35 +211,54 @@ def test_report_command_writes_the_csv(tmp_path, capsys):
 def test_paired_table_differences_are_taken_seed_by_seed_over_shared_seeds():
     from longtail.report import paired_table
 
-    ce = {0: 38.0, 1: 39.5, 2: 37.0}
-    gala = {1: 50.0, 2: 51.5, 3: 49.0}  # seed 3 has no CE partner, seed 0 no GALA one
-    runs = [_run(s, v, method="ce") for s, v in ce.items()] + [_run(s, v) for s, v in gala.items()]
-    runs.append(_run(1, 30.0, method="la(tau=1.0)"))
-    other_if = _run(1, 60.0)
-    other_if["imb_factor"] = 10  # another setting: no CE there to pair with
-    runs.append(other_if)
-    runs[4]["checkpoints"]["best_val"]["pr"] = {"top1": 55.0}  # GALA seed 2 with its own +PR figure
+    ce = {0: 38.0, 2: 39.5, 10: 37.0}
+    ce_pr = {0: 41.0, 2: 43.0, 10: 40.5}  # CE's +PR figures differ from its raw ones
+    gala = {10: 50.0, 2: 51.5, 3: 49.0}  # seed 3 has no CE partner, seed 0 no GALA one; loaded out of order
+    runs = []
+    for seed, top1 in ce.items():
+        run = _run(seed, top1, method="ce")
+        run["checkpoints"]["best_val"]["pr"] = {"top1": ce_pr[seed]}
+        runs.append(run)
+    runs += [_run(seed, top1) for seed, top1 in gala.items()]
+    runs[3]["checkpoints"]["best_val"]["pr"] = {"top1": 55.0}  # GALA seed 10 with its own +PR figure
+    runs.append(_run(2, 30.0, method="la(tau=1.0)"))
     table = paired_table(summarize(runs), "ce")
-    diffs = [gala[1] - ce[1], gala[2] - ce[2]]
-    pr_diffs = [gala[1] - ce[1], 55.0 - ce[2]]
-    assert (f"| cifar100-lt IF100 | gala-reference | 1 2 | {statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} | "
-            f"{statistics.mean(pr_diffs):+.2f} ± {statistics.stdev(pr_diffs):.2f} | 2 of 2 |") in table
-    assert f"| cifar100-lt IF100 | la(tau=1.0) | 1 | {30.0 - ce[1]:+.2f} | {30.0 - ce[1]:+.2f} | 0 of 1 |" in table
-    assert "IF10 " not in table and "| ce |" not in table  # no partner in IF10; CE not paired with itself
-    # a bare name finds la(tau=1.0); a name that is not in the table says which are
-    assert "| gala-reference | 1 |" in paired_table(summarize(runs), "la")
+    raw = [gala[2] - ce[2], gala[10] - ce[10]]
+    pr = [gala[2] - ce_pr[2], 55.0 - ce_pr[10]]
+    assert (f"| cifar100-lt IF100 | gala-reference | 2 10 | {statistics.mean(raw):+.2f} ± {statistics.stdev(raw):.2f} (n=2) | "
+            f"{statistics.mean(pr):+.2f} ± {statistics.stdev(pr):.2f} (n=2) | 2 of 2 |") in table
+    assert f"| la(tau=1.0) | 2 | {30.0 - ce[2]:+.2f} (n=1) | {30.0 - ce_pr[2]:+.2f} (n=1) | 0 of 1 |" in table
+    assert "| ce |" not in table  # not paired with itself
+    # a bare name finds la(tau=1.0); a name that is in no setting says which names are
+    assert "| gala-reference | 2 | " in paired_table(summarize(runs), "la")
     with pytest.raises(ValueError, match="names no row of the table; its methods are: ce; gala-reference; la"):
         paired_table(summarize(runs), "bs")
 
 
-def test_paired_table_asks_for_the_whole_label_when_a_name_is_ambiguous():
+def test_paired_table_pairs_within_a_setting_and_names_settings_without_the_baseline():
     from longtail.report import paired_table
 
-    runs = [_run(0, 50.0), _run(0, 40.0, config={"optim": {"lr": 0.05}}), _run(0, 30.0, method="ce")]
-    with pytest.raises(ValueError, match="several rows of one setting; give the whole label"):
-        paired_table(summarize(runs), "gala-reference")
-    table = paired_table(summarize(runs), "gala-reference [optim.lr=0.05]")
-    assert f"| gala-reference [optim.lr=0.1] | 0 | {50.0 - 40.0:+.2f} |" in table
+    def at(imb, seed, top1, method="gala-reference", model="resnet32", config=None):
+        run = _run(seed, top1, method=method, model=model, config=config)
+        run["imb_factor"] = imb
+        return run
+
+    runs = [at(100, 0, 40.0, "ce"), at(100, 0, 50.0), at(100, 0, 45.0, model="resnext50_32x4d"),
+            at(10, 0, 60.0), at(10, 0, 56.0, "ce"), at(10, 0, 57.0, "ce", config={"optim": {"lr": 0.05}})]
+    table = paired_table(summarize(runs[:4]), "ce")
+    # GALA at IF100 on resnet32 pairs with that CE; the ResNeXt row has no CE of its model, nor IF10
+    assert f"| cifar100-lt IF100 resnet32 | gala-reference | 0 | {50.0 - 40.0:+.2f} (n=1) |" in table
+    assert "No ce row to pair with in: " in table
+    assert "cifar100-lt IF100 resnext50_32x4d" in table and "cifar100-lt IF10 resnet32" in table
+    assert table.count("| gala-reference |") == 1
+    # two CE settings at IF10: the bare name is ambiguous there, whatever IF100 has
+    with pytest.raises(ValueError, match=r"several rows of one setting; give the whole label: cifar100-lt IF10 \(ce"):
+        paired_table(summarize(runs[:2] + runs[3:]), "ce")
+    # the whole label picks one at IF10, and the plain ce still serves IF100
+    table = paired_table(summarize(runs[:2] + runs[3:]), "ce [optim.lr=0.05]")
+    assert f"| cifar100-lt IF10 | gala-reference | 0 | {60.0 - 57.0:+.2f} (n=1) |" in table
+    assert f"| cifar100-lt IF10 | ce [optim.lr=0.1] | 0 | {56.0 - 57.0:+.2f} (n=1) |" in table
+    assert "No ce [optim.lr=0.05] row to pair with in: cifar100-lt IF100." in table
 
 
 def test_report_command_pairs_against_a_method_and_names_the_choices_when_it_is_missing(tmp_path, capsys):
@@ -254,6 +273,6 @@ def test_report_command_pairs_against_a_method_and_names_the_choices_when_it_is_
     assert cli.main(["report", str(tmp_path), "--against", "ce"]) == 0
     out = capsys.readouterr().out
     assert "Paired by seed against ce (top1, checkpoint best_val" in out
-    assert f"| gala-reference | 0 1 | {statistics.mean([10.0, 12.0]):+.2f} ± {statistics.stdev([10.0, 12.0]):.2f} |" in out
+    assert f"| gala-reference | 0 1 | {statistics.mean([10.0, 12.0]):+.2f} ± {statistics.stdev([10.0, 12.0]):.2f} (n=2) |" in out
     assert cli.main(["report", str(tmp_path), "--against", "ldam"]) == 2
     assert "its methods are: ce; gala-reference" in capsys.readouterr().err

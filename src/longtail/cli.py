@@ -215,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--plot", help="also write a bar chart PNG here")
     r.add_argument("--csv", help="also write the figures as numbers (mean and std columns) to this CSV file")
     r.add_argument("--against", metavar="METHOD",
-                   help="also compare every row with this one (a method as the table names it, e.g. ce), "
-                   "seed by seed within each dataset and imbalance factor")
+                   help="also compare every row with this method (as the table names it, e.g. ce), seed by seed, "
+                   "within each setting (dataset, imbalance factor, model); settings without it are named")
     r.add_argument("--checkpoint", default="best_val", choices=("best_val", "last"),
                    help="best_val: the checkpoint selected on validation (default); last: the final epoch")
     r.set_defaults(func=cmd_report)

@@ -223,38 +223,64 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _baseline(group: list[dict], against: str) -> list[dict]:
+    """The rows of one setting that `against` names: the full label as the table prints it, else the
+    method name, else the name before "(" (`la` for `la(tau=1.0)`)."""
+    for matches in (lambda r: _method_label(r) == against, lambda r: r["method"] == against,
+                    lambda r: r["method"].split("(")[0] == against):
+        found = [r for r in group if matches(r)]
+        if found:
+            return found
+    return []
+
+
+def _paired_differences(row: dict, base: dict, variant: str, metric: str) -> list[float]:
+    mine = dict(zip(row["seed_list"], row["values"][f"{variant}.{metric}"]))
+    theirs = dict(zip(base["seed_list"], base["values"][f"{variant}.{metric}"]))
+    return [mine[s] - theirs[s] for s in sorted(set(mine) & set(theirs))
+            if mine[s] is not None and theirs[s] is not None]
+
+
 def paired_table(rows: list[dict], against: str, metric: str = "top1") -> str:
-    """Each row minus the `against` row of its dataset and imbalance factor, seed by seed over the
-    seeds both have: mean ± sample std of the differences, raw and with PR (tau on validation),
-    and at how many shared seeds the row scores higher. Pairing by seed removes the spread that a
-    seed puts on both methods alike (its data order, initialisation and augmentation draws)."""
-    labels = {_method_label(r) for r in rows}
-    # the full label as the table prints it, or the bare method name where that is unambiguous
-    bases = ([r for r in rows if _method_label(r) == against] or [r for r in rows if r["method"] == against]
-             or [r for r in rows if r["method"].split("(")[0] == against])  # la(tau=1.0) is "la"
-    if not bases:
-        raise ValueError(f"--against {against!r} names no row of the table; its methods are: "
-                         + "; ".join(sorted(labels)))
-    settings = [(r["dataset"], r.get("imb_factor")) for r in bases]
-    if len(set(settings)) != len(settings):
-        raise ValueError(f"--against {against!r} matches several rows of one setting; give the whole label: "
-                         + "; ".join(sorted(_method_label(r) for r in bases)))
+    """Each row minus the `against` row of its setting (dataset, imbalance factor and model), seed
+    by seed over the seeds both have: mean ± sample std of the differences, raw and with PR (tau on
+    validation), and at how many of those seeds the row's raw figure is higher. Pairing by seed
+    removes the spread that a seed puts on both methods alike (its data order, initialisation and
+    augmentation draws). Settings without such a row are named under the table."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r.get("imb_factor"), r.get("model", ""))].append(r)
+    several_models = len({key[2] for key in groups}) > 1
     lines = [f"Paired by seed against {against} ({metric}, checkpoint {rows[0]['checkpoint']}; "
-             "+PR: tau and marginal from validation):", "",
-             "| setting | method | shared seeds | difference | +PR difference | higher at |", "|---|---|---|---|---|---|"]
-    for base in bases:
-        for r in rows:
-            if r is base or (r["dataset"], r.get("imb_factor")) != (base["dataset"], base.get("imb_factor")):
+             "+PR: tau and marginal from validation; n: seeds behind a difference):", "",
+             "| setting | method | shared seeds | difference | +PR difference | raw higher at |",
+             "|---|---|---|---|---|---|"]
+    missing, ambiguous = [], []
+    for (dataset, imb, model), group in groups.items():
+        name = _setting_name(group[0]) + (f" {model}" if several_models else "")
+        bases = _baseline(group, against)
+        if len(bases) != 1:
+            (ambiguous if bases else missing).append(
+                f"{name} ({'; '.join(_method_label(r) for r in bases)})" if bases else name)
+            continue
+        base = bases[0]
+        for r in group:
+            if r is base:
                 continue
+            raw = _paired_differences(r, base, "raw", metric)
+            pr = _paired_differences(r, base, "pr", metric)
             shared = sorted(set(r["seed_list"]) & set(base["seed_list"]))
-            diffs = {}
-            for variant in ("raw", "pr"):
-                mine = dict(zip(r["seed_list"], r["values"][f"{variant}.{metric}"]))
-                theirs = dict(zip(base["seed_list"], base["values"][f"{variant}.{metric}"]))
-                diffs[variant] = [mine[s] - theirs[s] for s in shared if mine[s] is not None and theirs[s] is not None]
-            higher = f"{sum(d > 0 for d in diffs['raw'])} of {len(diffs['raw'])}" if diffs["raw"] else "-"
-            lines.append(f"| {_setting_name(r)} | {_method_label(r)} | {' '.join(map(str, shared)) or 'none'} | "
-                         f"{_signed_mean_std(diffs['raw'])} | {_signed_mean_std(diffs['pr'])} | {higher} |")
+            higher = f"{sum(d > 0 for d in raw)} of {len(raw)}" if raw else "-"
+            lines.append(f"| {name} | {_method_label(r)} | {' '.join(map(str, shared)) or 'none'} | "
+                         f"{_signed_mean_std(raw)} (n={len(raw)}) | {_signed_mean_std(pr)} (n={len(pr)}) | {higher} |")
+    if len(missing) == len(groups):
+        raise ValueError(f"--against {against!r} names no row of the table; its methods are: "
+                         + "; ".join(sorted({_method_label(r) for r in rows})))
+    if ambiguous:
+        raise ValueError(f"--against {against!r} matches several rows of one setting; give the whole label: "
+                         + "; ".join(ambiguous))
+    if missing:
+        lines += ["", f"No {against} row to pair with in: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
 
 
