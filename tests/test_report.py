@@ -233,6 +233,8 @@ def test_paired_table_differences_are_taken_seed_by_seed_over_shared_seeds():
     assert "| gala-reference | 2 | " in paired_table(summarize(runs), "la")
     with pytest.raises(ValueError, match="names no row of the table; its methods are: ce; gala-reference; la"):
         paired_table(summarize(runs), "bs")
+    with pytest.raises(ValueError, match="the table is empty"):
+        paired_table([], "ce")
 
 
 def test_paired_table_pairs_within_a_setting_and_names_settings_without_the_baseline():

@@ -247,6 +247,8 @@ def paired_table(rows: list[dict], against: str, metric: str = "top1") -> str:
     validation), and at how many of those seeds the row's raw figure is higher. Pairing by seed
     removes the spread that a seed puts on both methods alike (its data order, initialisation and
     augmentation draws). Settings without such a row are named under the table."""
+    if not rows:
+        raise ValueError("no rows to pair: the table is empty")
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["dataset"], r.get("imb_factor"), r.get("model", ""))].append(r)
