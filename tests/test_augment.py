@@ -60,6 +60,26 @@ def test_imagenet_recipe_output_size():
     assert y.shape == (4, 3, 24, 24)
 
 
+def test_imagenet_on_cropped_batches_only_flips_and_jitters():
+    # gray columns that rise left to right: jitter keeps each column's order (brightness and contrast
+    # are increasing maps, saturation leaves gray alone), so every output is the input or its mirror
+    cols = torch.arange(24, dtype=torch.float32) * 4 + 40  # 40-132: no jitter factor (0.6-1.4) clips it
+    x = cols.view(1, 1, 1, 24).expand(64, 3, 24, 24).to(torch.uint8).contiguous()
+    aug = A.build_train_augment("imagenet", MEAN, STD, 24, cropped=True)
+    assert "cropped=True" in repr(aug)
+    y = aug(x, torch.Generator().manual_seed(0))
+    assert y.shape == (64, 3, 24, 24)
+    row = y[:, 0, 12]  # one row per image
+    rising, falling = (row[:, 1:] > row[:, :-1]).all(1), (row[:, 1:] < row[:, :-1]).all(1)
+    assert (rising ^ falling).all()  # no crop, no resize: 24 distinct columns in order, maybe mirrored
+    assert 16 < falling.sum() < 48  # flipped with probability 1/2
+    assert (y[:, :, :1] == y[:, :, 12:13]).all()  # rows stay alike: nothing moved vertically
+    with pytest.raises(ValueError, match="cropped 'imagenet' batches must be 24x24"):
+        aug(smooth_images(2, size=32), torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="goes with 'imagenet'"):
+        A.build_train_augment("crop_flip", MEAN, STD, 24, cropped=True)
+
+
 def test_bad_inputs_fail_with_clear_messages():
     with pytest.raises(ValueError, match="unknown augmentation"):
         A.build_train_augment("mixup", MEAN, STD, 32)
@@ -328,7 +348,7 @@ def test_resized_crop_identity_and_flip():
 
 def test_random_resized_crop_boxes_follow_torchvision_rules():
     g = torch.Generator().manual_seed(0)
-    boxes = A._rrc_boxes(2000, 40, 60, (0.08, 1.0), (3 / 4, 4 / 3), g, torch.device("cpu"))
+    boxes = A.random_resized_crop_boxes(2000, 40, 60, (0.08, 1.0), (3 / 4, 4 / 3), g, torch.device("cpu"))
     top, left, h, w = boxes.unbind(1)
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 40).all() and (left + w <= 60).all()
     frac = h * w / (40 * 60)

@@ -79,6 +79,38 @@ def test_train_and_eval_on_your_own_image_list(image_lists, tmp_path, capsys, mo
     assert again["pr_transductive"]["tau"] == 0.5 and "| best | raw |" in out
 
 
+def test_list_run_resumed_mid_epoch_crops_and_trains_as_the_uninterrupted_one(image_lists, tmp_path, monkeypatch):
+    # the "imagenet" random resized crop is taken as each image is decoded, keyed by where it is
+    # trained: a resumed run must crop the rest of the epoch as the uninterrupted run did
+    from longtail import train as train_mod
+
+    base = Path(__file__).resolve().parents[1] / "configs" / "cifar100_lt_if100_ce.yaml"
+
+    def cfg(name):
+        return load_config(base, ["data.name=lists", "loss.name=ce", "precision=fp32",
+                                  *_overrides(image_lists, tmp_path, name)])
+
+    whole = train_mod.train(cfg("whole"))
+    real_autocast, calls = train_mod.autocast_context, {"n": 0}
+
+    def interrupting(device, precision):
+        calls["n"] += 1
+        if calls["n"] == 6:  # in epoch 2 (of 4 steps): the handler checkpoints after this step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_autocast(device, precision)
+    monkeypatch.setattr(train_mod, "autocast_context", interrupting)
+    with pytest.raises(train_mod.TrainingInterrupted):
+        train_mod.train(cfg("cut"))
+    monkeypatch.setattr(train_mod, "autocast_context", real_autocast)
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["state"]
+    assert state["epoch"] == 1 and 0 < state["step"] < 4  # stopped mid epoch 2
+    train_mod.train(train_mod.resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
+    a = torch.load(whole / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_eval_of_a_missing_checkpoint_says_so(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint"):
         cli.main(["eval", str(tmp_path)])

@@ -11,8 +11,16 @@ from PIL import Image
 
 from longtail import distributed
 from longtail.data import load_benchmark
-from longtail.data.listfile import ListDataset, check_list, class_counts_from_list, read_list
-from longtail.train import EpochBatches
+from longtail.data.augment import random_resized_crop_boxes
+from longtail.data.listfile import (
+    ListDataset,
+    check_list,
+    class_counts_from_list,
+    crop_generator,
+    decode_random_resized,
+    read_list,
+)
+from longtail.train import EpochBatches, crop_keyed_batches
 
 
 def _save(path, arr, fmt=None):
@@ -124,6 +132,63 @@ def test_list_dataset_resizes_short_side(tmp_path):
     assert (x == 77).all()
 
 
+def _coordinate_image(path, h=40, w=120):
+    """Red = 2 * column, green = 6 * row: a crop's pixels tell where in the image they came from."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    _save(path, np.stack([2 * xs, 6 * ys, np.zeros_like(xs)], -1).astype(np.uint8))
+
+
+def test_random_resized_crop_on_load_takes_torchvision_box_from_the_whole_image(tmp_path):
+    _coordinate_image(tmp_path / "wide.png")  # 40 x 120: a centre square would only see columns 40-79
+    arr = np.asarray(Image.open(tmp_path / "wide.png"))
+    lefts, rights = [], []
+    for k in range(300):
+        x = decode_random_resized(tmp_path / "wide.png", 16, crop_generator((k,)))
+        assert x.dtype == torch.uint8 and x.shape == (3, 16, 16)
+        # the box the same key draws (torchvision's get_params rules, tested in test_augment), cut
+        # out of the array and resized by PIL here: top/left/height/width land where they should
+        top, left, h, w = (int(v) for v in random_resized_crop_boxes(1, 40, 120, generator=crop_generator((k,)))[0])
+        ref = Image.fromarray(arr[top:top + h, left:left + w]).resize((16, 16), Image.BILINEAR)
+        assert torch.equal(x, torch.from_numpy(np.asarray(ref).copy()).permute(2, 0, 1))
+        red, green = x[0].int(), x[1].int()
+        assert (red[:, 1:] >= red[:, :-1]).all() and (green[1:] >= green[:-1]).all()  # not mirrored or turned
+        lefts.append(red.min().item() / 2)
+        rights.append(red.max().item() / 2)
+    # crops reach both ends of the wide image, which a centre square could not
+    assert min(lefts) < 10 and max(rights) > 110
+    # the same key repeats its crop; another key (almost always) does not
+    first = decode_random_resized(tmp_path / "wide.png", 16, crop_generator((0,)))
+    assert torch.equal(first, decode_random_resized(tmp_path / "wide.png", 16, crop_generator((0,))))
+    assert not torch.equal(first, decode_random_resized(tmp_path / "wide.png", 16, crop_generator((1,))))
+
+
+def test_list_dataset_crops_on_load_by_key(image_folder, tmp_path):
+    root, entries = image_folder
+    lst = _write_list(tmp_path / "l.txt", entries)
+    ds = ListDataset(root, lst, num_classes=3, train=True, image_size=12, resize=16, crop="random_resized")
+    assert ds.crops_on_load and ds.out_size == 12 and "random resized crop on load" in repr(ds)
+    x, y = ds[(2, (0, 1, 0, 5, 3))]
+    assert x.shape == (3, 12, 12) and y == entries[2][1]
+    assert torch.equal(x, ds[(2, (0, 1, 0, 5, 3))][0])
+    assert torch.equal(ds[2][0], ds[(2, (2,))][0])  # a bare index keys the crop by itself
+    keys = [(0, 1, 0, 5, p) for p in range(20)]
+    assert len({ds[(2, k)][0].numpy().tobytes() for k in keys}) > 10
+    # evaluation sets never crop at random
+    ev = ListDataset(root, lst, num_classes=3, train=False, image_size=12, resize=16, crop="random_resized")
+    assert not ev.crops_on_load and torch.equal(ev[(2, (7,))][0], ev[2][0])
+    with pytest.raises(ValueError, match="crop must be 'square' or 'random_resized'"):
+        ListDataset(root, lst, crop="centre")
+
+
+def test_crop_keys_do_not_depend_on_where_an_epoch_resumed():
+    batches = [[4, 1, 4], [0, 2, 3], [5, 5]]  # class-balanced sampling can draw an image twice
+    whole = crop_keyed_batches(batches, seed=3, epoch=7, rank=1, first_step=0)
+    assert whole[1] == [(0, (3, 7, 1, 1, 0)), (2, (3, 7, 1, 1, 1)), (3, (3, 7, 1, 1, 2))]
+    assert crop_keyed_batches(batches[1:], seed=3, epoch=7, rank=1, first_step=1) == whole[1:]
+    drawn_twice = [key for i, key in whole[0] if i == 4]
+    assert len(set(drawn_twice)) == 2
+
+
 def test_list_dataset_errors_name_the_file(image_folder, tmp_path):
     root, entries = image_folder
     (root / "trunc.jpg").write_bytes((root / "class 0/img_1.jpg").read_bytes()[:200])
@@ -217,6 +282,9 @@ def test_lists_benchmark(image_folder, tmp_path):
     b = load_benchmark("lists", root, train_list=tr, test_list=te, image_size=8, resize=10)
     assert b.num_classes == 3 and b.class_counts == [4, 4, 2] and b.val is None and len(b.test) == 5
     assert b.train[0][0].shape == (3, 10, 10) and b.test[0][0].shape == (3, 8, 8)
+    cropping = load_benchmark("lists", root, train_list=tr, test_list=te, image_size=8, resize=10,
+                              train_crop="random_resized")
+    assert cropping.train.crops_on_load and cropping.train[0][0].shape == (3, 8, 8)
     assert b.mean == (0.485, 0.456, 0.406) and b.std == (0.229, 0.224, 0.225)
     b = load_benchmark("lists", root, train_list=tr, val_list=te, test_list=te, limit_per_class=1)
     assert b.class_counts == [1, 1, 1] and len(b.val) == 5

@@ -67,6 +67,14 @@ def learning_rate(epoch: int, o) -> float:
     return o.lr * factor
 
 
+def crop_keyed_batches(batches: list[list[int]], seed: int, epoch: int, rank: int, first_step: int) -> list[list]:
+    """(index, key) items for a dataset that crops as it decodes: the key (seed, epoch, rank, step,
+    position in the batch) seeds that image's crop, the same however the epoch was resumed, and
+    different for an image drawn twice (class-balanced sampling)."""
+    return [[(i, (seed, epoch, rank, first_step + s, pos)) for pos, i in enumerate(batch)]
+            for s, batch in enumerate(batches)]
+
+
 class EpochBatches:
     """The batch sampler of a run's one training DataLoader, set to each epoch's batches in turn.
 
@@ -161,7 +169,9 @@ def load_data(cfg: Config):
     return load_benchmark(d.name, d.root, imb_factor=d.imb_factor, val_per_class=d.val_per_class,
                           val_seed=d.val_seed, val_shortfall=d.val_shortfall, download=d.download, train_list=d.train_list, val_list=d.val_list,
                           test_list=d.test_list, image_size=d.image_size, resize=d.resize,
-                          limit_per_class=d.limit_per_class, limit_eval_per_class=d.limit_eval_per_class)
+                          limit_per_class=d.limit_per_class, limit_eval_per_class=d.limit_eval_per_class,
+                          # list datasets take the "imagenet" random resized crop from the whole image
+                          train_crop="random_resized" if d.augment == "imagenet" else "square")
 
 
 # The data keys that fix which images are trained on and which are held out for validation: a
@@ -307,7 +317,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
 
     mean, std = bench.mean, bench.std
-    augment = build_train_augment(cfg.data.augment, mean, std, cfg.data.image_size, shear=cfg.data.autoaugment_shear)
+    crops_on_load = getattr(bench.train, "crops_on_load", False)
+    augment = build_train_augment(cfg.data.augment, mean, std, cfg.data.image_size, shear=cfg.data.autoaugment_shear,
+                                  cropped=crops_on_load)
     eval_tf = build_eval_transform(mean, std)
     held = isinstance(bench.train, TensorSplit)
     if held:
@@ -374,6 +386,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 source = ((bench.train.images[b], bench.train.labels[b]) for b in on_device)
             else:
                 plan.batches = [b.tolist() for b in batches[start_step:]]
+                if crops_on_load:  # each image's crop keyed by where it is trained, so a resume repeats it
+                    plan.batches = crop_keyed_batches(plan.batches, cfg.seed, epoch, rt.rank, start_step)
                 source = loader
             model.train()
             if cfg.model.freeze_backbone:  # its batch-norm statistics stay as loaded

@@ -10,7 +10,9 @@ Recipes (`build_train_augment(kind, ...)`):
 - "autoaugment" (released GALA): RandomCrop(32, padding=4), RandomHorizontalFlip, CIFAR10Policy,
   ToTensor, Cutout(1 hole, 16), Normalize -- in that order.
 - "imagenet": RandomResizedCrop(image_size, scale (0.08, 1), ratio (3/4, 4/3)), flip,
-  ColorJitter(0.4, 0.4, 0.4) in a random order per image, Normalize.
+  ColorJitter(0.4, 0.4, 0.4) in a random order per image, Normalize. List datasets take the crop
+  from the whole image as they decode it (ListDataset, crop="random_resized") and pass
+  image_size x image_size batches here, built with `cropped=True`: flip, jitter and normalise only.
 """
 from __future__ import annotations
 
@@ -154,9 +156,11 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _rrc_boxes(b: int, h: int, w: int, scale, ratio, generator, device, attempts: int = 10) -> Tensor:
-    """torchvision RandomResizedCrop.get_params, vectorised: 10 attempts per image, the first valid
-    one wins, else the centre crop with the ratio clamped."""
+def random_resized_crop_boxes(b: int, h: int, w: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None,
+                              device="cpu", attempts: int = 10) -> Tensor:
+    """torchvision RandomResizedCrop.get_params, vectorised: (B, 4) boxes (top, left, height, width)
+    for B images of h x w; 10 attempts per image, the first valid one wins, else the centre crop
+    with the ratio clamped."""
     area = h * w
     s = torch.empty(b, attempts, device=device).uniform_(scale[0], scale[1], generator=generator)
     logr = torch.empty(b, attempts, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]),
@@ -188,7 +192,7 @@ def random_resized_crop(x: Tensor, size: int, generator: torch.Generator | None 
     """RandomResizedCrop(size) + RandomHorizontalFlip(flip_p), per image; float32 output."""
     _check_batch(x)
     b, _, h, w = x.shape
-    boxes = _rrc_boxes(b, h, w, scale, ratio, generator, x.device)
+    boxes = random_resized_crop_boxes(b, h, w, scale, ratio, generator, x.device)
     flip = torch.rand(b, generator=generator, device=x.device) < flip_p
     return resized_crop(x, boxes, size, flip)
 
@@ -271,12 +275,14 @@ class TrainAugment:
     """Callable (uint8 batch, generator) -> normalised float32 batch; see build_train_augment."""
 
     def __init__(self, kind: str, mean, std, image_size: int, sync_free: bool | None = None,
-                 shear: str = "bicubic"):
+                 shear: str = "bicubic", cropped: bool = False):
         if kind not in AUGMENTS:
             raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTS}")
+        if cropped and kind != "imagenet":
+            raise ValueError(f"cropped=True (images cropped as they were decoded) goes with 'imagenet', not {kind!r}")
         check_shear_interpolation(shear)
         self.kind, self.mean, self.std, self.image_size = kind, tuple(mean), tuple(std), int(image_size)
-        self.sync_free, self.shear = sync_free, shear
+        self.sync_free, self.shear, self.cropped = sync_free, shear, cropped
         self.pad = self.image_size // 8
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -284,6 +290,12 @@ class TrainAugment:
         if x.dtype != torch.uint8:
             raise TypeError(f"training augmentation expects uint8 images, got {x.dtype}")
         size = self.image_size
+        if self.kind == "imagenet" and self.cropped:  # the random resized crop was taken on decoding
+            if x.shape[-2:] != (size, size):
+                raise ValueError(f"cropped 'imagenet' batches must be {size}x{size}, got {tuple(x.shape[-2:])}")
+            y = hflip(x.float(), torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5)
+            y = _random_color_jitter(y, generator, 0.4, max_value=255.0, sync_free=self.sync_free)
+            return normalize(y, self.mean, self.std)
         if self.kind == "imagenet":
             y = random_resized_crop(x, size, generator)  # float, 0..255
             y = _random_color_jitter(y, generator, 0.4, max_value=255.0, sync_free=self.sync_free)
@@ -302,18 +314,20 @@ class TrainAugment:
 
     def __repr__(self) -> str:
         return (f"TrainAugment(kind={self.kind!r}, image_size={self.image_size}, mean={self.mean}, std={self.std}"
-                + (f", shear={self.shear!r})" if self.kind == "autoaugment" else ")"))
+                + (f", shear={self.shear!r}" if self.kind == "autoaugment" else "")
+                + (", cropped=True)" if self.cropped else ")"))
 
 
 def build_train_augment(kind: str, mean, std, image_size: int, sync_free: bool | None = None,
-                        shear: str = "bicubic") -> Callable[[Tensor, torch.Generator | None], Tensor]:
+                        shear: str = "bicubic", cropped: bool = False) -> Callable[[Tensor, torch.Generator | None], Tensor]:
     """Batched training augmentation: uint8 (B, C, H, W) -> float32 normalised (B, C, S, S).
 
     `sync_free` picks how per-image random ops are applied (same result either way): None = by
     device, grouped on CPU (least arithmetic), sync-free on GPU (no device-to-host reads).
     `shear`: AutoAugment's ShearX/Y sampling, "bicubic" as released or "nearest".
+    `cropped`: the batch was random-resized-cropped as it was decoded ("imagenet" on list datasets).
     """
-    return TrainAugment(kind, mean, std, image_size, sync_free, shear)
+    return TrainAugment(kind, mean, std, image_size, sync_free, shear, cropped)
 
 
 class EvalTransform:

@@ -5,9 +5,10 @@ line, the path relative to an image root, whitespace, an integer label in [0, nu
 label is taken after the LAST run of whitespace, so paths may contain spaces. Blank lines are
 skipped; a UTF-8 byte-order mark and CRLF line ends are accepted.
 
-:class:`ListDataset` decodes with Pillow inside DataLoader workers and returns uint8 tensors; the
-random augmentation happens later, batched on the device. :func:`check_list` audits a list against
-the images on disk before a long run.
+:class:`ListDataset` decodes with Pillow inside DataLoader workers and returns uint8 tensors. For
+the "imagenet" recipe it takes the random resized crop from the whole image as it decodes (keyed,
+so that a resumed run crops alike); flip and colour jitter happen later, batched on the device.
+:func:`check_list` audits a list against the images on disk before a long run.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .augment import random_resized_crop_boxes
 from .imbalance import limit_per_class as _limit_indices
 
-__all__ = ["read_list", "class_counts_from_list", "ListDataset", "ListReport", "check_list", "decode_image"]
+__all__ = ["read_list", "class_counts_from_list", "ListDataset", "ListReport", "check_list", "decode_image",
+           "decode_random_resized", "crop_generator"]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -140,19 +143,44 @@ def _center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
 def decode_image(path: str | os.PathLike, resize: int, crop: int) -> torch.Tensor:
     """Decode an image file to a uint8 (3, crop, crop) tensor: RGB, short side ``resize``, centre crop."""
     with Image.open(path) as im:
         img = im.convert("RGB")
-    img = _center_crop(_resize_short(img, resize), crop)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    return _to_tensor(_center_crop(_resize_short(img, resize), crop))
+
+
+def crop_generator(key) -> torch.Generator:
+    """A CPU generator for one image's crop, seeded from a key such as (seed, epoch, rank, step,
+    position): the same key gives the same crop in any worker, before or after a resume."""
+    state = np.random.SeedSequence([int(k) % 2**64 for k in key]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def decode_random_resized(path: str | os.PathLike, size: int, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's RandomResizedCrop(size) on the whole decoded image: a box with scale (0.08, 1)
+    of its area and aspect ratio (3/4, 4/3), cropped and resized to size x size (bilinear,
+    antialiased, as PIL resizes). Returns uint8 (3, size, size)."""
+    with Image.open(path) as im:
+        img = im.convert("RGB")
+    top, left, h, w = (int(v) for v in random_resized_crop_boxes(1, img.height, img.width, generator=generator)[0])
+    return _to_tensor(img.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR))
 
 
 class ListDataset(torch.utils.data.Dataset):
     """Images listed in a list file, decoded with Pillow; items are ``(uint8 (3, S, S) tensor, label)``.
 
-    train=True: short side to ``resize``, centre crop ``resize`` x ``resize`` (S = resize); the random
-    resized crop, flip and colour jitter are applied afterwards, batched on the device.
+    train=True, crop="random_resized" (the "imagenet" recipe): RandomResizedCrop(image_size) from
+    the whole image, as torchvision takes it (S = image_size). Index with ``(i, key)``: the crop
+    comes from ``crop_generator(key)``, so it is the same in any worker and after a resume (the
+    trainer keys it by seed, epoch, rank, step and position); a bare ``i`` keys it by ``(i,)``.
+    Flip and colour jitter follow, batched on the device.
+    train=True, crop="square": short side to ``resize``, centre crop ``resize`` x ``resize``
+    (S = resize), for recipes that crop on the device.
     train=False: short side to ``resize``, centre crop ``image_size`` (S = image_size), the standard
     evaluation transform.
 
@@ -163,12 +191,15 @@ class ListDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike, list_file: str | os.PathLike, num_classes: int | None = None,
                  train: bool = True, image_size: int = 224, resize: int = 256, *,
-                 limit_per_class: int | None = None):
+                 limit_per_class: int | None = None, crop: str = "square"):
         if resize < image_size:
             raise ValueError(f"resize ({resize}) must be >= image_size ({image_size})")
+        if crop not in ("square", "random_resized"):
+            raise ValueError(f"crop must be 'square' or 'random_resized', got {crop!r}")
         self.root = Path(root)
         self.list_file = Path(list_file)
         self.train = train
+        self.crops_on_load = train and crop == "random_resized"
         self.image_size = image_size
         self.resize = resize
         paths, labels = read_list(self.list_file, num_classes)
@@ -187,7 +218,7 @@ class ListDataset(torch.utils.data.Dataset):
 
     @property
     def out_size(self) -> int:
-        return self.resize if self.train else self.image_size
+        return self.resize if self.train and not self.crops_on_load else self.image_size
 
     @property
     def class_counts(self) -> list[int]:
@@ -203,11 +234,15 @@ class ListDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
+        i, key = item if isinstance(item, tuple) else (item, (item,))
         rel = self.path(i)
         full = self.root / rel
         try:
-            img = decode_image(full, self.resize, self.out_size)
+            if self.crops_on_load:
+                img = decode_random_resized(full, self.image_size, crop_generator(key))
+            else:
+                img = decode_image(full, self.resize, self.out_size)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"image not found: {full} (listed in {self.list_file}); check data.root or run check_list"
@@ -218,7 +253,8 @@ class ListDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f"ListDataset({len(self)} images, {self.num_classes} classes, root={str(self.root)!r}, "
-                f"list={str(self.list_file)!r}, train={self.train}, out={self.out_size})")
+                f"list={str(self.list_file)!r}, train={self.train}, out={self.out_size}"
+                + (", random resized crop on load)" if self.crops_on_load else ")"))
 
 
 # --------------------------------------------------------------------------- checking

@@ -1,0 +1,72 @@
+"""Per-image cost in a DataLoader worker of the two training decodes for list datasets (ImageNet-LT,
+Places-LT, iNaturalist), on synthetic JPEGs of typical ImageNet size:
+
+- square: short side to 256 and a centre 256 x 256 crop (the random resized crop is then taken on
+  the device, from that square);
+- random_resized: torchvision's RandomResizedCrop(224) from the whole decoded image (the default
+  for the "imagenet" recipe; the device then only flips and jitters).
+
+    python benchmarks/decode_cost.py [--images 64] [--reps 3] [--out benchmarks/decode_cost.txt]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from longtail.data.listfile import crop_generator, decode_image, decode_random_resized
+
+
+def make_jpegs(folder: Path, n: int) -> list[Path]:
+    """Smooth random images (JPEG compresses them like photographs, unlike white noise), in the
+    sizes ImageNet mostly has: 500 x 375, 375 x 500 and 500 x 333."""
+    rng = np.random.default_rng(0)
+    sizes = [(375, 500), (500, 375), (333, 500)]
+    paths = []
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        small = rng.integers(0, 256, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+        paths.append(folder / f"{i}.jpg")
+        img.save(paths[-1], quality=90)
+    return paths
+
+
+def best_ms(fn, paths, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        for k, p in enumerate(paths):
+            fn(p, k)
+        times.append((time.perf_counter() - t) / len(paths) * 1000)
+    return min(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", help="also write the table here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_jpegs(Path(tmp), args.images)
+        square = best_ms(lambda p, k: decode_image(p, 256, 256), paths, args.reps)
+        rrc = best_ms(lambda p, k: decode_random_resized(p, 224, crop_generator((0, 0, 0, 0, k))), paths, args.reps)
+    lines = [f"decode per image, one process, {args.images} synthetic JPEGs (500x375 / 375x500 / 500x333), "
+             f"best of {args.reps}", "",
+             "| training decode | ms / image | vs square |", "|---|---|---|",
+             f"| square (short side 256, centre 256x256; crop later on the device) | {square:.2f} | 1.00x |",
+             f"| random_resized (RandomResizedCrop(224) from the whole image) | {rrc:.2f} | {rrc / square:.2f}x |"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
