@@ -45,6 +45,7 @@ def test_overrides_and_types(tmp_path):
     ("compile_mode=fastest", "compile_mode must be one of default, reduce-overhead, max-autotune"),
     ("check_every=-1", "check_every must be >= 0 (0 = auto)"),
     ("data.autoaugment_shear=bilinear", "data.autoaugment_shear must be one of bicubic, nearest"),
+    ("data.train_crop=centre", "data.train_crop must be one of random_resized, square"),
     ("model.head=linear", None),
     ("nonsense", "must look like key=value"),
 ])
@@ -164,6 +165,25 @@ def test_saved_run_configs_keep_the_behaviour_of_the_version_that_wrote_them(tmp
     assert setting_key(saved_config_from_dict(old)) != setting_key(shipped)
     # a saved value is never overwritten
     assert saved_config_from_dict(shipped.to_dict()) == shipped
+
+
+def test_list_runs_saved_before_the_whole_image_crop_are_read_as_square_crops(tmp_path):
+    from longtail.config import experiment_settings, saved_config_from_dict, setting_key
+
+    shipped = load_config(CONFIGS / "imagenet_lt_resnet50_gala_reference.yaml")
+    assert shipped.data.augment == "imagenet" and shipped.data.train_crop == "random_resized"
+    old = shipped.to_dict()
+    del old["data"]["train_crop"]  # as a list run saved it before 2026-12-03
+    assert saved_config_from_dict(old).data.train_crop == "square"
+    assert setting_key(saved_config_from_dict(old)) != setting_key(shipped)  # not seeds of one setting
+    # where the key has no effect it is no part of the setting, so no CIFAR run changes its group
+    cifar = load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml")
+    assert "data.train_crop" not in experiment_settings(cifar)
+    old_cifar = cifar.to_dict()
+    del old_cifar["data"]["train_crop"]
+    assert setting_key(saved_config_from_dict(old_cifar)) == setting_key(cifar)
+    assert "data.train_crop" not in experiment_settings(load_config(
+        CONFIGS / "imagenet_lt_resnet50_gala_reference.yaml", ["data.augment=crop_flip"]))
 
 
 def test_a_loss_parameter_left_at_its_default_is_the_same_setting():

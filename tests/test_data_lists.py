@@ -173,11 +173,30 @@ def test_list_dataset_crops_on_load_by_key(image_folder, tmp_path):
     assert torch.equal(ds[2][0], ds[(2, (2,))][0])  # a bare index keys the crop by itself
     keys = [(0, 1, 0, 5, p) for p in range(20)]
     assert len({ds[(2, k)][0].numpy().tobytes() for k in keys}) > 10
+    # keys that a word-splitting seed would run together stay apart
+    a, b = crop_generator((5 + 2**32, 0, 0, 0)), crop_generator((5, 1, 0, 0, 0))
+    assert not torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=b))
     # evaluation sets never crop at random
     ev = ListDataset(root, lst, num_classes=3, train=False, image_size=12, resize=16, crop="random_resized")
     assert not ev.crops_on_load and torch.equal(ev[(2, (7,))][0], ev[2][0])
     with pytest.raises(ValueError, match="crop must be 'square' or 'random_resized'"):
         ListDataset(root, lst, crop="centre")
+
+
+@pytest.mark.parametrize("overrides, crops_on_load, train_size", [
+    ([], True, 8), (["data.train_crop=square"], False, 10), (["data.augment=crop_flip"], False, 10)])
+def test_training_data_crops_on_load_only_for_the_imagenet_recipe_on_whole_images(image_folder, tmp_path, overrides,
+                                                                                crops_on_load, train_size):
+    from longtail.config import apply_overrides, config_from_dict
+    from longtail.train import load_data
+
+    root, entries = image_folder
+    tr = _write_list(tmp_path / "train.txt", entries)
+    cfg = config_from_dict({"data": {"name": "lists", "root": str(root), "train_list": str(tr), "test_list": str(tr),
+                                     "augment": "imagenet", "image_size": 8, "resize": 10}})
+    cfg = config_from_dict(apply_overrides(cfg.to_dict(), overrides))
+    bench = load_data(cfg)
+    assert bench.train.crops_on_load is crops_on_load and bench.train[0][0].shape == (3, train_size, train_size)
 
 
 def test_crop_keys_do_not_depend_on_where_an_epoch_resumed():

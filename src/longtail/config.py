@@ -49,6 +49,10 @@ class DataConfig:
     # AutoAugment's ShearX/Y sampling: bicubic as the released policy (PIL, bit-exact), or nearest
     # (what longtail 0.1.0 did, and the first CIFAR-100-LT GALA reproduction run used)
     autoaugment_shear: str = "bicubic"
+    # list datasets with the "imagenet" augmentation: random_resized takes torchvision's
+    # RandomResizedCrop from the whole image as it is decoded; square (before 2026-12-03) crops a
+    # centre square of short side `resize` on decoding and the random crop from it on the device
+    train_crop: str = "random_resized"
     limit_per_class: int | None = None  # cap per-class training images (tiny smoke runs)
     limit_eval_per_class: int | None = None
     workers: int = 4  # DataLoader workers for list datasets
@@ -145,6 +149,7 @@ _CHOICES = {
     "data.val_shortfall": ("move", "error"),
     "data.sampler": SAMPLERS,
     "data.autoaugment_shear": SHEAR_INTERPOLATIONS,
+    "data.train_crop": ("random_resized", "square"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
@@ -372,7 +377,10 @@ PER_SEED_KEYS = ("model.init_from",)
 # Keys added after configs were first saved in run folders, with the behaviour of the versions that
 # had no such key. A saved run config (run folder, results.json) lacking one of them ran like that,
 # whatever today's default is; shipped and user configs take today's defaults.
-LEGACY_VALUES = {"data.autoaugment_shear": "nearest"}  # longtail 0.1.0 sheared with nearest sampling
+LEGACY_VALUES = {
+    "data.autoaugment_shear": "nearest",  # longtail 0.1.0 sheared with nearest sampling
+    "data.train_crop": "square",  # list datasets cropped from a centre square before 2026-12-03
+}
 
 
 def saved_config_from_dict(data: dict) -> Config:
@@ -399,6 +407,8 @@ def experiment_settings(cfg: Config) -> dict[str, Any]:
         flat.update({(f"{section}.{key}" if key else section): v for key, v in items})
     if flat["data.augment"] != "autoaugment":
         del flat["data.autoaugment_shear"]  # no effect without AutoAugment
+    if flat["data.augment"] != "imagenet" or flat["data.name"] in ("cifar10-lt", "cifar100-lt", "digits-lt"):
+        del flat["data.train_crop"]  # only list datasets under the "imagenet" recipe crop on decoding
     if flat["optim.schedule"] != "step":
         del flat["optim.milestones"], flat["optim.step_factors"]  # no effect on a cosine schedule
     # a loss parameter left out runs at the loss's default: the same experiment as giving it

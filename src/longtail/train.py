@@ -170,8 +170,8 @@ def load_data(cfg: Config):
                           val_seed=d.val_seed, val_shortfall=d.val_shortfall, download=d.download, train_list=d.train_list, val_list=d.val_list,
                           test_list=d.test_list, image_size=d.image_size, resize=d.resize,
                           limit_per_class=d.limit_per_class, limit_eval_per_class=d.limit_eval_per_class,
-                          # list datasets take the "imagenet" random resized crop from the whole image
-                          train_crop="random_resized" if d.augment == "imagenet" else "square")
+                          # list datasets take the "imagenet" random resized crop as they decode
+                          train_crop=d.train_crop if d.augment == "imagenet" else "square")
 
 
 # The data keys that fix which images are trained on and which are held out for validation: a

@@ -157,7 +157,10 @@ def decode_image(path: str | os.PathLike, resize: int, crop: int) -> torch.Tenso
 def crop_generator(key) -> torch.Generator:
     """A CPU generator for one image's crop, seeded from a key such as (seed, epoch, rank, step,
     position): the same key gives the same crop in any worker, before or after a resume."""
-    state = np.random.SeedSequence([int(k) % 2**64 for k in key]).generate_state(1, np.uint64)[0]
+    # each field as two fixed 32-bit words after the field count, so that no two keys share entropy
+    # (SeedSequence would split a large int into words and run it together with its neighbours)
+    words = [len(key)] + [w for k in key for w in (int(k) % 2**64 & 0xFFFFFFFF, int(k) % 2**64 >> 32)]
+    state = np.random.SeedSequence(words).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
