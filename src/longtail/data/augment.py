@@ -290,14 +290,13 @@ class TrainAugment:
         if x.dtype != torch.uint8:
             raise TypeError(f"training augmentation expects uint8 images, got {x.dtype}")
         size = self.image_size
-        if self.kind == "imagenet" and self.cropped:  # the random resized crop was taken on decoding
-            if x.shape[-2:] != (size, size):
-                raise ValueError(f"cropped 'imagenet' batches must be {size}x{size}, got {tuple(x.shape[-2:])}")
-            y = hflip(x.float(), torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5)
-            y = _random_color_jitter(y, generator, 0.4, max_value=255.0, sync_free=self.sync_free)
-            return normalize(y, self.mean, self.std)
         if self.kind == "imagenet":
-            y = random_resized_crop(x, size, generator)  # float, 0..255
+            if not self.cropped:
+                y = random_resized_crop(x, size, generator)  # float, 0..255
+            elif x.shape[-2:] != (size, size):
+                raise ValueError(f"cropped 'imagenet' batches must be {size}x{size}, got {tuple(x.shape[-2:])}")
+            else:  # the random resized crop was taken on decoding: only the flip is left
+                y = hflip(x.float(), torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5)
             y = _random_color_jitter(y, generator, 0.4, max_value=255.0, sync_free=self.sync_free)
             return normalize(y, self.mean, self.std)
         if x.shape[-2:] != (size, size):
