@@ -72,13 +72,14 @@ def _label_differences(rows: list[dict], first_runs: list[dict]) -> None:
             row["differs"] = ", ".join(row["differs_values"])
 
 
-def _mean_std(values: list) -> str:
+def _mean_std(values: list, sign: str = "") -> str:
+    """'51.00 ± 1.41' over the values that are not None ('-' if none); sign="+" signs the mean."""
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:{sign}.2f}"
+    return f"{statistics.mean(values):{sign}.2f} ± {statistics.stdev(values):.2f}"
 
 
 VARIANTS = ("raw", "pr", "pr_transductive", "la")
@@ -274,7 +275,7 @@ def paired_table(rows: list[dict], against: str, metric: str = "top1") -> str:
             shared = sorted(set(r["seed_list"]) & set(base["seed_list"]))
             higher = f"{sum(d > 0 for d in raw)} of {len(raw)}" if raw else "-"
             lines.append(f"| {name} | {_method_label(r)} | {' '.join(map(str, shared)) or 'none'} | "
-                         f"{_signed_mean_std(raw)} (n={len(raw)}) | {_signed_mean_std(pr)} (n={len(pr)}) | {higher} |")
+                         f"{_mean_std(raw, '+')} (n={len(raw)}) | {_mean_std(pr, '+')} (n={len(pr)}) | {higher} |")
     if len(missing) == len(groups):
         raise ValueError(f"--against {against!r} names no row of the table; its methods are: "
                          + "; ".join(sorted({_method_label(r) for r in rows})))
@@ -284,14 +285,6 @@ def paired_table(rows: list[dict], against: str, metric: str = "top1") -> str:
     if missing:
         lines += ["", f"No {against} row to pair with in: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
-
-
-def _signed_mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:+.2f}"
-    return f"{statistics.mean(values):+.2f} ± {statistics.stdev(values):.2f}"
 
 
 def write_csv(rows: list[dict], path) -> Path:
