@@ -21,3 +21,16 @@ def _few_threads():
     # CI has 2 cores; keep tests from oversubscribing them.
     torch.set_num_threads(2)
     yield
+
+
+def markdown_rows(text: str, header: str) -> list[dict[str, str]]:
+    """The data rows of the markdown table in `text` whose header line starts with `header`, as
+    {column: cell} dicts; the table ends at its first line that is not a row."""
+    lines = text[text.index(header):].splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:  # after the header and its |---| rule
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(head, (c.strip() for c in line.strip("|").split("|")))))
+    return rows

@@ -5,6 +5,7 @@ import re
 import statistics
 
 import pytest
+from conftest import markdown_rows
 
 from longtail import cli
 
@@ -12,16 +13,9 @@ pytestmark = pytest.mark.slow
 METHODS = {"ce": "ce", "la": "la", "ala": "ala", "gala": "gala-reference"}  # run folder -> table label
 
 
-def _table_rows(summary: str) -> dict[str, list[str]]:
-    """The markdown table's data rows, keyed by the method column."""
-    first_table = summary.split("\n\n")[0]  # the paired table, when there is one, follows a blank line
-    lines = [line for line in first_table.splitlines() if line.startswith("| ")]
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = {}
-    for line in lines[1:]:  # the |---| rule does not start with "| "
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[head.index("method")]] = dict(zip(head, cells))
-    return rows
+def _table_rows(summary: str) -> dict[str, dict[str, str]]:
+    """The summary table's rows, keyed by the method column."""
+    return {r["method"]: r for r in markdown_rows(summary, "| dataset | method |")}
 
 
 def _only_child(folder):

@@ -6,6 +6,7 @@ that made them, and docs/RESULTS.md lists those seed-0 figures run by run.)"""
 from pathlib import Path
 
 import pytest
+from conftest import markdown_rows
 
 from longtail.report import load_results, summarize
 
@@ -28,16 +29,8 @@ ARCHIVED = {  # (IF, README method cell) -> run folders under docs/results
 
 
 def _readme_rows() -> dict[tuple[str, str], dict[str, str]]:
-    text = (ROOT / "README.md").read_text()
-    lines = text[text.index("| IF | method (recipe) |"):].splitlines()
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = {}
-    for line in lines[2:]:
-        if not line.startswith("| "):
-            break
-        cells = dict(zip(head, (c.strip() for c in line.strip("|").split("|"))))
-        rows[(cells["IF"], cells["method (recipe)"])] = cells
-    return rows
+    rows = markdown_rows((ROOT / "README.md").read_text(), "| IF | method (recipe) |")
+    return {(r["IF"], r["method (recipe)"]): r for r in rows}
 
 
 @pytest.mark.parametrize("key", sorted(ARCHIVED), ids=lambda k: f"IF{k[0]} {k[1]}")
