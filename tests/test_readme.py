@@ -91,19 +91,28 @@ def test_the_apis_the_loss_section_names_exist_with_the_arguments_it_gives():
     assert torch.isfinite(gcl(z.clamp(-1, 1), y))
 
 
-def _readme_command_lines() -> list[list[str]]:
-    """Every `longtail ...` line (and torchrun's `-m longtail ...`) in the README's bash blocks, as
-    argv for cli.main, with <placeholders> filled in."""
-    lines = []
+def _readme_commands() -> list[list[str]]:
+    """Every command in the README's bash blocks (comments dropped, `a && b` split, <placeholders>
+    filled in), as its words."""
+    commands = []
     for block in _code_blocks(README, "bash"):
         for line in block.splitlines():
-            line = line.split("#")[0].strip()
-            for part in line.split("&&"):
+            for part in line.split("#")[0].split("&&"):
                 words = shlex.split(re.sub(r"<[^>]*>", "1", part.strip()))
-                if "-m" in words and words[words.index("-m") + 1] == "longtail":
-                    lines.append(words[words.index("-m") + 2:])
-                elif words[:1] == ["longtail"]:
-                    lines.append(words[1:])
+                if words:
+                    commands.append(words)
+    return commands
+
+
+def _readme_command_lines() -> list[list[str]]:
+    """Every `longtail ...` command (and torchrun's `-m longtail ...`) in the README, as argv for
+    cli.main."""
+    lines = []
+    for words in _readme_commands():
+        if "-m" in words and words[words.index("-m") + 1] == "longtail":
+            lines.append(words[words.index("-m") + 2:])
+        elif words[0] == "longtail":
+            lines.append(words[1:])
     return lines
 
 
@@ -125,12 +134,8 @@ def test_every_longtail_command_in_the_readme_parses_and_its_config_loads():
 
 @pytest.mark.slow
 def test_every_benchmark_command_in_the_readme_names_a_script_and_flags_it_accepts():
-    commands = []
-    for block in _code_blocks(README, "bash"):
-        for line in block.splitlines():
-            words = shlex.split(line.split("#")[0])
-            if words[:1] == ["python"] and words[1:2] and words[1].startswith("benchmarks/"):
-                commands.append(words[1:])
+    commands = [words[1:] for words in _readme_commands()
+                if words[0] == "python" and words[1:2] and words[1].startswith("benchmarks/")]
     assert len(commands) >= 5
     root = Path(__file__).resolve().parents[1]
     for script, *args in commands:
