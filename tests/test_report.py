@@ -278,3 +278,122 @@ def test_report_command_pairs_against_a_method_and_names_the_choices_when_it_is_
     assert f"| gala-reference | 0 1 | {statistics.mean([10.0, 12.0]):+.2f} ± {statistics.stdev([10.0, 12.0]):.2f} (n=2) |" in out
     assert cli.main(["report", str(tmp_path), "--against", "ldam"]) == 2
     assert "its methods are: ce; gala-reference" in capsys.readouterr().err
+
+
+def _save_run(folder, seed, top1, method="gala-reference"):
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(_run(seed, top1, method=method)))
+    return folder
+
+
+def test_load_results_finds_runs_at_any_depth_in_path_order(tmp_path):
+    from longtail.report import load_results
+
+    # `longtail demo` writes runs/demo-<time>/<method>/results.json: two levels below runs/
+    _save_run(tmp_path / "runs" / "demo-2" / "ce", 0, 40.0, "ce")
+    _save_run(tmp_path / "runs" / "demo-1" / "gala", 0, 50.0)
+    _save_run(tmp_path / "runs" / "a" / "b" / "c", 1, 51.0)
+    _save_run(tmp_path / "runs" / "plain", 2, 52.0)
+    (tmp_path / "runs" / "demo-1" / "summary.md").write_text("not a run")
+    found = load_results([tmp_path / "runs"])
+    runs = tmp_path / "runs"
+    assert [r["_dir"] for r in found] == [str(runs / "a/b/c"), str(runs / "demo-1/gala"), str(runs / "demo-2/ce"),
+                                          str(runs / "plain")]
+    assert [(r["method"], r["seed"]) for r in found] == [("gala-reference", 1), ("gala-reference", 0), ("ce", 0),
+                                                         ("gala-reference", 2)]
+
+
+def test_report_command_summarises_a_demo_folder_two_levels_down(tmp_path, capsys):
+    from longtail import cli
+
+    for seed, top1 in ((0, 50.0), (1, 52.0)):
+        _save_run(tmp_path / "runs" / f"demo-{seed}" / "gala", seed, top1)
+    assert cli.main(["report", str(tmp_path / "runs")]) == 0
+    assert f"| gala-reference | resnet32 | 2 | 51.00 ± {statistics.stdev([50.0, 52.0]):.2f} |" in capsys.readouterr().out
+
+
+def test_load_results_counts_each_results_json_once(tmp_path):
+    from longtail.report import load_results
+
+    # a run folder with a run nested in it, named alone, beside its nested run, and through a link
+    outer = _save_run(tmp_path / "first", 0, 50.0)
+    inner = _save_run(outer / "second_stage", 1, 52.0)
+    (tmp_path / "compare").mkdir()
+    (tmp_path / "compare" / "link").symlink_to(inner, target_is_directory=True)
+    assert [r["_dir"] for r in load_results([outer])] == [str(outer), str(inner)]
+    assert [r["_dir"] for r in load_results([outer, inner, tmp_path / "compare"])] == [str(outer), str(inner)]
+    # a linked run folder alone is found (as a one-level glob found it), and a link loop ends
+    (tmp_path / "compare" / "loop").symlink_to(tmp_path / "compare", target_is_directory=True)
+    assert [r["_dir"] for r in load_results([tmp_path / "compare"])] == [str(tmp_path / "compare" / "link")]
+    # the results.json itself may be named
+    assert [r["seed"] for r in load_results([inner / "results.json"])] == [1]
+
+
+def test_a_broken_results_json_is_an_error_naming_it(tmp_path, capsys):
+    from longtail import cli
+    from longtail.report import load_results
+
+    run = _save_run(tmp_path / "runs" / "gala_s0", 0, 50.0)
+    broken = tmp_path / "runs" / "gala_s1" / "results.json"
+    broken.parent.mkdir()
+    broken.write_text('{"run": "\n')  # cut short mid-string
+    for named in (tmp_path / "runs", broken.parent, broken):  # scanned or named: a seed must not vanish
+        with pytest.raises(ValueError, match=rf"^{broken} is not valid JSON \(Invalid control character"):
+            load_results([named])
+    assert cli.main(["report", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {broken} is not valid JSON") and err.count("\n") == 1
+    # where the run's checkpoint is there, the message says how to write the file again
+    (broken.parent / "last.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"move it aside and `longtail train --resume {broken.parent}`"):
+        load_results([broken.parent])
+    broken.write_bytes(b"\xff\xfe{}")  # not even UTF-8
+    with pytest.raises(ValueError, match=rf"^{broken} is not valid JSON"):
+        load_results([run.parent])
+
+
+@pytest.mark.parametrize("content", ["{}", '{"accuracy": 0.9}', "[1, 2]",
+                                     '{"dataset": "x", "method": "m", "seed": 0, "checkpoints": [1]}'])
+def test_a_foreign_results_json_is_an_error_when_named_and_skipped_with_a_warning_when_scanned(tmp_path, capsys,
+                                                                                              content):
+    from longtail import cli
+    from longtail.report import load_results
+
+    _save_run(tmp_path / "runs" / "gala_s0", 0, 50.0)
+    foreign = tmp_path / "runs" / "other_tool" / "results.json"
+    foreign.parent.mkdir()
+    foreign.write_text(content)
+    for named in (foreign.parent, foreign):
+        with pytest.raises(ValueError, match=rf"^{foreign} is not a longtail results.json"):
+            load_results([named])
+    assert cli.main(["report", str(foreign.parent)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {foreign} is not a longtail results.json")
+    found = load_results([tmp_path / "runs"])
+    assert [r["_dir"] for r in found] == [str(tmp_path / "runs" / "gala_s0")]
+    assert capsys.readouterr().err == f"warning: skipped {foreign}: not a longtail results.json\n"
+    # a folder of nothing else is an error, not an empty table
+    others = tmp_path / "others"
+    (others / "x").mkdir(parents=True)
+    (others / "x" / "results.json").write_text(content)
+    with pytest.raises(FileNotFoundError, match=rf"^{others} holds no longtail results.json \(1 of other tools"):
+        load_results([others])
+
+
+def test_report_says_what_is_missing_and_how_to_finish_a_run(tmp_path, capsys):
+    from longtail import cli
+    from longtail.report import load_results
+
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path / 'nope'} does not exist$"):
+        load_results([tmp_path / "nope"])
+    run = tmp_path / "unfinished"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    assert cli.main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"`longtail train --resume {run}` finishes it" in err and "longtail eval" not in err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no results.json, in it or in any folder below") as info:
+        load_results([tmp_path / "empty"])
+    assert "longtail eval" not in str(info.value)

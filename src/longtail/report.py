@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,19 +15,87 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 
 
-def load_results(run_dirs) -> list[dict]:
-    """results.json of each run folder (or of each run folder found one level below a given folder)."""
-    found = []
-    for d in map(Path, run_dirs):
-        files = [d / "results.json"] if (d / "results.json").exists() else sorted(d.glob("*/results.json"))
-        if not files:
-            raise FileNotFoundError(f"{d} holds no results.json (is the run finished? `longtail eval {d}` "
-                                    "re-creates it from a checkpoint)")
+def load_results(paths) -> list[dict]:
+    """The results.json of each given path: a run folder, a results.json itself, or a folder scanned
+    for results.json at any depth (`longtail demo` puts its runs two levels down), in path order.
+    Each file counts once, however many given paths reach it (a folder and a run inside it, a link).
+
+    A file that is not JSON is an error wherever it is: it is most likely a run's, and skipping it
+    would drop a seed from the means unseen. JSON that is not a longtail run's (another tool's
+    results.json, `{}`) is an error when named (the file, or the folder it lies in), and skipped with
+    a warning on stderr when found by scanning below the named folder, which may hold other output.
+    A path with no longtail results.json is an error (FileNotFoundError)."""
+    found, seen = [], set()
+    for given in map(Path, paths):
+        files = _results_files(given)
+        skipped = 0
         for f in files:
-            r = json.loads(f.read_text())
+            if f.resolve() in seen:  # reached by an earlier path too
+                continue
+            r = _read_results(f)
+            if not _is_longtail_run(r):
+                if f == given or f.parent == given:
+                    raise ValueError(f"{f} is not a longtail results.json (one is a dict with "
+                                     f"{', '.join(RUN_KEYS)}); give longtail run folders")
+                print(f"warning: skipped {f}: not a longtail results.json", file=sys.stderr, flush=True)
+                skipped += 1
+                continue
+            seen.add(f.resolve())
             r["_dir"] = str(f.parent)
             found.append(r)
+        if skipped == len(files):
+            raise FileNotFoundError(_nothing_found(given, skipped))
     return found
+
+
+RUN_KEYS = ("dataset", "method", "seed", "checkpoints")  # what every longtail results.json has
+
+
+def _results_files(given: Path) -> list[Path]:
+    """The results.json files a given path stands for: itself when a file, else every one in the
+    folder and below, sorted. Linked folders are followed (a folder of links to the runs compared),
+    each real folder once, so that a link loop ends."""
+    if given.is_file():
+        return [given]
+    if not given.is_dir():
+        raise FileNotFoundError(f"{given} does not exist")
+    found, visited = [], set()
+    for top, dirs, files in os.walk(given, followlinks=True):
+        real = os.path.realpath(top)
+        if real in visited:
+            dirs.clear()
+            continue
+        visited.add(real)
+        if "results.json" in files:
+            found.append(Path(top) / "results.json")
+    return sorted(found)
+
+
+def _read_results(f: Path):
+    """The parsed file; ValueError naming it when it is not JSON."""
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # a finished run's file is whole: evaluating the run again re-creates it
+        again = (f"; if it is a damaged run result, move it aside and `longtail train --resume {f.parent}` "
+                 "evaluates the run again and writes it" if (f.parent / "last.pt").exists() else "")
+        raise ValueError(f"{f} is not valid JSON ({e}){again}") from None
+
+
+def _is_longtail_run(r) -> bool:
+    return isinstance(r, dict) and all(k in r for k in RUN_KEYS) and isinstance(r["checkpoints"], dict)
+
+
+def _nothing_found(given: Path, skipped: int) -> str:
+    """Why a given folder yields no run, and what makes one."""
+    if skipped:
+        return f"{given} holds no longtail results.json ({skipped} of other tools skipped, see the warnings)"
+    # a run writes results.json when its final evaluation ends; an interrupted one continues from last.pt
+    if (given / "last.pt").exists():
+        return (f"{given} is an unfinished run (no results.json): `longtail train --resume {given}` "
+                "finishes it, and its final evaluation writes results.json")
+    return (f"{given} holds no results.json, in it or in any folder below (a run writes it when it "
+            "finishes; `longtail train --resume RUN` finishes an interrupted run)")
 
 
 def _setting(result: dict) -> str:
