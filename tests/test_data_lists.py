@@ -294,6 +294,46 @@ def test_check_list_finds_every_problem(image_folder, tmp_path):
     assert fast.unreadable == [] and fast.missing == rep.missing
 
 
+def test_check_list_errors_for_a_folder_given_as_the_list(image_folder, tmp_path, capsys):
+    from longtail import cli
+
+    root, _ = image_folder
+    for call in (lambda: check_list(root, root), lambda: read_list(root)):
+        with pytest.raises(ValueError, match=rf"^list file {root} is a folder; give the text file"):
+            call()
+    assert cli.main(["data", "check", str(root), "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: list file {root} is a folder") and err.count("\n") == 1
+
+
+def test_check_list_errors_when_the_root_is_not_a_folder(image_folder, tmp_path, capsys):
+    from longtail import cli
+
+    root, entries = image_folder
+    lst = _write_list(tmp_path / "l.txt", entries)
+    with pytest.raises(FileNotFoundError, match=rf"^image root {tmp_path / 'nope'} does not exist: give the folder"):
+        check_list(tmp_path / "nope", lst)
+    with pytest.raises(FileNotFoundError, match=rf"^image root {lst} is not a folder"):
+        check_list(lst, lst)
+    assert cli.main(["data", "check", str(lst), "--root", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: image root {tmp_path / 'nope'} does not exist: give the folder the paths in {lst} are relative to\n"
+    assert check_list(root, lst).ok  # the same list against its real root
+
+
+@pytest.mark.parametrize("num_classes", [0, -3])
+def test_list_functions_reject_fewer_than_one_class(image_folder, tmp_path, num_classes):
+    root, entries = image_folder
+    lst = _write_list(tmp_path / "l.txt", entries)
+    calls = [lambda: check_list(root, lst, num_classes=num_classes), lambda: read_list(lst, num_classes),
+             lambda: class_counts_from_list(lst, num_classes), lambda: class_counts_from_list([0, 1], num_classes),
+             lambda: ListDataset(root, lst, num_classes=num_classes)]
+    for call in calls:
+        with pytest.raises(ValueError, match=rf"num_classes must be >= 1 \(or None: max label \+ 1\), got {num_classes}"):
+            call()
+    assert check_list(root, lst, num_classes=1).label_problems  # one class is allowed: labels 1, 2 are out of range
+
+
 def test_lists_benchmark(image_folder, tmp_path):
     root, entries = image_folder
     tr = _write_list(tmp_path / "train.txt", entries)

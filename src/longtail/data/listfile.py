@@ -41,6 +41,9 @@ class _Parsed:
 
 
 def _read_text(list_file: Path) -> str:
+    if list_file.is_dir():  # read_bytes would raise IsADirectoryError (PermissionError on Windows)
+        raise ValueError(f"list file {list_file} is a folder; give the text file that lists the images "
+                         "(`relative/path label` lines), and their folder as the image root")
     try:
         raw = list_file.read_bytes()
     except FileNotFoundError:
@@ -52,7 +55,14 @@ def _read_text(list_file: Path) -> str:
         raise ValueError(f"{list_file}:{line}: not valid UTF-8 ({e.reason}); save the list as UTF-8") from None
 
 
+def _check_num_classes(num_classes: int | None) -> None:
+    # 0 classes admit no label: every line would be "out of range" and the counts empty
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1 (or None: max label + 1), got {num_classes}")
+
+
 def _parse(list_file: Path, num_classes: int | None, strict: bool) -> _Parsed:
+    _check_num_classes(num_classes)
     text = _read_text(list_file)
     paths: list[str] = []
     label_text: list[str] = []
@@ -108,6 +118,7 @@ def read_list(list_file: str | os.PathLike, num_classes: int | None = None) -> t
 
 def class_counts_from_list(list_file_or_labels, num_classes: int | None = None) -> list[int]:
     """Images per class, from a list file or a labels array; length ``num_classes`` (default max+1)."""
+    _check_num_classes(num_classes)
     if isinstance(list_file_or_labels, (str, os.PathLike)):
         _, labels = read_list(list_file_or_labels, num_classes)
     else:
@@ -336,9 +347,15 @@ def check_list(root: str | os.PathLike, list_file: str | os.PathLike, num_classe
     Finds lines that do not parse, labels out of range, duplicate paths, missing files, images that
     do not decode (``decode=True``: Pillow open + verify + full load, on ``workers`` threads, default
     min(8, CPUs)), per-class counts and empty classes. ``print(report)`` gives a readable summary.
+
+    Raises for what leaves nothing to check: a list that cannot be read, a ``root`` that is not a
+    folder (FileNotFoundError; every image would be "missing"), ``num_classes`` < 1 (ValueError).
     """
     root, list_file = Path(root), Path(list_file)
     parsed = _parse(list_file, num_classes, strict=False)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image root {root} {'is not a folder' if root.exists() else 'does not exist'}: "
+                                f"give the folder the paths in {list_file} are relative to")
     labels = parsed.labels
     if num_classes is None:
         num_classes = int(labels.max()) + 1 if labels.size else 0
