@@ -30,7 +30,7 @@ from longtail.config import Config, ConfigError, save_config, saved_config_from_
 from longtail.data import TensorSplit, load_benchmark
 from longtail.data.augment import build_eval_transform, build_train_augment
 from longtail.data.mixup import mix, mixed_loss, mixup_draw
-from longtail.data.sampling import class_balanced_batches, epoch_batches
+from longtail.data.sampling import batches_per_epoch, class_balanced_batches, epoch_batches
 from longtail.evaluation import autocast_context, evaluate_model, predict, report_markdown, resolve_precision
 
 
@@ -105,6 +105,23 @@ def atomic_save(obj, path: Path) -> None:
         raise CheckpointWriteError(f"could not write checkpoint {path} ({exc.strerror or exc}); {prev}. "
                                    "Free disk space, then continue with `longtail train --resume "
                                    f"{path.parent}`") from exc
+    except BaseException:  # a stop request mid-write: no half-written file left beside the intact one
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: Path, map_location) -> dict:
+    """A checkpoint written by `longtail train`; a damaged or foreign file is a ValueError naming it."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except OSError:
+        raise
+    except Exception as exc:  # torch.load's errors for a bad file vary: zip, pickle, EOF, unknown classes
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or damaged?): {detail}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ValueError(f"{path} is not a longtail checkpoint (no 'model' weights in it)")
+    return ckpt
 
 
 def started_precision(run_dir: str | Path) -> str | None:
@@ -194,10 +211,11 @@ def load_run_weights(model, source: str | Path, device: torch.device, cfg: Confi
     if not path.is_file():
         raise FileNotFoundError(f"model.init_from: no checkpoint at {path} (give a run folder or a .pt file "
                                 "written by `longtail train`)")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    state = ckpt.get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"model.init_from: {path} is not a longtail checkpoint (no 'model' weights in it)")
+    try:
+        ckpt = read_checkpoint(path, device)
+    except ValueError as exc:
+        raise ValueError(f"model.init_from: {exc}") from None
+    state = ckpt["model"]
     info = {"checkpoint": str(path)}
     if isinstance(ckpt.get("config"), dict):
         first = saved_config_from_dict(ckpt["config"])
@@ -248,9 +266,11 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         raise ConfigError("model.freeze_backbone trains only the head, so the backbone must come from somewhere: "
                           "set model.init_from=RUN_FOLDER (the first stage's run) or model.pretrained=FILE")
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
-    if not resume and (run_dir / "last.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; use `longtail train --resume {run_dir}` or another "
-                              "run folder")
+    if not resume:
+        held = [name for name in ("last.pt", "best.pt", "results.json") if (run_dir / name).exists()]
+        if held:  # even without last.pt (deleted to save space) the folder's results must not be overwritten
+            hint = f"use `longtail train --resume {run_dir}` or " if "last.pt" in held else "use "
+            raise FileExistsError(f"{run_dir} already holds a run ({', '.join(held)}); {hint}another run folder")
     if cfg.tensorboard:  # fail before anything is written, not after the data has loaded
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -261,6 +281,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
 
     bench = load_data(cfg)
     counts = bench.class_counts
+    check_epoch_has_batches(cfg, bench, rt)
     in_channels = (bench.train.images.shape[1] if isinstance(bench.train, TensorSplit) else 3)
     model = build_model(cfg, bench.num_classes, in_channels).to(rt.device)
     first_stage = None
@@ -284,7 +305,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
              "best_test_epoch": None, "images_seen": 0, "train_time": 0.0, "first_stage": first_stage}
     aug_gen = torch.Generator(device=rt.device)
     if resume:
-        ckpt = torch.load(run_dir / "last.pt", map_location=rt.device, weights_only=False)
+        ckpt = read_resume_checkpoint(run_dir, rt.device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         criterion.load_state_dict(ckpt["loss"])
@@ -298,7 +319,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         torch.set_rng_state(rng["torch"])
         if rt.device.type == "cuda" and rng["cuda"] is not None:
             torch.cuda.set_rng_state(rng["cuda"], rt.device)
-        if main:
+        if main and state["epoch"] >= cfg.optim.epochs:  # stopped during the final evaluation
+            print(f"resuming {run_dir}: all {cfg.optim.epochs} epochs are trained; running the final evaluation",
+                  flush=True)
+        elif main:
             print(f"resuming {run_dir} at epoch {state['epoch'] + 1} step {state['step']}", flush=True)
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -332,7 +356,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                             multiprocessing_context=distributed.loader_context(workers))
     writer = SummaryWriter(str(run_dir / "tensorboard")) if cfg.tensorboard and main else None
 
-    stop = {"flag": False}
+    stop = {"flag": False, "now": None}  # now: the message to stop with at once (final evaluation)
     check_every = cfg.check_every or (1 if rt.device.type == "cpu" else 25)
 
     def diverged_check(epoch: int, after: int, upto: int) -> None:
@@ -342,6 +366,11 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             raise TrainingDiverged(f"the loss became NaN or inf at epoch {epoch + 1}, {where}")
 
     def request_stop(signum, frame):
+        # The loop looks at the flag between steps. A second request, or one while nothing checks the
+        # flag (the final evaluation), stops at once: last.pt is the last checkpoint written either way.
+        if stop["now"] or stop["flag"]:
+            raise TrainingInterrupted(stop["now"] or f"interrupted again before the next checkpoint; continue "
+                                      f"from the last one with `longtail train --resume {run_dir}`")
         stop["flag"] = True
 
     old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -358,9 +387,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                          "world_size": rt.world_size, "config": cfg.to_dict()}, run_dir / name)
 
     if resume and main:
-        keep = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] <= state["epoch"]]
-        (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in keep))
+        trim_metrics_log(run_dir / "metrics.jsonl", state["epoch"])
     log = open(run_dir / "metrics.jsonl", "a" if resume else "w") if main else None
     best_state = None
     progress = Progress(cfg.progress, main)
@@ -485,6 +512,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             state["epoch"], state["step"] = epoch + 1, 0
         progress.close()
         distributed.barrier()
+        stop["now"] = (f"interrupted during the final evaluation; training is finished and in last.pt: "
+                       f"`longtail train --resume {run_dir}` runs the evaluation again")
+        if stop["flag"]:  # asked for during the last epoch's validation, after the last step's check
+            raise TrainingInterrupted(stop["now"])
         results = final_evaluation(cfg, run_dir, model, bench, rt, eval_tf, state, best_state, precision)
     except TrainingDiverged as exc:
         good = run_dir / "last.pt"
@@ -503,6 +534,45 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         print(report_markdown(results), flush=True)
     distributed.shutdown()
     return run_dir
+
+
+def check_epoch_has_batches(cfg: Config, bench, rt) -> None:
+    """Refuse a run whose epochs would hold no batch (it would "train" nothing and still write results).
+    Both samplers make as many draws per epoch as there are training images."""
+    if not batches_per_epoch(len(bench.train), cfg.optim.batch_size, rt.world_size, cfg.optim.drop_last):
+        raise ConfigError(f"an epoch would hold no batch: optim.batch_size {cfg.optim.batch_size} is larger than "
+                          f"the {len(bench.train)} training images and optim.drop_last is true (always so with "
+                          "several processes); lower the batch size or set optim.drop_last=false")
+
+
+def read_resume_checkpoint(run_dir: Path, device) -> dict:
+    try:
+        return read_checkpoint(run_dir / "last.pt", device)
+    except ValueError as exc:
+        backup = ("; best.pt is a whole checkpoint too (of the best epoch on validation): copy it over last.pt "
+                  "to resume from that epoch" if (run_dir / "best.pt").exists() else "")
+        raise ValueError(f"cannot resume: {exc}{backup}") from None
+
+
+def trim_metrics_log(path: Path, epochs_done: int) -> None:
+    """Keep the log lines of the epochs the checkpoint holds. A line cut short (a kill or a full disk
+    while it was written) is dropped with a warning: last.pt, not the log, is what the run resumes."""
+    keep, broken = [], 0
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            epoch = int(record["epoch"])
+        except (ValueError, KeyError, TypeError):
+            broken += 1
+            continue
+        if epoch <= epochs_done:
+            keep.append(line)
+    if broken:
+        print(f"warning: dropped {broken} unreadable line(s) from {path}", file=sys.stderr, flush=True)
+    path.write_text("".join(line + "\n" for line in keep))
 
 
 def _gather_objects(obj):
@@ -542,7 +612,7 @@ def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, stat
     # found (every rank has them: validation accuracy is gathered), or come from best.pt after a resume.
     results["checkpoints"]["last"] = evaluate_model(model, bench, cfg, rt.device, eval_tf, precision)
     if best_state is None and (run_dir / "best.pt").exists():
-        best_state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["model"]
+        best_state = read_checkpoint(run_dir / "best.pt", "cpu")["model"]
     if best_state is not None:
         model.load_state_dict(best_state)
         results["checkpoints"] = {"best_val": evaluate_model(model, bench, cfg, rt.device, eval_tf, precision),
@@ -550,12 +620,15 @@ def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, stat
     if rt.is_main:
         from longtail.report import plot_per_class, run_title  # matplotlib: only when a run ends
 
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         (run_dir / "results.md").write_text(f"# {run_title(results)}\n\n" + report_markdown(results))
         chosen = results["checkpoints"].get("best_val") or results["checkpoints"]["last"]
         plot_per_class({"raw": chosen["raw"]["per_class"], **({"PR (tau on val)": chosen["pr"]["per_class"]}
                                                                 if "pr" in chosen else {})},
                        bench.class_counts, run_dir / "per_class.png", title=run_title(results))
+        # last, and whole or not at all: results.json marks a finished run (resume refuses it)
+        tmp = run_dir / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, run_dir / "results.json")
     return results
 
 
@@ -583,6 +656,9 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Co
     run_dir = Path(run_dir)
     if not (run_dir / "last.pt").exists():
         raise FileNotFoundError(f"{run_dir} has no last.pt checkpoint to resume from")
+    if (run_dir / "results.json").exists():  # written only when a run has trained and been evaluated
+        raise FileExistsError(f"{run_dir} is finished (it holds results.json); nothing to resume. "
+                              f"`longtail eval {run_dir}` evaluates it again")
     for text in overrides or []:
         key = ".".join(parse_override(text)[0])
         if key not in RESUME_OVERRIDABLE:

@@ -17,13 +17,19 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def batches_per_epoch(num_samples: int, global_batch: int, world: int = 1, drop_last: bool = True) -> int:
+    """How many global batches an epoch of `num_samples` indices (images or class-balanced draws) makes."""
+    # Under data parallelism a last partial batch is always dropped: split unevenly, the ranks'
+    # mean losses would no longer average to the batch mean (and a rank could get no sample).
+    if drop_last or world > 1:
+        return num_samples // global_batch
+    return math.ceil(num_samples / global_batch)
+
+
 def cut_batches(order: torch.Tensor, global_batch: int, rank: int = 0, world: int = 1,
                 drop_last: bool = True) -> list[torch.Tensor]:
     """Cut an epoch's index order into global batches; return this rank's slice of each."""
-    n = len(order)
-    # Under data parallelism a last partial batch is always dropped: split unevenly, the ranks'
-    # mean losses would no longer average to the batch mean (and a rank could get no sample).
-    n_batches = n // global_batch if drop_last or world > 1 else math.ceil(n / global_batch)
+    n_batches = batches_per_epoch(len(order), global_batch, world, drop_last)
     local = global_batch // world
     return [order[b * global_batch:(b + 1) * global_batch][rank * local:(rank + 1) * local]
             for b in range(n_batches)]
