@@ -33,15 +33,21 @@ DEMO_CONFIG = {
 
 
 def resolve_config_path(name: str) -> Path:
+    """A YAML path, else a shipped config by name (`cifar100_lt_if100_gala_reference`, with or without
+    .yaml or a leading configs/), so a config is found from any working folder."""
     p = Path(name)
     if p.is_file():
         return p
-    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml", CONFIG_DIR / p.name,
+                      CONFIG_DIR / f"{p.name}.yaml"):
         if candidate.is_file():
             return candidate
-    known = sorted(c.stem for c in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    if not CONFIG_DIR.is_dir():
+        raise FileNotFoundError(f"config {name!r} not found, and this install has no configs/ folder (the shipped "
+                                "configs live in the repository: install it with `pip install -e .`)")
+    known = sorted(c.stem for c in CONFIG_DIR.glob("*.yaml"))
     hint = f" Known configs: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}" if known else ""
-    raise SystemExit(f"error: config {name!r} not found (a YAML path, or a name in {CONFIG_DIR}).{hint}")
+    raise FileNotFoundError(f"config {name!r} not found (a YAML path, or a name in {CONFIG_DIR}).{hint}")
 
 
 def cmd_train(args) -> int:
@@ -49,13 +55,19 @@ def cmd_train(args) -> int:
     from longtail.train import resume_config, train
 
     if args.resume:
+        if args.config and "=" not in args.config:
+            raise ValueError(f"--resume continues the run with its saved config; give no CONFIG ({args.config!r}), "
+                             "only runtime overrides such as threads=2")
+        if args.run_dir:
+            raise ValueError("--resume RUN continues in RUN itself; --run-dir does not go with it")
         # the positional CONFIG slot may hold the first override: `--resume RUN threads=2`
         overrides = ([args.config] if args.config else []) + list(args.overrides)
         cfg = resume_config(args.resume, overrides)
-        train(cfg, run_dir=args.resume, resume=True)
+        run_dir = train(cfg, run_dir=args.resume, resume=True)
+        print(f"run folder: {run_dir}")
         return 0
     if not args.config:
-        raise SystemExit("error: give a CONFIG (YAML path or name) or --resume RUN_DIR")
+        raise ValueError("give a CONFIG (YAML path or name) or --resume RUN_DIR")
     cfg = load_config(resolve_config_path(args.config), args.overrides)
     run_dir = train(cfg, run_dir=args.run_dir)
     print(f"run folder: {run_dir}")
@@ -63,29 +75,37 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
-    from longtail.config import load_config
+    from longtail.config import apply_overrides, load_config, saved_config_from_dict
     from longtail.data.augment import build_eval_transform
     from longtail.distributed import pick_device
     from longtail.evaluation import evaluate_model, report_markdown
-    from longtail.train import build_model, load_data, method_name, run_precision
+    from longtail.train import build_model, load_data, method_name, read_checkpoint, run_precision
 
     target = Path(args.target)
     ckpt_path = target / "best.pt" if target.is_dir() else target
     if target.is_dir() and not ckpt_path.exists():
         ckpt_path = target / "last.pt"
     if not ckpt_path.is_file():
-        raise SystemExit(f"error: no checkpoint at {ckpt_path} (give a run folder or a .pt file)")
+        raise FileNotFoundError(f"no checkpoint at {ckpt_path} (give a run folder or a .pt file)")
     run_dir = ckpt_path.parent
-    cfg = load_config(run_dir / "config.yaml", args.overrides, saved=True)
+    ckpt = read_checkpoint(ckpt_path, "cpu")  # before the data loads: a bad file fails at once
+    if (run_dir / "config.yaml").is_file():
+        cfg = load_config(run_dir / "config.yaml", args.overrides, saved=True)
+    elif isinstance(ckpt.get("config"), dict):  # a .pt moved out of its run folder carries its config
+        cfg = saved_config_from_dict(apply_overrides(copy.deepcopy(ckpt["config"]), args.overrides))
+    else:
+        raise FileNotFoundError(f"{ckpt_path} holds no config and {run_dir / 'config.yaml'} does not exist")
     if args.pr_tau is not None:
         cfg.eval.published_pr_tau = args.pr_tau
     device = pick_device(cfg.device)
     bench = load_data(cfg)
     in_ch = bench.test.images.shape[1] if hasattr(bench.test, "images") else 3
     model = build_model(cfg, bench.num_classes, in_ch).to(device)
-    model.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False)["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"the weights in {ckpt_path} do not fit the model this config builds (an override that "
+                         f"changes the model or the classes?): {str(exc).splitlines()[0]}") from None
     cfg.channels_last = False  # the model here is in the default memory format
     precision = run_precision(cfg, run_dir, device)  # as the run trained (an explicit override wins)
     report = evaluate_model(model, bench, cfg, device, build_eval_transform(bench.mean, bench.std), precision)
@@ -123,6 +143,8 @@ def cmd_demo(args) -> int:
     from longtail.train import train
 
     seeds = list(range(args.seed, args.seed + args.seeds))
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"--out {args.out} is a file; give a folder (it is created if missing)")
     out = Path(args.out) / time.strftime("demo-%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
     # Every method at one seed before the next seed, so a cut-short demo still compares all four.
@@ -182,9 +204,11 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from longtail.train import RESUME_OVERRIDABLE
+
     p = argparse.ArgumentParser(prog="longtail", description="Long-tailed image classification: ALA, GALA, PR "
                                 "and the standard baselines.")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,eval,report,data}")
 
     d = sub.add_parser("demo", help="train CE, LA, ALA and GALA on the embedded long-tailed digits and compare")
     d.add_argument("--out", default="runs", help="where the run folders go (default: runs)")
@@ -196,10 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train from a YAML config with key=value overrides")
     t.add_argument("config", nargs="?", help="YAML file, or a config name from configs/")
-    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.name=gala optim.lr=0.05 seed=1")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.name=gala optim.lr=0.05 seed=1 "
+                   "(before or after the options)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved config; only "
-                   "settings that do not change the result may be overridden: threads, progress, eval.batch_size, "
-                   "data.workers, tensorboard)")
+                   "settings that do not change the result may be overridden: "
+                   f"{', '.join(RESUME_OVERRIDABLE)})")
     t.add_argument("--run-dir", help="run folder (default: out_dir/run_name or a timestamped name)")
     t.set_defaults(func=cmd_train)
 
@@ -222,11 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     da = sub.add_parser("data", help="check list files, describe benchmarks")
-    dsub = da.add_subparsers(dest="data_cmd", required=True)
+    dsub = da.add_subparsers(dest="data_cmd", required=True, metavar="{check,info}")
     c = dsub.add_parser("check", help="report missing/unreadable files and label problems in a list file")
     c.add_argument("list_file")
     c.add_argument("--root", required=True, help="image root the list's relative paths start from")
-    c.add_argument("--num-classes", type=int, default=None)
+    c.add_argument("--num-classes", type=_positive_int, default=None,
+                   help="the number of classes labels must stay below (default: the largest label + 1)")
     c.add_argument("--no-decode", action="store_true", help="only check that files exist (faster)")
     i = dsub.add_parser("info", help="class counts of a benchmark")
     i.add_argument("name")
@@ -240,16 +266,26 @@ def main(argv: list[str] | None = None) -> int:
     from longtail.config import ConfigError
     from longtail.train import CheckpointWriteError, TrainingDiverged, TrainingInterrupted
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides written after an option (`train CONFIG --run-dir X seed=1`) are overrides too
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except TrainingInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return 130
-    except (ConfigError, TrainingDiverged, CheckpointWriteError, FileNotFoundError, FileExistsError,
-            ValueError) as exc:
+    except (TrainingDiverged, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, (ConfigError, FileNotFoundError, FileExistsError, ValueError)) else 1
+        return 1
+    # a user's mistake or the machine's state (a missing file or package, no network, a folder given
+    # for a file): one line, not a traceback
+    except (ConfigError, ValueError, OSError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
