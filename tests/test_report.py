@@ -288,7 +288,7 @@ def _save_run(folder, seed, top1, method="gala-reference"):
     return folder
 
 
-def test_load_results_finds_runs_at_any_depth_in_path_order(tmp_path):
+def test_load_results_finds_runs_at_any_depth_in_path_order(tmp_path, capsys):
     from longtail.report import load_results
 
     # `longtail demo` writes runs/demo-<time>/<method>/results.json: two levels below runs/
@@ -297,8 +297,11 @@ def test_load_results_finds_runs_at_any_depth_in_path_order(tmp_path):
     _save_run(tmp_path / "runs" / "a" / "b" / "c", 1, 51.0)
     _save_run(tmp_path / "runs" / "plain", 2, 52.0)
     (tmp_path / "runs" / "demo-1" / "summary.md").write_text("not a run")
+    (tmp_path / "runs" / "training").mkdir()
+    (tmp_path / "runs" / "training" / "last.pt").write_bytes(b"")  # a seed not finished: left out, said so
     found = load_results([tmp_path / "runs"])
     runs = tmp_path / "runs"
+    assert f"warning: skipped {runs / 'training'}: an unfinished run" in capsys.readouterr().err
     assert [r["_dir"] for r in found] == [str(runs / "a/b/c"), str(runs / "demo-1/gala"), str(runs / "demo-2/ce"),
                                           str(runs / "plain")]
     assert [(r["method"], r["seed"]) for r in found] == [("gala-reference", 1), ("gala-reference", 0), ("ce", 0),

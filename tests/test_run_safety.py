@@ -214,13 +214,18 @@ def test_eval_of_a_checkpoint_moved_out_of_its_run_folder_uses_the_config_inside
     assert f"the weights in {finished / 'best.pt'} do not fit the model" in err and "Traceback" not in err
 
 
-def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     want = cli.CONFIG_DIR / "cifar100_lt_if100_ce.yaml"
     for name in ("configs/cifar100_lt_if100_ce.yaml", "cifar100_lt_if100_ce", "cifar100_lt_if100_ce.yaml"):
         assert cli.resolve_config_path(name) == want
     with pytest.raises(FileNotFoundError, match="config 'no_such_config' not found .* Known configs: "):
         cli.resolve_config_path("no_such_config")
+    # its data.root (../shared/data) is relative to the folder run from: the error says which folder
+    assert cli.main(["train", "cifar100_lt_if100_ce"]) == 2
+    err = capsys.readouterr().err
+    assert f"(now ../shared/data, relative to the working folder {tmp_path})" in err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_mistakes_on_the_command_line_are_one_line_errors(tmp_path, capsys):

@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="merge run folders into one markdown table (mean ± std over seeds)")
-    r.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
+    r.add_argument("runs", nargs="+", help="run folders, results.json files, or folders searched for runs at any depth")
     r.add_argument("--out", help="also write the table to this markdown file")
     r.add_argument("--plot", help="also write a bar chart PNG here")
     r.add_argument("--csv", help="also write the figures as numbers (mean and std columns) to this CSV file")

@@ -68,6 +68,8 @@ def _results_files(given: Path) -> list[Path]:
         visited.add(real)
         if "results.json" in files:
             found.append(Path(top) / "results.json")
+        elif "last.pt" in files and Path(top) != given:  # a seed still training or stopped: say it is left out
+            print(f"warning: skipped {top}: an unfinished run (no results.json yet)", file=sys.stderr, flush=True)
     return sorted(found)
 
 

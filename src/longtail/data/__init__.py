@@ -147,7 +147,8 @@ def _cifar_benchmark(name, root, imb_factor, val_per_class, val_seed, lt_seed, d
     try:
         tr = load_cifar(root, dataset, "train", download=download, verify=verify)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e}. Set data.root to the folder that holds the data (now {root})") from None
+        where = "" if root.is_absolute() else f", relative to the working folder {Path.cwd()}"
+        raise FileNotFoundError(f"{e}. Set data.root to the folder that holds the data (now {root}{where})") from None
     te = load_cifar(root, dataset, "test", verify=verify)
     counts = lt_counts(n_max, C, imb_factor)
     lt_idx = select_lt_indices(tr.labels, counts, seed=lt_seed)
