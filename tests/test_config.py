@@ -48,6 +48,28 @@ def test_overrides_and_types(tmp_path):
     ("data.train_crop=centre", "data.train_crop must be one of random_resized, square"),
     ("model.head=linear", None),
     ("nonsense", "must look like key=value"),
+    # checked with the config, not by torch or after an epoch of training
+    ("device=gpu", "device must be auto, cpu, cuda, cuda:N (N: a GPU index) or mps, got 'gpu'"),
+    ("device=cuda:x", "device must be auto, cpu, cuda, cuda:N"),
+    ("eval.batch_size=0", "eval.batch_size must be >= 1, got 0"),
+    ("eval.batch_size=-4", "eval.batch_size must be >= 1, got -4"),
+    ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
+    ("optim.lr=.inf", "optim.lr must be a finite number, got inf"),
+    ("optim.weight_decay=.nan", "optim.weight_decay must be a finite number"),
+    ("optim.momentum=-.inf", "optim.momentum must be a finite number"),
+    ("loss.lambda1=.nan", "loss.lambda1 must be a finite number"),
+    ("eval.tau_grid=[0.5, .nan]", "eval.tau_grid must be a finite number"),
+    ("seed=-1", "seed must be 0 <= seed < 2**32, got -1"),
+    ("seed=4294967296", "seed must be 0 <= seed < 2**32"),
+    ("optim.lr=[oops", "optim.lr must be a number, got '[oops'"),  # not YAML: a string
+    ("loss=gala", "loss must be a mapping, got 'gala'"),
+    # a key of a section given without it, or misspelt
+    ("epochs=2", "; did you mean optim.epochs?"),
+    ("lr=0.01", "; did you mean optim.lr?"),
+    ("batch_size=8", "; did you mean optim.batch_size or eval.batch_size?"),
+    ("optim.lrr=0.1", "; did you mean optim.lr?"),
+    ("optim.epoch=3", "unknown key 'optim.epoch'; valid keys here: batch_size"),
+    ("optim.epoch=3", "; did you mean optim.epochs?"),
 ])
 def test_bad_overrides_name_the_choices(override, message):
     if message is None:  # fine for GALA, which is not a cosine-head loss
@@ -222,3 +244,69 @@ def test_second_stage_options_are_checked():
     a = load_config(CONFIGS / "cifar100_lt_if100_gcl_stage2.yaml", ["model.init_from=runs/gcl_s0"])
     b = load_config(CONFIGS / "cifar100_lt_if100_gcl_stage2.yaml", ["model.init_from=runs/gcl_s1", "seed=1"])
     assert setting_key(a) == setting_key(b) != setting_key(load_config(CONFIGS / "cifar100_lt_if100_gcl.yaml"))
+
+
+def test_loss_overrides_do_not_depend_on_their_order():
+    ala = CONFIGS / "cifar100_lt_if100_ala.yaml"
+    first = load_config(ala, ["loss.mode=reference", "loss.name=gala"])
+    assert first == load_config(ala, ["loss.name=gala", "loss.mode=reference"])
+    # the file's ala parameters are dropped, every one given on the command line kept (and DRW)
+    assert first.loss.params == {"mode": "reference"} and first.loss.drw_epoch == 160
+    assert load_config(ala, ["loss.lambda1=1.5", "loss.name=gala"]).loss.params == {"lambda1": 1.5}
+    with pytest.raises(ConfigError, match="loss.lambda1 is not a parameter of loss 'ce'"):
+        load_config(CONFIGS / "cifar100_lt_if100_gala_reference.yaml", ["loss.lambda1=1", "loss.name=ce"])
+    # only the final loss counts: back to the file's own loss, the file's parameters stay
+    gala = CONFIGS / "cifar100_lt_if100_gala_reference.yaml"
+    assert load_config(gala, ["loss.name=ce", "loss.name=gala"]).loss == load_config(gala).loss
+    assert load_config(gala, ["loss.name=gala"]).loss == load_config(gala).loss
+
+
+def test_scientific_notation_is_a_number_in_overrides_and_files(tmp_path):
+    from longtail.config import setting_key
+
+    for text, value in [("1e-3", 1e-3), ("5e-2", 0.05), ("1e0", 1.0), ("2.5E+1", 25.0)]:
+        assert load_config(None, [f"optim.lr={text}"]).optim.lr == value
+    gala = CONFIGS / "cifar100_lt_if100_gala_reference.yaml"
+    cfg = load_config(gala, ["optim.weight_decay=1e-4", "loss.lambda1=1e0", "loss.eps=1e-6",
+                             "eval.tau_grid=[0, 5e-1, 1e0]", "optim.step_factors=[1e-2, 1e-4]"])
+    assert (cfg.optim.weight_decay, cfg.loss.params["lambda1"], cfg.loss.params["eps"]) == (1e-4, 1.0, 1e-6)
+    assert cfg.eval.tau_grid == [0.0, 0.5, 1.0] and cfg.optim.step_factors == [1e-2, 1e-4]
+    assert setting_key(load_config(gala, ["optim.lr=1e-3"])) == setting_key(load_config(gala, ["optim.lr=0.001"]))
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 1e-3\n  weight_decay: 5e-4\nloss:\n  name: focal\n  gamma: 2e0\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.loss.params) == (1e-3, 5e-4, {"gamma": 2.0})
+    save_config(cfg, tmp_path / "saved.yaml")  # as a run folder keeps it
+    assert load_config(tmp_path / "saved.yaml", saved=True) == cfg
+
+
+def test_text_keys_take_an_override_as_typed(tmp_path):
+    for typed in ("123", "2026-12-03", "no", "true", "1e-3", "1.50", "[oops", "[a, b]"):
+        assert load_config(None, [f"run_name={typed}"]).run_name == typed
+    assert load_config(None, ["data.root=007"]).data.root == "007"
+    gala = CONFIGS / "cifar100_lt_if100_gala_reference.yaml"
+    assert load_config(gala, ["loss.mode=1"]).loss.params["mode"] == "1"  # a loss's text parameter too
+    # null still clears an optional key; typed keys read YAML as before
+    assert load_config(None, ["run_name=null"]).run_name is None
+    assert load_config(None, ["data.root=none"]).data.root is None
+    cfg = load_config(None, ["data.download=no", "seed=7", "optim.lr=1", "optim.milestones=[10, 20]",
+                             "optim.step_factors=[0.1, 0.01]", "data.limit_per_class=null", "model.sync_bn=true"])
+    assert cfg.data.download is False and cfg.seed == 7 and cfg.model.sync_bn is True
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float) and cfg.optim.milestones == [10, 20]
+    assert cfg.data.limit_per_class is None
+    with pytest.raises(ConfigError, match="seed must be an integer, got 'seven'"):
+        load_config(None, ["seed=seven"])
+    # in a file, a number or date where text is wanted becomes that text, and saves and loads back the same
+    (tmp_path / "c.yaml").write_text("run_name: 123\ndata:\n  root: 2026-12-03\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.run_name, cfg.data.root) == ("123", "2026-12-03")
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml", saved=True) == cfg
+    # ... but a YAML boolean (no, off, yes) is refused, not read as the text "False"
+    (tmp_path / "b.yaml").write_text("run_name: no\n")
+    with pytest.raises(ConfigError, match="run_name must be a string, got False .*quote"):
+        load_config(tmp_path / "b.yaml")
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_device_forms_the_code_accepts(device):
+    assert load_config(None, [f"device={device}"]).device == device

@@ -4,15 +4,19 @@
 
 Unknown keys and values of the wrong type are rejected with the valid choices listed. Loss
 hyper-parameters sit beside `loss.name` (e.g. `loss.lambda1`) and are checked against the
-signature of that loss's constructor.
+signature of that loss's constructor. Numbers may be written 1e-3 (YAML 1.1 would read text); a
+key that holds text takes an override as typed (run_name=007 is "007").
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import difflib
 import hashlib
 import inspect
 import json
 import math
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -154,6 +158,27 @@ _CHOICES = {
 }
 
 
+# Forms of `device` that distributed.pick_device turns into a device (cuda:N: that GPU on every rank)
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+# A number as YAML 1.2 writes it: PyYAML (YAML 1.1) reads 1e-3 as a string, wanting 1.0e-3
+_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+@dataclass(frozen=True)
+class _Typed:
+    """An override's value as YAML reads it (a number, boolean, date or list) beside the text typed:
+    a key of type str takes the text, so run_name=123, =2026-12-03 and =no stay as typed."""
+    value: Any
+    text: str
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, _Typed) else value
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -169,6 +194,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if isinstance(value, _Typed):
+        value = value.text if tp is str else value.value
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list like [1, 2], got {value!r}")
@@ -184,14 +211,26 @@ def _coerce(value: Any, tp, key: str) -> Any:
             return value
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+        return _coerce_float(value, key)
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key} must be a string, got {value!r}")
+        if isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
+            return str(value)  # a file's unquoted run_name: 123 or root: 2026-12-03 meant as text
+        hint = " (YAML reads yes, no, on and off as true or false: quote the text)" if isinstance(value, bool) else ""
+        raise ConfigError(f"{key} must be a string, got {value!r}{hint}")
     raise ConfigError(f"{key}: cannot check values of type {_type_name(tp)}")  # pragma: no cover
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    """A finite number: NaN slips through every `x <= 0` check and inf is no setting."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)  # 1e-3, which YAML 1.1 leaves a string
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _loss_param_types(name: str) -> dict[str, Any]:
@@ -223,13 +262,37 @@ def _check_loss_params(name: str, params: dict) -> dict:
             v = _coerce(v, int, f"loss.{k}")
         elif isinstance(default, str):
             v = _coerce(v, str, f"loss.{k}")
-        out[k] = v
+        out[k] = _plain(v)
     return out
+
+
+def _section(f: dataclasses.Field) -> type | None:
+    """The dataclass a field holds (Config.optim -> OptimConfig), or None for a plain value."""
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    return type(default) if dataclasses.is_dataclass(default) else None
+
+
+def _did_you_mean(cls, key: str, prefix: str) -> str:
+    """A hint for an unknown key: the same key inside a section (epochs -> optim.epochs), else a
+    near spelling of a key here or in a section."""
+    dotted: dict[str, list[str]] = {}
+    for f in fields(cls):
+        dotted.setdefault(f.name, []).append(f"{prefix}{f.name}")
+        sub = _section(f)
+        for g in fields(sub) if sub else ():
+            if g.name != "params":  # loss parameters are given by their own names
+                dotted.setdefault(g.name, []).append(f"{prefix}{f.name}.{g.name}")
+    close = [key] if key in dotted else difflib.get_close_matches(key, list(dotted), n=2)
+    options = [path for name in close for path in dotted[name]]
+    if not options:
+        return ""
+    listed = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+    return f"; did you mean {listed}?"
 
 
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     names = {f.name: f for f in fields(cls)}
     kwargs = {}
     extra = {}
@@ -239,10 +302,11 @@ def _build(cls, data: dict, prefix: str):
             if cls is LossConfig:
                 extra[key] = value  # a loss hyper-parameter, checked against the loss below
                 continue
-            raise ConfigError(f"unknown key {dotted!r}; valid keys here: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown key {dotted!r}; valid keys here: {', '.join(sorted(names))}"
+                              + _did_you_mean(cls, key, prefix))
         f = names[key]
-        if dataclasses.is_dataclass(f.default_factory() if f.default_factory is not dataclasses.MISSING else None):
-            kwargs[key] = _build(type(f.default_factory()), value or {}, dotted + ".")
+        if _section(f):
+            kwargs[key] = _build(_section(f), value or {}, dotted + ".")
         else:
             value = _coerce(value, f.type, dotted)
             if dotted in _CHOICES and value not in _CHOICES[dotted]:
@@ -271,6 +335,10 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"data.augment {cfg.data.augment!r} is unknown; choose one of {', '.join(AUGMENTS)}")
     if cfg.model.name not in available_models():
         raise ConfigError(f"model.name {cfg.model.name!r} is unknown; choose one of {', '.join(available_models())}")
+    if not _DEVICE.fullmatch(cfg.device):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N (N: a GPU index) or mps, got {cfg.device!r}")
+    if not 0 <= cfg.seed < 2**32:  # what numpy's and torch's generators take
+        raise ConfigError(f"seed must be 0 <= seed < 2**32, got {cfg.seed}")
     o = cfg.optim
     if o.epochs < 1 or o.batch_size < 1 or o.lr <= 0 or o.warmup_epochs < 0:
         raise ConfigError("optim.epochs and optim.batch_size must be >= 1, optim.lr > 0, optim.warmup_epochs >= 0")
@@ -282,6 +350,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("check_every must be >= 0 (0 = auto)")
     if cfg.eval.every < 1:
         raise ConfigError("eval.every must be >= 1")
+    if cfg.eval.batch_size < 1:
+        raise ConfigError(f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
     if cfg.model.init_from and cfg.model.pretrained:
         raise ConfigError("set model.init_from (a whole longtail run) or model.pretrained (a backbone), not both")
     if not (math.isfinite(o.mixup_alpha) and o.mixup_alpha >= 0):
@@ -320,21 +390,31 @@ def _tie_head_to_loss(cfg: Config) -> None:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
+    """`key=value` as (["section", "key"], value), the value read as YAML; a number, boolean, date or
+    list comes with the text typed (see _Typed), text that is not YAML (`[oops`) stays text."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=0.05")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw.strip()
     if isinstance(value, str) and value.lower() in ("none", "null"):
         value = None
+    if isinstance(value, (int, float, datetime.date, list)):  # not a mapping: `optim={lr: 1}` sets a section
+        value = _Typed(value, raw.strip())
     return key.strip().split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    for text in overrides:
-        path, value = parse_override(text)
-        if path == ["loss", "name"] and isinstance(data.get("loss"), dict) and data["loss"].get("name") != value:
-            # another loss: the file's hyper-parameters belong to the old one; keep the DRW settings
-            data["loss"] = {k: v for k, v in data["loss"].items() if k in ("drw_epoch", "drw_beta")}
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    names = [_plain(value) for _, path, value in parsed if path == ["loss", "name"]]
+    loss = data.get("loss")
+    if names and isinstance(loss, dict) and loss.get("name", LossConfig.name) != names[-1]:
+        # another loss: the file's hyper-parameters belong to the old one; keep the DRW settings.
+        # Dropped before any override is set, so every loss.* override stays wherever it stands.
+        data["loss"] = {k: v for k, v in loss.items() if k in ("drw_epoch", "drw_beta")}
+    for text, path, value in parsed:
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
