@@ -60,6 +60,11 @@ def test_overrides_and_types(tmp_path):
     ("loss.lambda1=.nan", "loss.lambda1 must be a finite number"),
     ("eval.tau_grid=[0.5, .nan]", "eval.tau_grid must be a finite number"),
     ("seed=-1", "seed must be 0 <= seed < 2**32, got -1"),
+    ("loss.mode=xyz", "loss gala: GALA mode must be one of ('paper', 'reference'), got 'xyz'"),  # before data loads
+    ("optim.momentum=1.5", "optim.momentum in [0, 1), got 0.0005 and 1.5"),
+    ("optim.weight_decay=-1e-4", "optim.weight_decay must be >= 0"),
+    ("optim.grad_clip=0", "optim.grad_clip must be > 0 or null"),
+    ("data.workers=-1", "data.workers must be >= 0"),
     ("seed=4294967296", "seed must be 0 <= seed < 2**32"),
     ("optim.lr=[oops", "optim.lr must be a number, got '[oops'"),  # not YAML: a string
     ("loss=gala", "loss must be a mapping, got 'gala'"),
@@ -284,7 +289,8 @@ def test_text_keys_take_an_override_as_typed(tmp_path):
         assert load_config(None, [f"run_name={typed}"]).run_name == typed
     assert load_config(None, ["data.root=007"]).data.root == "007"
     gala = CONFIGS / "cifar100_lt_if100_gala_reference.yaml"
-    assert load_config(gala, ["loss.mode=1"]).loss.params["mode"] == "1"  # a loss's text parameter too
+    with pytest.raises(ConfigError, match="GALA mode must be one of .*, got '1'"):  # a loss's text parameter
+        load_config(gala, ["loss.mode=1"])  # is read as the text typed too, then its value checked
     # null still clears an optional key; typed keys read YAML as before
     assert load_config(None, ["run_name=null"]).run_name is None
     assert load_config(None, ["data.root=none"]).data.root is None

@@ -346,6 +346,13 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("optim.milestones and optim.step_factors must have the same length")
     if any(b <= a for a, b in zip(o.milestones, o.milestones[1:])):
         raise ConfigError(f"optim.milestones must increase, got {o.milestones}")
+    if o.weight_decay < 0 or not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.weight_decay must be >= 0 and optim.momentum in [0, 1), got {o.weight_decay} "
+                          f"and {o.momentum}")
+    if o.grad_clip is not None and o.grad_clip <= 0:
+        raise ConfigError(f"optim.grad_clip must be > 0 or null (no clipping), got {o.grad_clip}")
+    if cfg.data.workers < 0:
+        raise ConfigError(f"data.workers must be >= 0 (0 = load in the training process), got {cfg.data.workers}")
     if cfg.check_every < 0:
         raise ConfigError("check_every must be >= 0 (0 = auto)")
     if cfg.eval.every < 1:
@@ -367,7 +374,19 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"loss.drw_beta must lie in [0, 1), got {lc.drw_beta}")
     if lc.drw_epoch is not None and not 0 <= lc.drw_epoch < o.epochs:
         raise ConfigError(f"loss.drw_epoch must be an epoch of the run (0 to {o.epochs - 1}) or null, got {lc.drw_epoch}")
+    _check_loss_builds(cfg.loss)
     _tie_head_to_loss(cfg)
+
+
+def _check_loss_builds(lc: LossConfig) -> None:
+    """Build the loss on two stand-in classes, so a bad value (loss.mode=xyz) fails before the data
+    loads: types are checked against the signature, values only by the loss's constructor."""
+    from longtail import losses
+
+    try:
+        losses.build(lc.name, class_counts=[2, 1], **lc.params)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"loss {lc.name}: {exc}") from None
 
 
 def _tie_head_to_loss(cfg: Config) -> None:
