@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from longtail.config import Config, ConfigError, load_config, save_config
+from longtail.config import Config, ConfigError, apply_overrides, load_config, parse_override, save_config
 from longtail.train import epoch_batches, learning_rate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -49,8 +49,8 @@ def test_overrides_and_types(tmp_path):
     ("model.head=linear", None),
     ("nonsense", "must look like key=value"),
     # checked with the config, not by torch or after an epoch of training
-    ("device=gpu", "device must be auto, cpu, cuda, cuda:N (N: a GPU index) or mps, got 'gpu'"),
-    ("device=cuda:x", "device must be auto, cpu, cuda, cuda:N"),
+    ("device=gpu", "device must be auto or a torch device such as cpu, cuda or cuda:1, got 'gpu'"),
+    ("device=cuda:x", "device must be auto or a torch device"),
     ("eval.batch_size=0", "eval.batch_size must be >= 1, got 0"),
     ("eval.batch_size=-4", "eval.batch_size must be >= 1, got -4"),
     ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
@@ -63,7 +63,7 @@ def test_overrides_and_types(tmp_path):
     ("loss.mode=xyz", "loss gala: GALA mode must be one of ('paper', 'reference'), got 'xyz'"),  # before data loads
     ("optim.momentum=1.5", "optim.momentum in [0, 1), got 0.0005 and 1.5"),
     ("optim.weight_decay=-1e-4", "optim.weight_decay must be >= 0"),
-    ("optim.grad_clip=0", "optim.grad_clip must be > 0 or null"),
+    ("optim.grad_clip=-1", "optim.grad_clip must be >= 0 (0 or null: no clipping)"),
     ("data.workers=-1", "data.workers must be >= 0"),
     ("seed=4294967296", "seed must be 0 <= seed < 2**32"),
     ("optim.lr=[oops", "optim.lr must be a number, got '[oops'"),  # not YAML: a string
@@ -285,12 +285,14 @@ def test_scientific_notation_is_a_number_in_overrides_and_files(tmp_path):
 
 
 def test_text_keys_take_an_override_as_typed(tmp_path):
-    for typed in ("123", "2026-12-03", "no", "true", "1e-3", "1.50", "[oops", "[a, b]"):
+    # YAML would read these as 123, a date, false, true, 0.001, 1.5, an error, a list and "exp"
+    for typed in ("123", "007", "2026-12-03", "no", "true", "1e-3", "1.50", "[oops", "[a, b]", "exp #3"):
         assert load_config(None, [f"run_name={typed}"]).run_name == typed
     assert load_config(None, ["data.root=007"]).data.root == "007"
+    assert load_config(None, ["run_name='my run'"]).run_name == "my run"  # quotes that reached us are not text
     gala = CONFIGS / "cifar100_lt_if100_gala_reference.yaml"
-    with pytest.raises(ConfigError, match="GALA mode must be one of .*, got '1'"):  # a loss's text parameter
-        load_config(gala, ["loss.mode=1"])  # is read as the text typed too, then its value checked
+    with pytest.raises(ConfigError, match="loss.mode must be a string, got 1"):  # a loss parameter reads as YAML
+        load_config(gala, ["loss.mode=1"])
     # null still clears an optional key; typed keys read YAML as before
     assert load_config(None, ["run_name=null"]).run_name is None
     assert load_config(None, ["data.root=none"]).data.root is None
@@ -301,18 +303,25 @@ def test_text_keys_take_an_override_as_typed(tmp_path):
     assert cfg.data.limit_per_class is None
     with pytest.raises(ConfigError, match="seed must be an integer, got 'seven'"):
         load_config(None, ["seed=seven"])
-    # in a file, a number or date where text is wanted becomes that text, and saves and loads back the same
-    (tmp_path / "c.yaml").write_text("run_name: 123\ndata:\n  root: 2026-12-03\n")
-    cfg = load_config(tmp_path / "c.yaml")
-    assert (cfg.run_name, cfg.data.root) == ("123", "2026-12-03")
-    save_config(cfg, tmp_path / "saved.yaml")
-    assert load_config(tmp_path / "saved.yaml", saved=True) == cfg
-    # ... but a YAML boolean (no, off, yes) is refused, not read as the text "False"
-    (tmp_path / "b.yaml").write_text("run_name: no\n")
-    with pytest.raises(ConfigError, match="run_name must be a string, got False .*quote"):
-        load_config(tmp_path / "b.yaml")
+    # the parsed values are plain Python values: they dump as YAML and JSON
+    path, value = parse_override("run_name=007")
+    assert (path, value) == (["run_name"], "007") and parse_override("optim.lr=1e-3")[1] == "1e-3"
+    data = apply_overrides({}, ["seed=3", "optim.milestones=[1, 2]", "run_name=12:30"])
+    assert yaml.safe_load(yaml.safe_dump(data)) == data == {"seed": 3, "optim": {"milestones": [1, 2]},
+                                                            "run_name": "12:30"}
+    # in a file, unquoted text that YAML reads as something else (007 -> 7, 12:30 -> 750, no -> false,
+    # a date) is refused with a hint, not silently rewritten; quoted, it is text
+    for text in ("007", "12:30", "no", "2026-12-03", "1.10"):
+        (tmp_path / "c.yaml").write_text(f"run_name: {text}\n")
+        with pytest.raises(ConfigError, match="run_name must be a string, got .*quote the text"):
+            load_config(tmp_path / "c.yaml")
+        (tmp_path / "c.yaml").write_text(f"run_name: '{text}'\n")
+        cfg = load_config(tmp_path / "c.yaml")
+        assert cfg.run_name == text
+        save_config(cfg, tmp_path / "saved.yaml")
+        assert load_config(tmp_path / "saved.yaml", saved=True) == cfg
 
 
-@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps", "xpu"])
 def test_device_forms_the_code_accepts(device):
     assert load_config(None, [f"device={device}"]).device == device

@@ -10,7 +10,6 @@ key that holds text takes an override as typed (run_name=007 is "007").
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import difflib
 import hashlib
 import inspect
@@ -158,35 +157,23 @@ _CHOICES = {
 }
 
 
-# Forms of `device` that distributed.pick_device turns into a device (cuda:N: that GPU on every rank)
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 # A number as YAML 1.2 writes it: PyYAML (YAML 1.1) reads 1e-3 as a string, wanting 1.0e-3
 _NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
-
-
-@dataclass(frozen=True)
-class _Typed:
-    """An override's value as YAML reads it (a number, boolean, date or list) beside the text typed:
-    a key of type str takes the text, so run_name=123, =2026-12-03 and =no stay as typed."""
-    value: Any
-    text: str
-
-    def __repr__(self) -> str:
-        return repr(self.value)
-
-
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, _Typed) else value
 
 
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _resolve(tp):
+    if isinstance(tp, str):
+        return eval(tp, vars(typing) | {"Any": Any})  # annotations are strings under `from __future__`
+    return tp
+
+
 def _coerce(value: Any, tp, key: str) -> Any:
     """Check `value` against the annotation `tp` (int/float/str/bool, optional, lists)."""
-    if isinstance(tp, str):
-        tp = eval(tp, vars(typing) | {"Any": Any})  # annotations are strings under `from __future__`
+    tp = _resolve(tp)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
@@ -194,8 +181,6 @@ def _coerce(value: Any, tp, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
-    if isinstance(value, _Typed):
-        value = value.text if tp is str else value.value
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list like [1, 2], got {value!r}")
@@ -215,9 +200,9 @@ def _coerce(value: Any, tp, key: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
-            return str(value)  # a file's unquoted run_name: 123 or root: 2026-12-03 meant as text
-        hint = " (YAML reads yes, no, on and off as true or false: quote the text)" if isinstance(value, bool) else ""
+        # YAML turned unquoted text into something else (007 -> 7, no -> false, 12:30 -> 750):
+        # refuse rather than guess the text back
+        hint = " (YAML reads unquoted 007, no or 2026-12-03 as a number, a boolean or a date: quote the text)"
         raise ConfigError(f"{key} must be a string, got {value!r}{hint}")
     raise ConfigError(f"{key}: cannot check values of type {_type_name(tp)}")  # pragma: no cover
 
@@ -262,7 +247,7 @@ def _check_loss_params(name: str, params: dict) -> dict:
             v = _coerce(v, int, f"loss.{k}")
         elif isinstance(default, str):
             v = _coerce(v, str, f"loss.{k}")
-        out[k] = _plain(v)
+        out[k] = v
     return out
 
 
@@ -335,8 +320,7 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"data.augment {cfg.data.augment!r} is unknown; choose one of {', '.join(AUGMENTS)}")
     if cfg.model.name not in available_models():
         raise ConfigError(f"model.name {cfg.model.name!r} is unknown; choose one of {', '.join(available_models())}")
-    if not _DEVICE.fullmatch(cfg.device):
-        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N (N: a GPU index) or mps, got {cfg.device!r}")
+    _check_device(cfg.device)
     if not 0 <= cfg.seed < 2**32:  # what numpy's and torch's generators take
         raise ConfigError(f"seed must be 0 <= seed < 2**32, got {cfg.seed}")
     o = cfg.optim
@@ -349,8 +333,8 @@ def _check_values(cfg: Config) -> None:
     if o.weight_decay < 0 or not 0 <= o.momentum < 1:
         raise ConfigError(f"optim.weight_decay must be >= 0 and optim.momentum in [0, 1), got {o.weight_decay} "
                           f"and {o.momentum}")
-    if o.grad_clip is not None and o.grad_clip <= 0:
-        raise ConfigError(f"optim.grad_clip must be > 0 or null (no clipping), got {o.grad_clip}")
+    if o.grad_clip is not None and o.grad_clip < 0:
+        raise ConfigError(f"optim.grad_clip must be >= 0 (0 or null: no clipping), got {o.grad_clip}")
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers must be >= 0 (0 = load in the training process), got {cfg.data.workers}")
     if cfg.check_every < 0:
@@ -376,6 +360,19 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"loss.drw_epoch must be an epoch of the run (0 to {o.epochs - 1}) or null, got {lc.drw_epoch}")
     _check_loss_builds(cfg.loss)
     _tie_head_to_loss(cfg)
+
+
+def _check_device(device: str) -> None:
+    """"auto" or a device string torch knows (cpu, cuda, cuda:1, mps, xpu, ...), before anything loads."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device must be auto or a torch device such as cpu, cuda or cuda:1, got {device!r}"
+                          ) from None
 
 
 def _check_loss_builds(lc: LossConfig) -> None:
@@ -408,26 +405,43 @@ def _tie_head_to_loss(cfg: Config) -> None:
     cfg.loss.params["scale"] = float(scale)
 
 
+def _is_text_key(path: list[str]) -> bool:
+    """Whether a dotted key is declared as text (run_name, data.root, ...): str or str | None."""
+    cls, tp = Config, None
+    for i, part in enumerate(path):
+        f = {f.name: f for f in fields(cls)}.get(part) if cls else None
+        if f is None:
+            return False  # a loss parameter or an unknown key (reported when the config is built)
+        cls, tp = _section(f), f.type
+    if cls is not None:
+        return False  # a whole section (optim={lr: 1})
+    tp = _resolve(tp)
+    return tp is str or (typing.get_origin(tp) is not None and set(typing.get_args(tp)) == {str, type(None)})
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`key=value` as (["section", "key"], value), the value read as YAML; a number, boolean, date or
-    list comes with the text typed (see _Typed), text that is not YAML (`[oops`) stays text."""
+    """`key=value` as (["section", "key"], value). The value is read as YAML (numbers, true/false,
+    lists, null), except that a key declared as text takes the text as typed: run_name=007 is "007"
+    (YAML: 7) and run_name=exp #3 keeps its "#3" (YAML: a comment). Text that is not YAML stays text."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=0.05")
     key, raw = text.split("=", 1)
+    path, raw = key.strip().split("."), raw.strip()
+    if not raw or raw.lower() in ("none", "null", "~"):
+        return path, None
+    if _is_text_key(path):
+        quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+        return path, raw[1:-1] if quoted else raw
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
-        value = raw.strip()
-    if isinstance(value, str) and value.lower() in ("none", "null"):
-        value = None
-    if isinstance(value, (int, float, datetime.date, list)):  # not a mapping: `optim={lr: 1}` sets a section
-        value = _Typed(value, raw.strip())
-    return key.strip().split("."), value
+        value = raw
+    return path, value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     parsed = [(text, *parse_override(text)) for text in overrides]
-    names = [_plain(value) for _, path, value in parsed if path == ["loss", "name"]]
+    names = [value for _, path, value in parsed if path == ["loss", "name"]]
     loss = data.get("loss")
     if names and isinstance(loss, dict) and loss.get("name", LossConfig.name) != names[-1]:
         # another loss: the file's hyper-parameters belong to the old one; keep the DRW settings.
