@@ -113,3 +113,51 @@ def test_a_second_stage_on_two_gloo_ranks_matches_one_process(tmp_path):
         if key.startswith("backbone."):
             assert torch.equal(b[key], start[key]), key
     assert not torch.equal(a["head.weight"], start["head.weight"])
+
+
+def _stopped_worker(rank, world, port, cfg_dict, run_dir, out):
+    """Rank 0 alone gets SIGTERM during the last epoch's validation (a scheduler signalling one
+    process); writes what each rank ended with."""
+    import signal
+
+    from longtail import train as train_mod
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    real, calls = train_mod.predict, {"n": 0}
+
+    def predict(*args, **kwargs):
+        calls["n"] += 1
+        if rank == 0 and calls["n"] == 3:  # epoch 2's validation (each epoch: val, test), after its last step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+    train_mod.predict = predict
+    try:
+        train_mod.train(config_from_dict(cfg_dict), run_dir=run_dir)
+        ended = "finished"
+    except train_mod.TrainingInterrupted as exc:
+        ended = f"interrupted: {exc}"
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(ended)
+
+
+def test_a_stop_request_to_one_rank_stops_every_rank_together(tmp_path):
+    cfg = _config(tmp_path, "ddp")
+    cfg["eval"]["track_test"] = True
+    run = tmp_path / "ddp"
+    mp.spawn(_stopped_worker, args=(2, _free_port(), cfg, str(run), str(tmp_path / "ended")), nprocs=2, join=True)
+    ended = [(tmp_path / f"ended.{rank}").read_text() for rank in (0, 1)]
+    # both ranks stop before the final evaluation, neither waits in a collective for the other
+    assert all(e.startswith("interrupted: interrupted during the final evaluation") for e in ended), ended
+    assert not (run / "results.json").exists()
+    assert torch.load(run / "last.pt", weights_only=False)["state"]["epoch"] == 2
+    mp.spawn(_resume_worker, args=(2, _free_port(), str(run)), nprocs=2, join=True)
+    assert json.loads((run / "results.json").read_text())["checkpoints"]["last"]["raw"]["num_samples"] == 500
+
+
+def _resume_worker(rank, world, port, run_dir):
+    from longtail.train import resume_config
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    train(resume_config(run_dir), run_dir=run_dir, resume=True)

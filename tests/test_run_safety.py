@@ -55,8 +55,19 @@ def test_a_finished_run_without_last_pt_is_not_overwritten(finished, tmp_path, c
     before = md5s(run)
     assert cli.main(["train", str(digits_config(tmp_path)), "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "already holds a run (best.pt, results.json)" in err and "Traceback" not in err
+    assert "already holds a run (results.json)" in err and "Traceback" not in err
     assert md5s(run) == before
+
+
+def test_a_run_killed_before_its_first_last_pt_can_start_again(finished, tmp_path):
+    # best.pt is written at epoch 1's validation, last.pt at the end of the epoch: a kill between leaves
+    # a folder with nothing to continue, which `train` (and benchmarks/reproduce_cifar.py) must reuse
+    run = tmp_path / "early"
+    run.mkdir()
+    for name in ("best.pt", "config.yaml", "environment.json"):
+        (run / name).write_bytes((finished / name).read_bytes())
+    assert cli.main(["train", str(digits_config(tmp_path)), "--run-dir", str(run)]) == 0
+    assert (run / "results.json").exists()
 
 
 def test_resuming_a_finished_run_is_refused_and_changes_nothing(finished, tmp_path, capsys):
@@ -135,11 +146,11 @@ def test_a_half_written_log_line_does_not_block_resume(tmp_path, capsys):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_mod, "predict", stop_in_epoch_two)
         assert cli.main(["train", str(cfg), "--run-dir", str(run)]) == 130
-    with open(run / "metrics.jsonl", "a") as f:
-        f.write('{"epoch": 3, "lr": 0.0')  # a line cut short by a kill
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(b'{"epoch": 3, "lr": 0.0\n\xff\xfe{"epo')  # lines cut short by a kill, bytes of a bad disk
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run)]) == 0
-    assert f"dropped 1 unreadable line(s) from {run / 'metrics.jsonl'}" in capsys.readouterr().err
+    assert f"dropped 2 unreadable line(s) from {run / 'metrics.jsonl'}" in capsys.readouterr().err
     log = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3]
 
@@ -164,25 +175,57 @@ def test_a_stop_during_the_final_evaluation_stops_and_resume_finishes_it(tmp_pat
     assert json.loads((run / "results.json").read_text())["checkpoints"]["best_val"]["raw"]["top1"] > 0
 
 
-def test_a_second_stop_request_stops_at_once_and_leaves_no_partial_file(tmp_path, capsys):
+def test_a_second_stop_request_stops_at_once_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
     run = tmp_path / "twice"
     handler_before = signal.getsignal(signal.SIGINT)
-    real = train_mod.predict
-    calls = {"n": 0}
+    real_save = torch.save
+    writes = []
 
-    def two_requests(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 1:  # epoch 1's validation; nothing checks the flag until the next step
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_mod, "predict", two_requests)
-        assert cli.main(["train", str(digits_config(tmp_path)), "--run-dir", str(run)]) == 130
+    def two_requests_mid_write(obj, path, *args, **kwargs):
+        writes.append(Path(path).name)
+        Path(path).write_bytes(b"half a checkpoint")  # the write has begun when the requests come
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the second raises here
+        return real_save(obj, path, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", two_requests_mid_write)
+    assert cli.main(["train", str(digits_config(tmp_path)), "--run-dir", str(run)]) == 130
     assert "interrupted again before the next checkpoint" in capsys.readouterr().err
-    assert calls["n"] == 1 and not (run / "last.pt").exists()  # stopped inside epoch 1's validation
-    assert not list(run.glob("*.tmp"))
+    assert writes == ["best.pt.tmp"]  # epoch 1's first checkpoint, stopped inside its write
+    assert not list(run.glob("*.pt")) and not list(run.glob("*.tmp"))  # no partial file under either name
     assert signal.getsignal(signal.SIGINT) is handler_before  # the handlers were put back
+
+
+def test_a_stop_while_results_json_is_written_leaves_no_results(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "results"
+    real_replace = os.replace
+
+    def stop_before_rename(src, dst):
+        if Path(dst).name == "results.json":  # the text is in results.json.tmp by now
+            assert Path(src).read_text().startswith("{")
+            os.kill(os.getpid(), signal.SIGINT)  # in the final evaluation: stops at once
+        return real_replace(src, dst)
+    monkeypatch.setattr(train_mod.os, "replace", stop_before_rename)
+    assert cli.main(["train", str(digits_config(tmp_path)), "--run-dir", str(run)]) == 130
+    assert "interrupted during the final evaluation" in capsys.readouterr().err
+    assert not (run / "results.json").exists() and not (run / "results.json.tmp").exists()
+    monkeypatch.setattr(train_mod.os, "replace", real_replace)
+    assert cli.main(["train", "--resume", str(run)]) == 0 and (run / "results.json").exists()
+
+
+def test_a_stop_request_is_not_taken_for_a_damaged_checkpoint(finished, tmp_path, capsys, monkeypatch):
+    # the handler's exception passes through code that catches Exception (read_checkpoint here)
+    run = copy_run(finished, tmp_path / "reading")
+    (run / "results.json").unlink()  # to be evaluated again, from best.pt
+    real_load = torch.load
+
+    def stop_while_reading_best(path, *args, **kwargs):
+        if Path(path).name == "best.pt":
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_load(path, *args, **kwargs)
+    monkeypatch.setattr(torch, "load", stop_while_reading_best)
+    assert cli.main(["train", "--resume", str(run)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted during the final evaluation" in err and "not a readable checkpoint" not in err
 
 
 def test_conflicting_train_options_are_named(finished, tmp_path, capsys):
@@ -219,6 +262,9 @@ def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     want = cli.CONFIG_DIR / "cifar100_lt_if100_ce.yaml"
     for name in ("configs/cifar100_lt_if100_ce.yaml", "cifar100_lt_if100_ce", "cifar100_lt_if100_ce.yaml"):
         assert cli.resolve_config_path(name) == want
+    # a mistyped path into another folder is an error, not the shipped config of that file name
+    with pytest.raises(FileNotFoundError, match="config 'my_experiments/cifar100_lt_if100_ce.yaml' not found"):
+        cli.resolve_config_path("my_experiments/cifar100_lt_if100_ce.yaml")
     with pytest.raises(FileNotFoundError, match="config 'no_such_config' not found .* Known configs: "):
         cli.resolve_config_path("no_such_config")
     # its data.root (../shared/data) is relative to the folder run from: the error says which folder

@@ -162,8 +162,9 @@ def test_checking_every_few_steps_changes_only_how_often_the_loop_reads_back(sha
     for every in (1, 5):
         flags.clear()
         runs[every] = train(tiny(shared_data, tmp_path, f"every{every}", "optim.epochs=1", f"check_every={every}"))
-        # 12 steps: a loss check and a stop check at each checked step (every step / steps 5, 10, 12)
-        assert len(flags) == 2 * (12 if every == 1 else 3) and not any(flags)
+        # 12 steps: a loss check and a stop check at each checked step (every step / steps 5, 10, 12),
+        # and one stop check before the final evaluation
+        assert len(flags) == 2 * (12 if every == 1 else 3) + 1 and not any(flags)
     a, b = weights(runs[1]), weights(runs[5])
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

@@ -42,6 +42,12 @@ class TrainingInterrupted(RuntimeError):
     """Ctrl-C / SIGTERM: a checkpoint was written and `--resume` continues from it."""
 
 
+class _StopNow(KeyboardInterrupt):
+    """Raised by the stop handler itself, wherever the program is. A KeyboardInterrupt, so that no
+    `except Exception` on the way (a checkpoint read, an image decode) takes it for its own failure;
+    train() turns it into TrainingInterrupted."""
+
+
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (disk full, ...); the previous one is intact."""
 
@@ -267,8 +273,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                           "set model.init_from=RUN_FOLDER (the first stage's run) or model.pretrained=FILE")
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     if not resume:
-        held = [name for name in ("last.pt", "best.pt", "results.json") if (run_dir / name).exists()]
-        if held:  # even without last.pt (deleted to save space) the folder's results must not be overwritten
+        # a finished run's results, even without its last.pt (deleted to save space), are not overwritten;
+        # a folder with only best.pt (killed before the first last.pt) holds nothing to continue or keep
+        held = [name for name in ("last.pt", "results.json") if (run_dir / name).exists()]
+        if held:
             hint = f"use `longtail train --resume {run_dir}` or " if "last.pt" in held else "use "
             raise FileExistsError(f"{run_dir} already holds a run ({', '.join(held)}); {hint}another run folder")
     if cfg.tensorboard:  # fail before anything is written, not after the data has loaded
@@ -366,14 +374,14 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             raise TrainingDiverged(f"the loss became NaN or inf at epoch {epoch + 1}, {where}")
 
     def request_stop(signum, frame):
-        # The loop looks at the flag between steps. A second request, or one while nothing checks the
-        # flag (the final evaluation), stops at once: last.pt is the last checkpoint written either way.
-        if stop["now"] or stop["flag"]:
-            raise TrainingInterrupted(stop["now"] or f"interrupted again before the next checkpoint; continue "
-                                      f"from the last one with `longtail train --resume {run_dir}`")
+        # The loop looks at the flag between steps, on all ranks together (any_rank). In one process a
+        # second request, or one while nothing looks at the flag (the final evaluation), stops at once:
+        # last.pt is the last checkpoint written either way. Under torchrun the ranks must stop
+        # together, so a request there always waits for the next check.
+        if not rt.distributed and (stop["now"] or stop["flag"]):
+            raise _StopNow(stop["now"] or f"interrupted again before the next checkpoint; continue from the "
+                           f"last one with `longtail train --resume {run_dir}`")
         stop["flag"] = True
-
-    old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def checkpoint(epoch: int, step: int, name: str = "last.pt") -> None:
         # every rank's random streams (augmentation, global torch e.g. GCL noise), so each resumes its own
@@ -386,13 +394,15 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                          "state": {**state, "epoch": epoch, "step": step}, "rng": rngs,
                          "world_size": rt.world_size, "config": cfg.to_dict()}, run_dir / name)
 
-    if resume and main:
-        trim_metrics_log(run_dir / "metrics.jsonl", state["epoch"])
-    log = open(run_dir / "metrics.jsonl", "a" if resume else "w") if main else None
+    old_handlers, log = {}, None
     best_state = None
     progress = Progress(cfg.progress, main)
     start_epoch = state["epoch"]
-    try:
+    try:  # from here on, the finally puts the signal handlers back and closes the log
+        old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        if resume and main:
+            trim_metrics_log(run_dir / "metrics.jsonl", state["epoch"])
+        log = open(run_dir / "metrics.jsonl", "a" if resume else "w") if main else None
         for epoch in range(start_epoch, cfg.optim.epochs):
             lr = learning_rate(epoch, cfg.optim)
             for group in optimizer.param_groups:
@@ -514,9 +524,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         distributed.barrier()
         stop["now"] = (f"interrupted during the final evaluation; training is finished and in last.pt: "
                        f"`longtail train --resume {run_dir}` runs the evaluation again")
-        if stop["flag"]:  # asked for during the last epoch's validation, after the last step's check
+        # asked for during the last epoch's validation, after the last step's check
+        if distributed.any_rank(stop["flag"], rt.device):
             raise TrainingInterrupted(stop["now"])
         results = final_evaluation(cfg, run_dir, model, bench, rt, eval_tf, state, best_state, precision)
+    except _StopNow as exc:
+        raise TrainingInterrupted(str(exc)) from None
     except TrainingDiverged as exc:
         good = run_dir / "last.pt"
         where = (f"the last good checkpoint is {good} (end of epoch {state['epoch']})" if good.exists()
@@ -558,7 +571,7 @@ def trim_metrics_log(path: Path, epochs_done: int) -> None:
     """Keep the log lines of the epochs the checkpoint holds. A line cut short (a kill or a full disk
     while it was written) is dropped with a warning: last.pt, not the log, is what the run resumes."""
     keep, broken = [], 0
-    lines = path.read_text().splitlines() if path.exists() else []
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []  # bad bytes: a bad line
     for line in lines:
         if not line.strip():
             continue
@@ -627,8 +640,12 @@ def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, stat
                        bench.class_counts, run_dir / "per_class.png", title=run_title(results))
         # last, and whole or not at all: results.json marks a finished run (resume refuses it)
         tmp = run_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, run_dir / "results.json")
+        try:
+            tmp.write_text(json.dumps(results, indent=2))
+            os.replace(tmp, run_dir / "results.json")
+        except BaseException:  # a stop request or a full disk mid-write: no half-written file left
+            tmp.unlink(missing_ok=True)
+            raise
     return results
 
 
