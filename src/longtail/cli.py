@@ -38,10 +38,13 @@ def resolve_config_path(name: str) -> Path:
     p = Path(name)
     if p.is_file():
         return p
-    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml", CONFIG_DIR / p.name,
-                      CONFIG_DIR / f"{p.name}.yaml"):
-        if candidate.is_file():
-            return candidate
+    # only a bare name or configs/NAME: a path into another folder that does not exist is an error,
+    # not silently the shipped config of the same file name
+    shipped = Path(*p.parts[1:]) if len(p.parts) > 1 and p.parts[0] == "configs" else p
+    if len(shipped.parts) == 1:
+        for candidate in (CONFIG_DIR / shipped, CONFIG_DIR / f"{shipped}.yaml"):
+            if candidate.is_file():
+                return candidate
     if not CONFIG_DIR.is_dir():
         raise FileNotFoundError(f"config {name!r} not found, and this install has no configs/ folder (the shipped "
                                 "configs live in the repository: install it with `pip install -e .`)")

@@ -173,7 +173,8 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"runs {', '.join(r['_dir'] for r in runs)} repeat a seed of one setting "
-                             f"({method}, seeds {sorted(seeds)}); report each folder once")
+                             f"({method}, seeds {sorted(seeds)}): the same experiment run twice (two demos, say), "
+                             "or one folder given twice; name the folders to report so that each seed is one run")
         runs = sorted(runs, key=lambda r: r["seed"])  # row["values"] lists follow row["seed_list"]
         missing = [r["_dir"] for r in runs if checkpoint not in r["checkpoints"]]
         if missing:
