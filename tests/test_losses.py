@@ -428,3 +428,82 @@ def test_gcl_second_stage_margin_and_focal_match_a_direct_computation(weighted):
     assert plain(z, y).item() == explicit(z, y).item()
     with pytest.raises(ValueError, match="margin must be non-negative"):
         GCL(n.tolist(), margin=-0.1)
+
+
+ALL = NAMES + ["gala"]
+
+
+def _fresh(name, counts):
+    return make_loss(name, counts, seed=0) if name == "gcl" else build(name, counts)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_int32_and_uint8_labels_give_the_int64_result(name):
+    counts = [30, 20, 10]
+    g = torch.Generator().manual_seed(5)
+    z = (torch.rand(6, 3, generator=g) * 2 - 1) * S  # within a cosine head's range, for ala/ldam/gcl too
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    want = _fresh(name, counts)(z, y)  # a fresh loss each time: GALA's statistics move with every call
+    for dtype in (torch.int32, torch.uint8):
+        torch.testing.assert_close(_fresh(name, counts)(z, y.to(dtype)), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_an_empty_batch_is_an_error_not_nan(name):
+    loss = build(name, [30, 20, 10])
+    with pytest.raises(ValueError, match="the batch is empty"):
+        loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+
+
+def test_class_weights_must_be_numbers_not_all_zero_and_are_constants():
+    loss = build("ce", [30, 20, 10])
+    for bad in ([0.0, 0.0, 0.0], "abc", [1.0, None, 2.0]):
+        with pytest.raises(ValueError, match="class weights must be 3"):
+            loss.set_class_weights(bad)
+    w = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    loss.set_class_weights(w)
+    z, y = torch.randn(5, 3, requires_grad=True), torch.tensor([0, 1, 2, 2, 1])
+    loss(z, y).backward()  # before: the buffer itself required grad and the weighted CE failed
+    assert not loss.class_weights.requires_grad and w.grad is None
+    torch.testing.assert_close(loss(z, y), torch.nn.functional.cross_entropy(z, y, weight=w.detach()))
+
+
+def test_gala_statistics_move_only_in_a_training_step():
+    g = torch.Generator().manual_seed(2)
+    z, y = torch.randn(8, 3, generator=g), torch.tensor([0, 1, 2, 0, 0, 1, 2, 0])
+    gala = build("gala", [30, 20, 10], mode="reference")
+    with torch.no_grad():  # a validation pass with the criterion left in train mode
+        gala(z, y)
+    gala.eval()
+    gala(z, y)
+    assert int(gala.steps) == 0 and gala.theta.abs().sum() == 0 and gala.theta_running.abs().sum() == 0
+    gala.train()
+    gala(z.requires_grad_(), y)
+    assert int(gala.steps) == 1 and gala.theta_running.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cast", ["bfloat16", "half", "float"])
+def test_casting_a_model_that_holds_gala_keeps_its_statistics_in_float64(cast):
+    model = torch.nn.ModuleDict({"head": torch.nn.Linear(4, 3), "loss": build("gala", [30, 20, 10])})
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        model["loss"](torch.randn(8, 3, generator=g, requires_grad=True), torch.randint(0, 3, (8,), generator=g))
+    before = {k: v.clone() for k, v in model["loss"].state_dict().items() if v.dtype == torch.float64}
+    assert set(before) == {"theta", "phi", "theta_running", "phi_running"}
+    getattr(model, cast)()
+    after = model["loss"].state_dict()
+    assert model["head"].weight.dtype == (torch.float16 if cast == "half" else getattr(torch, cast))
+    for k, v in before.items():  # not rounded through bf16/fp16 and back: the very same numbers
+        assert after[k].dtype == torch.float64 and torch.equal(after[k], v), k
+
+
+def test_mixup_with_gala_is_refused_in_training_only():
+    from longtail.data.mixup import mixed_loss
+
+    gala = build("gala", [30, 20, 10])
+    z, y, perm = torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), torch.tensor([1, 0, 3, 2])
+    with pytest.raises(ValueError, match="mixup with GALA is not supported"):
+        mixed_loss(gala, z, y, 0.6, perm)
+    assert int(gala.steps) == 0
+    gala.eval()  # evaluating a mixed batch updates nothing, so it is allowed
+    torch.testing.assert_close(mixed_loss(gala, z, y, 0.6, perm), 0.6 * gala(z, y) + 0.4 * gala(z, y[perm]))

@@ -197,3 +197,7 @@ def test_rebalance_accepts_an_underflowed_validation_marginal():
                                                         dtype=torch.float64))
     with pytest.raises(ValueError, match="marginal"):
         rebalance(z_test, 1.0, marginal=torch.tensor([-1.0, 1.0, 1.0]))
+    # an underflowed class's score rises (by -tau * log(tiny), about 708 tau): nothing predicted it
+    assert scores[0, 0] > z_test[0, 0] + 700 and scores[0, 2] > z_test[0, 2] + 700
+    with pytest.raises(ValueError, match="marginal is all zeros"):  # no class share at all: not a marginal
+        rebalance(z_test, 1.0, marginal=torch.zeros(3))

@@ -78,8 +78,11 @@ def rebalance(logits: torch.Tensor, tau: float, marginal: torch.Tensor | Sequenc
         log_s = _log_class_marginal(logits)
     else:
         m = torch.as_tensor(marginal, dtype=torch.float64).detach().cpu()
-        # A class no sample gives any probability underflows to exactly 0 (confident models):
-        # floor it at the smallest float64 rather than reject it; its score then drops to -tau*744.
+        # A class no sample gives any probability underflows to exactly 0 (logit gaps above ~708):
+        # floor it at the smallest float64 rather than reject it; its score then rises by about
+        # tau*708, favouring the class nothing predicted, as the re-balancing intends.
+        if m.numel() and bool((m == 0).all()):
+            raise ValueError("marginal is all zeros: it must give each class's share of the predictions")
         m = torch.where(m == 0, torch.full_like(m, torch.finfo(torch.float64).tiny), m)
         log_s = _check_positive_vector(m, "marginal", logits.shape[1]).log()
     dt = working_dtype(logits.dtype)  # half-precision scores would round away small adjustments

@@ -28,4 +28,10 @@ def mix(x: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:
 
 def mixed_loss(criterion, logits: torch.Tensor, y: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:
     """lam * criterion(logits, y) + (1 - lam) * criterion(logits, y[perm])."""
+    from longtail.losses.gala import GALA
+
+    if isinstance(criterion, GALA) and criterion.training:
+        # two calls a step would add the batch to GALA's statistics twice (SPEC: one label per image)
+        raise ValueError("mixup calls the loss twice per step, and GALA accumulates its gradient statistics on "
+                         "every training call: mixup with GALA is not supported")
     return lam * criterion(logits, y) + (1.0 - lam) * criterion(logits, y[perm.to(y.device)])

@@ -46,8 +46,10 @@ def check_inputs(logits: torch.Tensor, target: torch.Tensor, num_classes: int, c
     if not isinstance(target, torch.Tensor) or target.dim() != 1 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"target must be a 1-D tensor of {logits.shape[0]} class indices (one per logits row), "
                          f"got {getattr(target, 'shape', type(target))}")
-    if target.dtype.is_floating_point or target.dtype == torch.bool:
+    if target.dtype.is_floating_point or target.dtype == torch.bool or target.dtype.is_complex:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if logits.shape[0] == 0:  # every mean over it would be 0/0 = NaN
+        raise ValueError("the batch is empty (0 samples): a loss over no samples is undefined")
     if not check_values:
         return
     check_label_range(target, num_classes)
@@ -106,9 +108,13 @@ class LongTailLoss(nn.Module):
             self.class_weights.fill_(1.0)
             self.weighted = False
             return
-        w = torch.as_tensor(weights, dtype=torch.float32)
-        if w.shape != (self.num_classes,) or not torch.isfinite(w).all() or (w < 0).any():
-            raise ValueError(f"class weights must be {self.num_classes} non-negative finite numbers, got shape {tuple(w.shape)}")
+        try:
+            w = torch.as_tensor(weights, dtype=torch.float32).detach()  # constants: no gradient through them
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"class weights must be {self.num_classes} numbers, got {weights!r}") from None
+        if w.shape != (self.num_classes,) or not torch.isfinite(w).all() or (w < 0).any() or not (w > 0).any():
+            raise ValueError(f"class weights must be {self.num_classes} non-negative finite numbers, not all zero "
+                             f"(a weighted mean over zero weight is 0/0), got shape {tuple(w.shape)}")
         self.class_weights.copy_(w.to(self.class_weights.device))
         self.weighted = True
 
@@ -124,7 +130,19 @@ class LongTailLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_inputs(logits, target, self.num_classes, self.check_values)
+        if target.dtype != torch.int64:  # int32 / uint8 labels: torch's losses and indexing want int64
+            target = target.long()
         return self.compute(logits, target)
+
+    def _apply(self, fn, recurse=True):
+        # float64 buffers are float64 on purpose (GALA's running sums of millions of small numbers):
+        # `.half()`, `.to(torch.bfloat16)` or casting a model that holds the loss moves them, never casts them
+        kept = {name: b for name, b in self._buffers.items() if b is not None and b.dtype == torch.float64}
+        super()._apply(fn, recurse)
+        for name, b in kept.items():
+            if self._buffers[name].dtype != torch.float64:
+                self._buffers[name] = b.to(self._buffers[name].device)
+        return self
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

@@ -168,6 +168,8 @@ class GALA(LongTailLoss):
         check_inputs(logits, target, self.num_classes, check_values=False)
         if self.check_values:
             check_label_range(target, self.num_classes)
+        if target.dtype != torch.int64:  # int32 / uint8 labels (uint8 would index as a mask)
+            target = target.long()
         return self.compute(logits, target)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -185,8 +187,10 @@ class GALA(LongTailLoss):
             else:
                 loss = per_sample.mean()
                 nll = per_sample
-            if self.training:
-                self._update(adjusted, target, nll)  # after the loss: this batch is used from the next step on
+            # after the loss: this batch is used from the next step on. Only in a training step: not in
+            # eval(), and not under no_grad (a validation pass with the criterion left in train mode)
+            if self.training and torch.is_grad_enabled():
+                self._update(adjusted, target, nll)
         return loss
 
     def extra_repr(self) -> str:
