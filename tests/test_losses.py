@@ -507,3 +507,18 @@ def test_mixup_with_gala_is_refused_in_training_only():
     assert int(gala.steps) == 0
     gala.eval()  # evaluating a mixed batch updates nothing, so it is allowed
     torch.testing.assert_close(mixed_loss(gala, z, y, 0.6, perm), 0.6 * gala(z, y) + 0.4 * gala(z, y[perm]))
+
+
+@pytest.mark.parametrize("name", sorted(COSINE))
+def test_cosine_head_losses_refuse_logits_no_cosine_head_of_their_scale_gives(name):
+    g = torch.Generator().manual_seed(4)
+    feats, y = torch.randn(6, 8, generator=g) * 10, torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = _fresh(name, [30, 20, 10])
+    loss(CosineHead(8, 3, scale=S)(feats), y)  # the head of the loss's scale: accepted
+    for logits in (torch.nn.Linear(8, 3)(feats) * 10, CosineHead(8, 3, scale=2 * S)(feats)):
+        assert logits.abs().max() > S  # a linear layer's logits / a head of twice the scale
+        with pytest.raises(ValueError, match=f"beyond the loss's scale {S:g}: this loss expects cos"):
+            loss(logits, y)
+    unchecked = build(name, [30, 20, 10], check_values=False, **({"generator": torch.Generator()}
+                                                                   if name == "gcl" else {}))
+    assert torch.isfinite(unchecked(torch.nn.Linear(8, 3)(feats) * 10, y))  # the trainer's fast path: no read-back

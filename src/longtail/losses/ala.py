@@ -16,6 +16,8 @@ class ALA(LongTailLoss):
     `normalise_qf` so the rarest class has QF = 1. Expects cosine-head logits z = scale * cos.
     """
 
+    cosine_head = True
+
     def __init__(self, class_counts, scale: float = 30.0, normalise_qf: bool = True, check_values: bool = True):
         super().__init__(class_counts, check_values=check_values)
         self.scale = check_param("scale", scale, positive=True)

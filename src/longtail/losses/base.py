@@ -65,6 +65,16 @@ def check_label_range(target: torch.Tensor, num_classes: int) -> None:
                          f"[{int(target.min())}, {int(target.max())}]")
 
 
+def check_cosine_logits(logits: torch.Tensor, scale: float) -> None:
+    """Raise ValueError unless |logits| <= scale (with rounding room): cos * scale from a cosine head
+    of this scale. Linear-head logits, or a head of another scale, would give silently wrong margins."""
+    largest = float(logits.detach().abs().max()) if logits.numel() else 0.0
+    if largest > scale * (1 + 1e-3):
+        raise ValueError(f"logits reach {largest:.4g}, beyond the loss's scale {scale:g}: this loss expects "
+                         f"cos * scale from a cosine head of the same scale (longtail.heads.CosineHead(..., "
+                         f"scale={scale:g})), not a linear layer's logits")
+
+
 def class_balanced_weights(class_counts, beta: float = 0.9999) -> torch.Tensor:
     """Class-balanced weights (Cui et al.): w_j = (1 - beta) / (1 - beta^n_j), normalised to sum to C."""
     counts = check_class_counts(class_counts)
@@ -128,8 +138,13 @@ class LongTailLoss(nn.Module):
         weight = self.class_weights.to(logits.dtype) if self.weighted else None
         return F.cross_entropy(logits, target, weight=weight, reduction=reduction)
 
+    # ALA, LDAM and GCL read cos as logits / scale: their logits must come from a cosine head
+    cosine_head = False
+
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_inputs(logits, target, self.num_classes, self.check_values)
+        if self.cosine_head and self.check_values:
+            check_cosine_logits(logits, self.scale)
         if target.dtype != torch.int64:  # int32 / uint8 labels: torch's losses and indexing want int64
             target = target.long()
         return self.compute(logits, target)

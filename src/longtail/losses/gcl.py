@@ -28,6 +28,8 @@ class GCL(LongTailLoss):
     weight is a constant for the gradient: p = exp(-CE_i) is detached.
     """
 
+    cosine_head = True
+
     def __init__(self, class_counts, scale: float = 30.0, noise_mul: float = 0.5, margin: float = 0.0,
                  focal_gamma: float = 0.0, generator: torch.Generator | None = None, check_values: bool = True):
         super().__init__(class_counts, check_values=check_values)

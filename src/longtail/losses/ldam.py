@@ -13,6 +13,8 @@ class LDAM(LongTailLoss):
     Expects cosine-head logits z = scale * cos, so subtracting scale * m_y from z_y is the margin.
     """
 
+    cosine_head = True
+
     def __init__(self, class_counts, max_margin: float = 0.5, scale: float = 30.0, check_values: bool = True):
         super().__init__(class_counts, check_values=check_values)
         self.max_margin = check_param("max_margin", max_margin, positive=True)
