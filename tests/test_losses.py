@@ -522,3 +522,20 @@ def test_cosine_head_losses_refuse_logits_no_cosine_head_of_their_scale_gives(na
     unchecked = build(name, [30, 20, 10], check_values=False, **({"generator": torch.Generator()}
                                                                    if name == "gcl" else {}))
     assert torch.isfinite(unchecked(torch.nn.Linear(8, 3)(feats) * 10, y))  # the trainer's fast path: no read-back
+
+
+def test_gala_statistics_of_one_mode_do_not_load_into_the_other():
+    g = torch.Generator().manual_seed(6)
+    trained = {}
+    for mode in ("paper", "reference"):
+        gala = build("gala", [30, 20, 10], mode=mode)
+        for _ in range(2):
+            gala(torch.randn(8, 3, generator=g, requires_grad=True), torch.randint(0, 3, (8,), generator=g))
+        trained[mode] = gala.state_dict()
+    for mode, other in (("paper", "reference"), ("reference", "paper")):
+        same = build("gala", [30, 20, 10], mode=mode)
+        same.load_state_dict(trained[mode])  # the same mode: every statistic restored exactly
+        assert all(torch.equal(same.state_dict()[k], v) for k, v in trained[mode].items())
+        with pytest.raises(ValueError, match=f"come from mode='{mode}'"):
+            build("gala", [30, 20, 10], mode=other).load_state_dict(trained[mode])
+    build("gala", [30, 20, 10], mode="reference").load_state_dict(build("gala", [30, 20, 10]).state_dict())  # fresh

@@ -160,6 +160,19 @@ class GALA(LongTailLoss):
             self.phi += step[c:]
         self.steps += (inc[2 * c] > 0).to(self.steps.device, torch.int64)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # The two modes keep different sums under the same keys: only "reference" moves the running
+        # increments, which are non-zero after its first step. Statistics of one mode loaded into the
+        # other would adjust the logits wrongly without a sign, so they are refused.
+        running = bool(self.theta_running.any() or self.phi_running.any())
+        if self.mode == "paper" and running:
+            raise ValueError("these GALA statistics come from mode='reference' (its running sums are non-zero); "
+                             "build the loss with mode='reference' to load them")
+        if self.mode == "reference" and int(self.steps) > 0 and not running:
+            raise ValueError("these GALA statistics come from mode='paper' (no running sums after "
+                             f"{int(self.steps)} steps); build the loss with mode='paper' to load them")
+
     # ------------------------------------------------------------------ loss
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # Shapes and labels as every loss; finiteness is checked in `compute` on the B per-sample
