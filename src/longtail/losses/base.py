@@ -142,12 +142,16 @@ class LongTailLoss(nn.Module):
     cosine_head = False
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_inputs(logits, target, self.num_classes, self.check_values)
-        if self.cosine_head and self.check_values:
-            check_cosine_logits(logits, self.scale)
+        self.check(logits, target)
         if target.dtype != torch.int64:  # int32 / uint8 labels: torch's losses and indexing want int64
             target = target.long()
         return self.compute(logits, target)
+
+    def check(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Raise ValueError for inputs this loss cannot take (see check_inputs)."""
+        check_inputs(logits, target, self.num_classes, self.check_values)
+        if self.cosine_head and self.check_values:
+            check_cosine_logits(logits, self.scale)
 
     def _apply(self, fn, recurse=True):
         # float64 buffers are float64 on purpose (GALA's running sums of millions of small numbers):

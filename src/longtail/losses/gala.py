@@ -174,16 +174,13 @@ class GALA(LongTailLoss):
                              f"{int(self.steps)} steps); build the loss with mode='paper' to load them")
 
     # ------------------------------------------------------------------ loss
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def check(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         # Shapes and labels as every loss; finiteness is checked in `compute` on the B per-sample
         # losses instead of all B x C logits (a NaN or +inf logit, or -inf at the target, makes its
         # row's loss non-finite; -inf elsewhere is harmless), before the statistics are touched.
         check_inputs(logits, target, self.num_classes, check_values=False)
         if self.check_values:
             check_label_range(target, self.num_classes)
-        if target.dtype != torch.int64:  # int32 / uint8 labels (uint8 would index as a mask)
-            target = target.long()
-        return self.compute(logits, target)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=logits.device.type, enabled=False):
