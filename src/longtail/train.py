@@ -99,21 +99,27 @@ class EpochBatches:
 
 # ----------------------------------------------------------------------------- run folder I/O
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temp file then rename: a crash or full disk never leaves a broken checkpoint."""
+def write_replacing(path: Path, write) -> None:
+    """`write(tmp)` to a temp file beside `path`, then rename it over `path`: a crash, a full disk or
+    a stop request leaves the previous `path` (or none), never a half-written one or the temp file."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save through write_replacing; a failed write says what is intact and how to continue."""
+    try:
+        write_replacing(path, lambda tmp: torch.save(obj, tmp))
+    except OSError as exc:
         prev = f"the previous {path.name} is intact" if path.exists() else "no earlier checkpoint existed"
         raise CheckpointWriteError(f"could not write checkpoint {path} ({exc.strerror or exc}); {prev}. "
                                    "Free disk space, then continue with `longtail train --resume "
                                    f"{path.parent}`") from exc
-    except BaseException:  # a stop request mid-write: no half-written file left beside the intact one
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_checkpoint(path: Path, map_location) -> dict:
@@ -639,13 +645,7 @@ def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, stat
                                                                 if "pr" in chosen else {})},
                        bench.class_counts, run_dir / "per_class.png", title=run_title(results))
         # last, and whole or not at all: results.json marks a finished run (resume refuses it)
-        tmp = run_dir / "results.json.tmp"
-        try:
-            tmp.write_text(json.dumps(results, indent=2))
-            os.replace(tmp, run_dir / "results.json")
-        except BaseException:  # a stop request or a full disk mid-write: no half-written file left
-            tmp.unlink(missing_ok=True)
-            raise
+        write_replacing(run_dir / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
     return results
 
 
