@@ -408,7 +408,7 @@ def _tie_head_to_loss(cfg: Config) -> None:
 def _is_text_key(path: list[str]) -> bool:
     """Whether a dotted key is declared as text (run_name, data.root, ...): str or str | None."""
     cls, tp = Config, None
-    for i, part in enumerate(path):
+    for part in path:
         f = {f.name: f for f in fields(cls)}.get(part) if cls else None
         if f is None:
             return False  # a loss parameter or an unknown key (reported when the config is built)
