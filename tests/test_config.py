@@ -228,6 +228,9 @@ def test_a_loss_parameter_left_at_its_default_is_the_same_setting():
     assert setting_key(step) != setting_key(load_config(gcl, ["optim.schedule=step", "optim.milestones=[100, 150]"]))
     # an input check changes no result
     assert setting_key(plain) == setting_key(load_config(gcl, ["loss.check_values=false"]))
+    # grad_clip 0 and null both mean no clipping; a real clip is another setting
+    assert setting_key(plain) == setting_key(load_config(gcl, ["optim.grad_clip=0"]))
+    assert setting_key(plain) != setting_key(load_config(gcl, ["optim.grad_clip=5"]))
 
 
 def test_second_stage_options_are_checked():

@@ -524,6 +524,8 @@ def experiment_settings(cfg: Config) -> dict[str, Any]:
         del flat["data.train_crop"]  # only list datasets under the "imagenet" recipe crop on decoding
     if flat["optim.schedule"] != "step":
         del flat["optim.milestones"], flat["optim.step_factors"]  # no effect on a cosine schedule
+    if not flat["optim.grad_clip"]:
+        flat["optim.grad_clip"] = None  # 0 and null both mean no clipping
     # a loss parameter left out runs at the loss's default: the same experiment as giving it
     for key, default in _loss_param_types(cfg.loss.name).items():
         flat.setdefault(f"loss.{key}", default)
