@@ -539,3 +539,23 @@ def test_gala_statistics_of_one_mode_do_not_load_into_the_other():
         with pytest.raises(ValueError, match=f"come from mode='{mode}'"):
             build("gala", [30, 20, 10], mode=other).load_state_dict(trained[mode])
     build("gala", [30, 20, 10], mode="reference").load_state_dict(build("gala", [30, 20, 10]).state_dict())  # fresh
+
+
+@pytest.mark.parametrize("mode", ["paper", "reference"])
+def test_gala_statistics_of_one_phi_definition_do_not_load_into_the_other(mode):
+    g = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(8, 4, generator=g), torch.randint(0, 4, (8,), generator=g)) for _ in range(3)]
+    trained = {}
+    for phi in ("sample", "classifier"):
+        gala = build("gala", [40, 30, 20, 10], mode=mode, phi=phi)
+        for z, y in batches:
+            gala(z.requires_grad_(True), y)
+        trained[phi] = gala.state_dict()
+    for phi, other in (("sample", "classifier"), ("classifier", "sample")):
+        same = build("gala", [40, 30, 20, 10], mode=mode, phi=phi)
+        same.load_state_dict(trained[phi])
+        assert all(torch.equal(same.state_dict()[k], v) for k, v in trained[phi].items())
+        with pytest.raises(ValueError, match=f"come from phi='{phi}'"):
+            build("gala", [40, 30, 20, 10], mode=mode, phi=other).load_state_dict(trained[phi])
+    build("gala", [40, 30, 20, 10], mode=mode, phi="classifier").load_state_dict(
+        build("gala", [40, 30, 20, 10], mode=mode).state_dict())  # fresh statistics load into either
