@@ -241,3 +241,40 @@ def test_accumulator_gathers_uneven_ranks(tmp_path):
             # every sample exactly once, in rank order, and the same result on every rank
             assert torch.equal(out["logits"], z) and torch.equal(out["targets"], y)
             assert out["res"] == evaluate(z, y, [100, 50, 10, 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_probabilities_are_detected_as_probabilities(dtype):
+    # softmax outputs stored in half precision sum to 1 only to about the dtype's epsilon (fp16
+    # ~3e-4, bf16 ~3e-3 here): they were taken for logits and softmaxed again, which flattened
+    # every confidence towards 1/C (ECE 6.7 instead of 57.5 on this data)
+    z, y = _data(200, 10, seed=5)
+    p = torch.softmax(3 * z.double(), 1)
+    q = p.to(dtype)
+    assert (q.double().sum(1) - 1).abs().max() > 1e-4  # the old tolerance
+    exact = expected_calibration_error(q.double(), y, from_logits=False)
+    assert expected_calibration_error(q, y) == pytest.approx(exact, rel=1e-9)
+    assert mean_confidence(q) == pytest.approx(mean_confidence(q.double(), from_logits=False), rel=1e-9)
+    # half-precision logits are still logits
+    assert mean_confidence(z.to(dtype)) == pytest.approx(mean_confidence(z.to(dtype).double(), from_logits=True))
+
+
+def test_labels_outside_the_score_columns_are_an_error_not_a_miss():
+    z, y = _data(10, 3)
+    with pytest.raises(ValueError, match="targets contain label 3 but there are only 3 classes"):
+        top1(z, torch.full((10,), 3))
+    # scores with another number of columns than num_classes
+    with pytest.raises(ValueError, match="4 columns"):
+        per_class_accuracy(torch.randn(10, 4), y, 3)
+    with pytest.raises(ValueError, match="2 columns"):
+        per_class_accuracy(torch.randn(10, 2), y, 3)
+
+
+def test_group_accuracies_takes_evaluates_per_class_list_with_none():
+    z, y = _data(90, 6, seed=3)
+    y[y == 5] = 0
+    counts = [400, 150, 60, 30, 10, 2]
+    res = evaluate(z, y, counts)
+    assert res["per_class"][5] is None
+    got = group_accuracies(res["per_class"], counts)  # as it is read back from results.json
+    assert got == {k: pytest.approx(res[k]) for k in ("many", "medium", "few")}

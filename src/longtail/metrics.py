@@ -94,7 +94,9 @@ def top1(logits_or_preds: torch.Tensor, targets: torch.Tensor) -> float | None:
     None when there are no samples.
     """
     preds = _as_preds(logits_or_preds, "logits_or_preds")
-    targets = _check_targets(targets, preds.shape[0], None)
+    # with scores the class count is known: a label outside it is bad input, not a miss
+    is_scores = isinstance(logits_or_preds, torch.Tensor) and logits_or_preds.dim() == 2
+    targets = _check_targets(targets, preds.shape[0], logits_or_preds.shape[1] if is_scores else None)
     if preds.numel() == 0:
         return None
     return 100.0 * (preds == targets.to(preds.device)).sum().item() / preds.numel()
@@ -108,6 +110,8 @@ def per_class_accuracy(preds: torch.Tensor, targets: torch.Tensor, num_classes: 
     """
     if int(num_classes) <= 0:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if isinstance(preds, torch.Tensor) and preds.dim() == 2 and preds.shape[1] != num_classes:
+        raise ValueError(f"preds has {preds.shape[1]} columns (class scores) but num_classes is {num_classes}")
     preds = _as_preds(preds, "preds")
     if preds.numel() and (int(preds.min()) < 0 or int(preds.max()) >= num_classes):
         raise ValueError(f"preds must lie in [0, {num_classes}), got range [{int(preds.min())}, {int(preds.max())}]")
@@ -135,6 +139,8 @@ def group_accuracies(per_class: torch.Tensor, train_counts, many: float = 100, f
 
     None for a group with no classes, or none with test samples.
     """
+    if isinstance(per_class, (list, tuple)):  # evaluate()'s "per_class", None for classes without samples
+        per_class = [float("nan") if v is None else v for v in per_class]
     per_class = torch.as_tensor(per_class, dtype=torch.float64).cpu()
     if per_class.dim() != 1:
         raise ValueError(f"per_class must be a 1-D tensor (one accuracy per class), got shape {tuple(per_class.shape)}")
@@ -147,11 +153,15 @@ def group_accuracies(per_class: torch.Tensor, train_counts, many: float = 100, f
 
 
 def _confidences(probs_or_logits: torch.Tensor, from_logits: bool | None) -> torch.Tensor:
-    x = _check_logits(probs_or_logits, "probs_or_logits").double()
+    x = _check_logits(probs_or_logits, "probs_or_logits")
+    # Probabilities stored in half precision sum to 1 only to about their dtype's epsilon
+    # (each entry rounds by up to eps/2 of itself): a fixed 1e-4 took them for logits.
+    atol = max(1e-4, 4 * torch.finfo(x.dtype).eps)
+    x = x.double()
     if from_logits is None:
         # Auto-detect: rows that are already distributions are probabilities, anything else logits.
         from_logits = not (x.numel() and bool((x >= 0).all() and (x <= 1).all()
-                                              and torch.allclose(x.sum(1), torch.ones_like(x[:, 0]), atol=1e-4)))
+                                              and torch.allclose(x.sum(1), torch.ones_like(x[:, 0]), atol=atol)))
     p = F.softmax(x, dim=1) if from_logits else x
     return p
 
