@@ -400,3 +400,31 @@ def test_report_says_what_is_missing_and_how_to_finish_a_run(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="holds no results.json, in it or in any folder below") as info:
         load_results([tmp_path / "empty"])
     assert "longtail eval" not in str(info.value)
+
+
+def test_the_table_does_not_call_the_last_checkpoint_selected_on_validation():
+    runs = [_run(0, 50.0), _run(1, 52.0)]
+    assert "checkpoint selected on validation" in markdown_table(summarize(runs))
+    last = markdown_table(summarize(runs, checkpoint="last"))
+    assert "checkpoint selected on validation" not in last
+    assert "Top-1 and groups: last-epoch checkpoint (no selection)" in last
+
+
+def test_a_mean_over_fewer_seeds_than_the_row_has_says_how_many():
+    runs = [_run(0, 50.0), _run(1, 52.0), _run(2, 51.0)]
+    runs[1]["best_test_epoch"] = None  # this seed did not track test accuracy
+    del runs[2]["checkpoints"]["best_val"]["la"]  # saved before post-hoc LA was reported
+    runs[2]["checkpoints"]["best_val"]["pr"]["few"] = None
+    rows = summarize(runs)
+    table = markdown_table(rows)
+    line = next(ln for ln in table.splitlines() if "| gala-reference |" in ln)
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    head = [c.strip() for c in table.splitlines()[0].split("|")[1:-1]]
+    cell = dict(zip(head, cells))
+    assert cell["seeds"] == "3" and cell["top-1"] == f"{51.0:.2f} ± {1.0:.2f}"  # all three: no note
+    assert cell["+post-hoc LA top-1"] == f"{51.5:.2f} ± {statistics.stdev([50.5, 52.5]):.2f} (n=2)"
+    assert cell["best epoch on TEST"] == f"{51.5:.2f} ± {statistics.stdev([51.0, 52.0]):.2f} (n=2)"
+    assert cell["+PR few"] == f"{41.0:.2f} ± {statistics.stdev([40.0, 42.0]):.2f} (n=2)"
+    assert "(n=k): the mean of the k seeds" in table
+    assert "(n=" not in markdown_table(summarize([_run(0, 50.0), _run(1, 52.0)]))
+    assert rows[0]["la.top1"] == f"{51.5:.2f} ± {statistics.stdev([50.5, 52.5]):.2f}"  # the row's strings as before

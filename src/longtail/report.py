@@ -275,25 +275,52 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
     post-hoc logit adjustment (tau on val), best-epoch-on-test, training time per run (in hours,
     minutes or seconds, by the table's longest run), and the
     published figure: from `published` ({method: figure}) when given, else from PUBLISHED (SPEC
-    section 6)."""
+    section 6). A figure that only k of a row's seeds have is marked "(n=k)"; the note under the
+    table names the checkpoint the figures come from (selected on validation, or the last epoch)."""
     unit, per_unit = _time_unit(rows)
+    counted = []  # figures averaged over fewer seeds than their row has
+
+    def cell(r: dict, key: str) -> str:
+        """The row's "mean ± std", with "(n=k)" where only k of its seeds have the figure."""
+        values = (r.get("values") or {}).get(key)
+        n = len(values or []) - sum(v is None for v in values or [])
+        if 0 < n < r["seeds"]:
+            counted.append(key)
+            return f"{r[key]} (n={n})"
+        return r[key]
+
+    def hours(r: dict) -> str:
+        seconds = r.get("train_seconds", [])
+        note = f" (n={len(seconds)})" if 0 < len(seconds) < r["seeds"] else ""
+        if note:
+            counted.append("train_seconds")
+        return _mean_std([t / per_unit for t in seconds]) + note
+
     head = ("| dataset | method | model | seeds | top-1 | many | medium | few | +PR top-1 | +PR many | +PR medium | "
             f"+PR few | PR transductive | +post-hoc LA top-1 | best epoch on TEST | train {unit} / run | published |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         pub = (published.get(r["method"], "-") if published is not None
                else published_figure(r["dataset"], r.get("imb_factor"), r["method"]))
-        lines.append(f"| {_setting_name(r)} | {_method_label(r)} | {r.get('model', '')} | {r['seeds']} | {r['raw.top1']} | {r['raw.many']} | {r['raw.medium']} | "
-                     f"{r['raw.few']} | {r['pr.top1']} | {r['pr.many']} | {r['pr.medium']} | {r['pr.few']} | "
-                     f"{r['pr_transductive.top1']} | {r['la.top1']} | {r['best_on_test']} | "
-                     f"{_mean_std([t / per_unit for t in r.get('train_seconds', [])])} | {pub} |")
+        figures = " | ".join(cell(r, key) for key in ("raw.top1", "raw.many", "raw.medium", "raw.few", "pr.top1",
+                                                       "pr.many", "pr.medium", "pr.few", "pr_transductive.top1",
+                                                       "la.top1", "best_on_test"))
+        lines.append(f"| {_setting_name(r)} | {_method_label(r)} | {r.get('model', '')} | {r['seeds']} | {figures} | "
+                     f"{hours(r)} | {pub} |")
+    checkpoints = {r.get("checkpoint", "best_val") for r in rows}
+    # the figures are of the checkpoint the rows were summarised at: only best_val was selected (on validation)
+    which = ("checkpoint selected on validation" if checkpoints <= {"best_val"} else
+             "last-epoch checkpoint (no selection)" if checkpoints == {"last"} else
+             "checkpoints " + ", ".join(sorted(checkpoints)))
     lines.append("")
-    lines.append("Top-1 and groups: checkpoint selected on validation, mean ± std over seeds. PR: prediction "
+    lines.append(f"Top-1 and groups: {which}, mean ± std over seeds. PR: prediction "
                  "re-balancing with the class marginal and tau from validation. PR transductive: the paper's "
                  "protocol (marginal from the test set, published tau). Post-hoc LA: logits minus tau log(class "
                  "prior), tau from validation. Best epoch on TEST: selected on the test "
                  f"set as papers report it; not an honest estimate. Train {unit} / run: training wall time (evaluation "
-                 "excluded) from each run's results.json, on whatever machine and load it ran.")
+                 "excluded) from each run's results.json, on whatever machine and load it ran."
+                 + (" (n=k): the mean of the k seeds of the row that have the figure (the others' results.json "
+                    "lack it)." if counted else ""))
     return "\n".join(lines) + "\n"
 
 
