@@ -428,3 +428,17 @@ def test_a_mean_over_fewer_seeds_than_the_row_has_says_how_many():
     assert "(n=k): the mean of the k seeds" in table
     assert "(n=" not in markdown_table(summarize([_run(0, 50.0), _run(1, 52.0)]))
     assert rows[0]["la.top1"] == f"{51.5:.2f} ± {statistics.stdev([50.5, 52.5]):.2f}"  # the row's strings as before
+
+
+def test_paired_table_does_not_pair_runs_that_saw_other_images():
+    from longtail.report import paired_table
+
+    runs = [_run(0, 40.0, method="ce"), _run(1, 41.0, method="ce"), _run(0, 50.0), _run(1, 52.0),
+            _run(0, 47.0, method="la", config={"data": {"val_seed": 3}}),
+            _run(0, 46.0, method="bs", config={"data": {"val_per_class": 0}})]
+    table = paired_table(summarize(runs), "ce")
+    assert f"| cifar100-lt IF100 | gala-reference | 0 1 | {10.5:+.2f} ± {statistics.stdev([10.0, 11.0]):.2f} (n=2) |" in table
+    # another validation split takes other images out of training: no seed-by-seed difference for it
+    assert "| la |" not in table and "| bs |" not in table
+    assert "Not paired with ce: trained or evaluated on other images" in table
+    assert "la (data.val_seed=3 vs 0)" in table and "bs (data.val_per_class=0 vs 20)" in table

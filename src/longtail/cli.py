@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--csv", help="also write the figures as numbers (mean and std columns) to this CSV file")
     r.add_argument("--against", metavar="METHOD",
                    help="also compare every row with this method (as the table names it, e.g. ce), seed by seed, "
-                   "within each setting (dataset, imbalance factor, model); settings without it are named")
+                   "within each setting (dataset, imbalance factor, model) among runs on the same images (validation split, "
+                   "lists, limits); settings without it, and rows on other images, are named")
     r.add_argument("--checkpoint", default="best_val", choices=("best_val", "last"),
                    help="best_val: the checkpoint selected on validation (default); last: the final epoch")
     r.set_defaults(func=cmd_report)

@@ -155,6 +155,10 @@ def _mean_std(values: list, sign: str = "") -> str:
 
 
 VARIANTS = ("raw", "pr", "pr_transductive", "la")
+# The settings that decide which images a run trains, validates and is tested on: runs paired by
+# seed must agree on them, or a seed's difference mixes the methods with their data.
+DATA_KEYS = ("data.val_per_class", "data.val_seed", "data.val_shortfall", "data.train_list", "data.val_list",
+             "data.test_list", "data.limit_per_class", "data.limit_eval_per_class")
 METRICS = ("top1", "many", "medium", "few")
 
 
@@ -194,6 +198,8 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
         for key, values in row["values"].items():
             row[key] = _mean_std(values)
         row["train_seconds"] = [r["train_time_s"] for r in runs if r.get("train_time_s") is not None]
+        flat = _flat_config(runs[0])
+        row["data"] = {k: flat.get(k) for k in DATA_KEYS} if flat else {}  # {}: config not readable
         rows.append(row)
         first_runs.append(runs[0])
     _label_differences(rows, first_runs)
@@ -347,7 +353,8 @@ def paired_table(rows: list[dict], against: str, metric: str = "top1") -> str:
     by seed over the seeds both have: mean ± sample std of the differences, raw and with PR (tau on
     validation), and at how many of those seeds the row's raw figure is higher. Pairing by seed
     removes the spread that a seed puts on both methods alike (its data order, initialisation and
-    augmentation draws). Settings without such a row are named under the table."""
+    augmentation draws). Settings without such a row are named under the table, and so are rows whose
+    data settings (DATA_KEYS: validation split, lists, limits) differ from the baseline's."""
     if not rows:
         raise ValueError("no rows to pair: the table is empty")
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -358,7 +365,7 @@ def paired_table(rows: list[dict], against: str, metric: str = "top1") -> str:
              "+PR: tau and marginal from validation; n: seeds behind a difference):", "",
              "| setting | method | shared seeds | difference | +PR difference | raw higher at |",
              "|---|---|---|---|---|---|"]
-    missing, ambiguous = [], []
+    missing, ambiguous, other_data = [], [], []
     for (dataset, imb, model), group in groups.items():
         name = _setting_name(group[0]) + (f" {model}" if several_models else "")
         bases = _baseline(group, against)
@@ -369,6 +376,11 @@ def paired_table(rows: list[dict], against: str, metric: str = "top1") -> str:
         base = bases[0]
         for r in group:
             if r is base:
+                continue
+            differ = [k for k in DATA_KEYS if r.get("data") and base.get("data") and r["data"][k] != base["data"][k]]
+            if differ:
+                other_data.append(f"{name} {_method_label(r)} ("
+                                  + ", ".join(f"{k}={r['data'][k]} vs {base['data'][k]}" for k in differ) + ")")
                 continue
             raw = _paired_differences(r, base, "raw", metric)
             pr = _paired_differences(r, base, "pr", metric)
@@ -384,6 +396,9 @@ def paired_table(rows: list[dict], against: str, metric: str = "top1") -> str:
                          + "; ".join(ambiguous))
     if missing:
         lines += ["", f"No {against} row to pair with in: {', '.join(missing)}."]
+    if other_data:
+        lines += ["", f"Not paired with {against}: trained or evaluated on other images, so a seed's difference "
+                  f"would mix the methods with their data: {'; '.join(other_data)}."]
     return "\n".join(lines) + "\n"
 
 
