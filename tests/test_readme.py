@@ -144,3 +144,38 @@ def test_every_benchmark_command_in_the_readme_names_a_script_and_flags_it_accep
                                    check=True, timeout=120).stdout
         for flag in (a for a in args if a.startswith("--")):
             assert re.search(rf"\[{re.escape(flag)}\b", help_text), (script, flag)
+
+
+def test_the_losses_the_readme_names_as_batch_means_are_exactly_the_unweighted_ones():
+    """"weighted, each loss takes the weighted mean sum w l / sum w, except ...": a weighted mean does not
+    change when every weight is scaled; a batch mean of weighted terms does."""
+    text = " ".join(_section("Use a loss in your own training loop").split())
+    exceptions = re.search(r"weighted mean sum w l / sum w, except (.*?)\. GALA's", text).group(1)
+    counts = [500, 300, 120, 40, 8]
+    z, y = (torch.rand(16, 5, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 10, torch.arange(16) % 5
+    weights = losses.class_balanced_weights(counts)
+    built = {name: losses.build(name, class_counts=counts) for name in losses.available() if name != "gcl"}
+    built["gcl"] = losses.build("gcl", class_counts=counts, noise_mul=0.0)
+    built["gcl with focal_gamma"] = losses.build("gcl", class_counts=counts, noise_mul=0.0, focal_gamma=1.0)
+    named = {"focal": "`focal`" in exceptions, "gcl with focal_gamma": "`gcl` with `focal_gamma`" in exceptions}
+    for name, criterion in built.items():
+        with torch.no_grad():
+            criterion.set_class_weights(weights)
+            once = criterion(z, y)
+            criterion.set_class_weights(3 * weights)
+            scaled = criterion(z, y)
+        assert torch.isclose(once, scaled, rtol=1e-5).item() != named.get(name, False), name
+
+
+def test_the_configs_the_readme_lists_are_the_shipped_ones():
+    """Every CIFAR config name the README's config paragraph lists exists at every IF, and every shipped
+    CIFAR config is listed."""
+    text = " ".join(_section("Train, evaluate, report").split())
+    listed = re.search(r"IF 10/50/100/200 for (.*?), and ImageNet-LT", text).group(1)
+    names = set(re.findall(r"\b[a-z][a-z0-9_]*[a-z0-9]\b", re.sub(r"`[^`]*`", "", listed)))
+    shipped = {p.stem.split("_", 3)[3] for p in cli.CONFIG_DIR.glob("cifar*_lt_if*.yaml")}
+    assert shipped <= names, sorted(shipped - names)
+    for name in shipped:
+        for dataset in ("cifar10", "cifar100"):
+            for imb in (10, 50, 100, 200):
+                assert (cli.CONFIG_DIR / f"{dataset}_lt_if{imb}_{name}.yaml").is_file()
