@@ -76,3 +76,12 @@ def test_split_seed_arguments():
         assert torch.equal(a.val.source_indices, x.val.source_indices)
     assert not torch.equal(a.val.source_indices, base.val.source_indices)
     assert a.class_counts == base.class_counts
+
+
+@pytest.mark.parametrize("kw, name", [(dict(seed=-1), "seed"), (dict(val_seed=-3), "val_seed"),
+                                      (dict(lt_seed=-1), "lt_seed"), (dict(lt_seed=2**32), "lt_seed"),
+                                      (dict(seed=1.5), "seed")])
+def test_bad_split_seeds_are_named(kw, name):
+    # a negative seed once surfaced as numpy's bare "expected non-negative integer"
+    with pytest.raises(ValueError, match=rf"^{name} must be an integer in \[0, 2\*\*32\), got "):
+        load_benchmark("digits-lt", **kw)

@@ -75,6 +75,31 @@ def test_read_list_errors_name_file_and_line(tmp_path, text, line, what):
         read_list(f, num_classes=5)
 
 
+@pytest.mark.parametrize("label", ["--5", "+-3", "-+1", "++2"])
+def test_read_list_doubled_sign_label_is_a_line_problem_not_a_crash(image_folder, tmp_path, label):
+    # "--5" once passed the integer check and reached int(), whose bare ValueError named no file or line
+    f = tmp_path / "signs.txt"
+    f.write_text(f"a.jpg 0\nb.jpg {label}\nc.jpg 1\n")
+    with pytest.raises(ValueError, match=rf"signs\.txt:2: .*label '\{label[0]}\{label[1]}{label[2:]}' is not an integer"):
+        read_list(f)
+    rep = check_list(image_folder[0], f, decode=False)  # an audit reports it instead of crashing
+    assert [ln for ln, _, _ in rep.label_problems] == [2] and rep.num_entries == 2
+
+
+def test_an_id_sized_label_is_a_line_problem_not_a_memory_error(image_folder, tmp_path):
+    # with num_classes inferred (max label + 1), a label like 99999999999 (an image id in the label
+    # column) once made every per-class count a 745 GiB array: MemoryError, no file or line named
+    f = tmp_path / "ids.txt"
+    f.write_text("a.jpg 0\nb.jpg 99999999999\nc.jpg 1\n")
+    with pytest.raises(ValueError, match=r"ids\.txt:2: label 99999999999 is not a plausible class index"):
+        read_list(f)
+    with pytest.raises(ValueError, match=r"ids\.txt:2: label 99999999999"):
+        ListDataset(image_folder[0], f)
+    rep = check_list(image_folder[0], f, decode=False)
+    assert [ln for ln, _, _ in rep.label_problems] == [2] and rep.num_classes == 2
+    assert read_list(f, num_classes=10**11)[1].tolist()[1] == 99999999999  # said explicitly: allowed
+
+
 def test_read_list_negative_label_without_num_classes(tmp_path):
     f = tmp_path / "neg.txt"
     f.write_text("a.jpg 0\nb.jpg 3\nc.jpg -2\n")
@@ -294,6 +319,18 @@ def test_check_list_finds_every_problem(image_folder, tmp_path):
     assert fast.unreadable == [] and fast.missing == rep.missing
 
 
+@pytest.mark.filterwarnings("error")
+def test_check_list_of_an_empty_list_is_not_ok(image_folder, tmp_path):
+    # an empty (or all-blank) list once audited "OK" with "imbalance nan" and a numpy warning, while
+    # training on it fails ("lists no images")
+    f = tmp_path / "blank.txt"
+    f.write_text("\n  \n")
+    rep = check_list(image_folder[0], f)
+    assert not rep.ok and rep.num_entries == 0
+    text = rep.summary()
+    assert "no images" in text and "nan" not in text and "PROBLEMS FOUND" in text
+
+
 def test_check_list_errors_for_a_folder_given_as_the_list(image_folder, tmp_path, capsys):
     from longtail import cli
 
@@ -355,6 +392,39 @@ def test_lists_benchmark(image_folder, tmp_path):
     bad = _write_list(tmp_path / "bad_test.txt", [(entries[0][0], 3)])  # class 3 does not exist in training
     with pytest.raises(ValueError, match=r"bad_test\.txt:1: label 3 must be in \[0, 3\)"):
         load_benchmark("lists", root, train_list=tr, test_list=bad)
+
+
+def test_a_folder_given_for_a_list_without_a_standard_name_says_so(image_folder, tmp_path):
+    # "lists" has no standard file names, nor has iNaturalist a validation list: a folder there once
+    # reached ListDataset as None (TypeError from pathlib) or silently meant "no validation set"
+    root, entries = image_folder
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    tr = _write_list(lists / "train.txt", entries)
+    te = _write_list(lists / "test.txt", entries[:5])
+    for kw, kind in ((dict(train_list=lists, test_list=te), "train"), (dict(train_list=tr, test_list=lists), "test"),
+                     (dict(train_list=tr, val_list=lists, test_list=te), "val")):
+        with pytest.raises(FileNotFoundError, match=rf"^lists {kind} list: {lists} is a folder.*data\.{kind}_list="):
+            load_benchmark("lists", root, **kw)
+    (tmp_path / "iNaturalist18_train.txt").write_text("x.jpg 0\n")
+    with pytest.raises(FileNotFoundError, match=r"iNaturalist 2018 val list: .* is a folder.*no standard val list"):
+        load_benchmark("inat2018", tmp_path, train_list=tmp_path, val_list=lists, test_list=te)
+
+
+def test_list_arguments_expand_the_home_folder(image_folder, tmp_path, monkeypatch):
+    root, entries = image_folder
+    home = tmp_path / "home"
+    (home / "splits").mkdir(parents=True)
+    _write_list(home / "splits" / "train.txt", entries)
+    _write_list(home / "splits" / "test.txt", entries[:5])
+    monkeypatch.setenv("HOME", str(home))
+    b = load_benchmark("lists", root, train_list="~/splits/train.txt", test_list="~/splits/test.txt")
+    assert b.class_counts == [4, 4, 2]
+    (home / "Places_LT_train.txt").write_text("".join(f"{p} {c}\n" for p, c in entries))
+    (home / "Places_LT_test.txt").write_text("".join(f"{p} {c}\n" for p, c in entries))
+    (home / "Places_LT_val.txt").write_text("".join(f"{p} {c}\n" for p, c in entries))
+    with pytest.raises(ValueError, match=r"Places_LT_train\.txt: 362 of 365 classes have no training images"):
+        load_benchmark("places-lt", root, train_list="~")  # the folder "~" is searched, not taken for a file
 
 
 # --------------------------------------------------------------------------- the real split lists

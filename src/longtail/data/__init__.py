@@ -118,14 +118,20 @@ _LIST_SOURCE = ("the standard lists are in facebookresearch/classifier-balancing
 def _find_list(kind: str, given, default_name: str | None, subfolder: str, search_dirs: list[Path],
                display: str) -> Path | None:
     """Resolve a list-file argument: a file, a folder holding the standard name, or None (search)."""
-    if given is not None and not Path(given).is_dir():
-        p = Path(given).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f"{display} {kind} list not found: {p}; pass data.{kind}_list=/path/to/list.txt")
-        return p
+    given = Path(given).expanduser() if given is not None else None
+    if given is not None and not given.is_dir():
+        if not given.is_file():
+            raise FileNotFoundError(f"{display} {kind} list not found: {given}; pass data.{kind}_list=/path/to/list.txt")
+        return given
     if default_name is None:
+        if given is not None:  # a folder, but no standard file name to look for in it
+            what = "no standard file names" if display == "lists" else f"no standard {kind} list"
+            raise FileNotFoundError(
+                f"{display} {kind} list: {given} is a folder, and {display} has {what} to look for in it; "
+                f"pass the file itself, data.{kind}_list=/path/to/{kind}.txt"
+            )
         return None
-    dirs = [Path(given).expanduser()] if given is not None else search_dirs
+    dirs = [given] if given is not None else search_dirs
     tried = []
     for d in dirs:
         for p in (d / default_name, d / subfolder / default_name):
@@ -203,7 +209,7 @@ def _list_benchmark(name, root, train_list, val_list, test_list, image_size, res
             f"(command line: data.root=/path/to/images); the paths in the list files are relative to it"
         )
     root = Path(root).expanduser()
-    dirs = [Path(a).expanduser() for a in (train_list, val_list, test_list) if a is not None and Path(a).is_dir()]
+    dirs = [d for d in (Path(a).expanduser() for a in (train_list, val_list, test_list) if a is not None) if d.is_dir()]
     dirs += [root, root / "splits"]
     if name == "lists":
         for kind, arg in (("train", train_list), ("test", test_list)):
@@ -284,6 +290,10 @@ def load_benchmark(name: str, root: str | os.PathLike | None = None, *, imb_fact
         val_per_class = 10 if is_digits else 20
     if val_per_class < 0:
         raise ValueError(f"val_per_class must be >= 0, got {val_per_class}")
+    for arg, v in (("seed", seed), ("val_seed", val_seed), ("lt_seed", lt_seed)):
+        # numpy's legacy seeding (the LT subset) takes 0 <= seed < 2**32, as the config does
+        if v is not None and not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < 2**32):
+            raise ValueError(f"{arg} must be an integer in [0, 2**32), got {v!r}")
     split_seed = seed if val_seed is None else val_seed
     if key in ("cifar10-lt", "cifar100-lt"):
         return _cifar_benchmark(key, root, imb_factor, val_per_class, split_seed, lt_seed, download, verify,

@@ -55,6 +55,9 @@ def _read_text(list_file: Path) -> str:
         raise ValueError(f"{list_file}:{line}: not valid UTF-8 ({e.reason}); save the list as UTF-8") from None
 
 
+_MAX_INFERRED_CLASSES = 10_000_000  # iNaturalist 2018 has 8,142
+
+
 def _check_num_classes(num_classes: int | None) -> None:
     # 0 classes admit no label: every line would be "out of range" and the counts empty
     if num_classes is not None and num_classes < 1:
@@ -80,7 +83,8 @@ def _parse(list_file: Path, num_classes: int | None, strict: bool) -> _Parsed:
             continue
         p, lab = parts
         p = p.strip()
-        if not (lab.isascii() and lab.lstrip("-+").isdigit() and len(lab) < 19):
+        digits = lab[1:] if lab[0] in "+-" else lab  # one sign at most: int() refuses "--5"
+        if not (lab.isascii() and digits.isdigit() and len(lab) < 19):
             problems.append((n, line, f"{expect}; label {lab!r} is not an integer"))
             if strict:
                 break
@@ -91,11 +95,22 @@ def _parse(list_file: Path, num_classes: int | None, strict: bool) -> _Parsed:
     labels = np.array([int(s) for s in label_text], dtype=np.int64)
     lines = np.array(line_no, dtype=np.int64)
     # range check on every parsed entry (in strict mode only the first problem is reported)
-    bad = labels < 0 if num_classes is None else (labels < 0) | (labels >= num_classes)
+    if num_classes is None:
+        # the classes are inferred as max label + 1 and counted per class: an id-sized label (an
+        # image id in the label column) would allocate a count for every class up to it
+        bad = (labels < 0) | (labels >= _MAX_INFERRED_CLASSES)
+    else:
+        bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
-        rng = "must be >= 0" if num_classes is None else f"must be in [0, {num_classes})"
         for i in np.flatnonzero(bad)[: (1 if strict else None)]:
-            problems.append((int(lines[i]), f"{paths[i]} {labels[i]}", f"label {labels[i]} {rng}"))
+            if num_classes is not None:
+                why = f"label {labels[i]} must be in [0, {num_classes})"
+            elif labels[i] < 0:
+                why = f"label {labels[i]} must be >= 0"
+            else:
+                why = (f"label {labels[i]} is not a plausible class index (classes are counted as max label + 1; "
+                       f"over {_MAX_INFERRED_CLASSES:,} is refused unless num_classes is given)")
+            problems.append((int(lines[i]), f"{paths[i]} {labels[i]}", why))
         keep = ~bad
         paths = [p for p, k in zip(paths, keep) if k]
         labels, lines = labels[keep], lines[keep]
@@ -292,7 +307,9 @@ class ListReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unreadable or self.label_problems or self.duplicates or self.empty_classes)
+        # a list without a single entry is not fit to train on (ListDataset refuses it)
+        return self.num_entries > 0 and not (self.missing or self.unreadable or self.label_problems
+                                             or self.duplicates or self.empty_classes)
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -305,7 +322,8 @@ class ListReport:
         out = [
             f"{self.list_file}: {self.num_entries} images, {self.num_classes} classes, root {self.root}",
             f"  per class: min {int(nonzero.min())}, max {int(c.max())}, imbalance {c.max() / nonzero.min():.1f}"
-            + ("" if self.decoded else " (images checked for existence only, not decoded)"),
+            + ("" if self.decoded else " (images checked for existence only, not decoded)")
+            if self.num_entries else "  no images: the list holds no `relative/path label` line",
         ]
 
         def section(title, items, fmt):
