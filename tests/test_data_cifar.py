@@ -88,6 +88,32 @@ def test_truncated_pickle_names_file(tmp_path):
         load_cifar(tmp_path, "cifar10", "train", verify=False)
 
 
+def _rewrite(path, **changes):
+    obj = pickle.loads(path.read_bytes(), encoding="latin1")
+    obj.update(changes)
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+@pytest.mark.parametrize("labels", [["a"] * 20, None, [[1, 2]] * 20, [1.5] * 20, [True] * 20, 7])
+def test_malformed_labels_name_the_file(tmp_path, labels):
+    # (verify=False, or a file without a known MD5) labels that are not integers once raised a bare
+    # TypeError/ValueError from numpy naming no file, or (floats) were silently truncated to integers
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_fake_cifar10(folder)
+    _rewrite(folder / "data_batch_2", labels=labels)
+    with pytest.raises(ValueError, match=r"data_batch_2: 'labels' must be a list of integer class labels"):
+        load_cifar(tmp_path, "cifar10", "train", verify=False)
+
+
+@pytest.mark.parametrize("names", [None, 5, NAMES10[:4], "airplane"])
+def test_malformed_class_names_name_the_meta_file(tmp_path, names):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_fake_cifar10(folder)
+    _rewrite(folder / "batches.meta", label_names=names)
+    with pytest.raises(ValueError, match=r"batches\.meta: 'label_names' must be a list of the 10 class names"):
+        load_cifar(tmp_path, "cifar10", "test", verify=False)
+
+
 def test_pickle_cannot_run_code(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     _write_fake_cifar10(folder)

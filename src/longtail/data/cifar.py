@@ -323,7 +323,16 @@ def _decode_batch(path: Path, obj: dict, label_key: str) -> tuple[np.ndarray, np
     if "data" not in obj or label_key not in obj:
         raise ValueError(f"{path} lacks the keys 'data' and {label_key!r} (has {sorted(obj)}); is it the right CIFAR variant?")
     data = np.asarray(obj["data"])
-    labels = np.asarray(obj[label_key], dtype=np.int64)
+    try:
+        labels = np.asarray(obj[label_key])
+    except ValueError:  # ragged nested lists
+        labels = np.asarray(None)
+    if labels.ndim != 1 or not (labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(
+            f"{path}: {label_key!r} must be a list of integer class labels, got {type(obj[label_key]).__name__} "
+            f"(dtype {labels.dtype}, shape {labels.shape}); the file is corrupt, download it again"
+        )
+    labels = labels.astype(np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
         raise ValueError(
             f"{path}: data has dtype {data.dtype} and shape {data.shape} with {labels.shape[0]} labels, "
@@ -357,7 +366,14 @@ def load_cifar(root: str | os.PathLike, dataset: str = "cifar100", split: str = 
     meta = _read_pickle(meta_path, info.meta_file[1], verify)
     if info.names_key not in meta:
         raise ValueError(f"{meta_path} lacks {info.names_key!r}; is it the right CIFAR variant?")
-    names = [str(n) for n in meta[info.names_key]]
+    names = meta[info.names_key]
+    if not isinstance(names, (list, tuple)) or len(names) != info.num_classes:
+        raise ValueError(
+            f"{meta_path}: {info.names_key!r} must be a list of the {info.num_classes} class names, got "
+            f"{type(names).__name__}" + (f" of {len(names)}" if isinstance(names, (list, tuple)) else "")
+            + "; the file is corrupt, download it again"
+        )
+    names = [str(n) for n in names]
     data = datas[0] if len(datas) == 1 else np.concatenate(datas)
     label = labels[0] if len(labels) == 1 else np.concatenate(labels)
     if label.size and (label.min() < 0 or label.max() >= len(names)):
