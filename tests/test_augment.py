@@ -251,6 +251,33 @@ def test_autoaugment_op_matches_pil(name, ours, ref):
     assert got_f.dtype == torch.float32 and torch.equal(got_f, expected.float())
 
 
+def _noise_images(n, h, w, seed):
+    # every pixel differs from its neighbours: a source pixel one off shows (smooth images hide it)
+    rng = np.random.RandomState(seed)
+    return torch.from_numpy(rng.randint(0, 256, (n, h, w, 3)).astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (48, 64), (224, 224), (17, 31)])
+def test_nearest_warps_take_pils_source_pixel_on_noise_images(h, w):
+    # PIL walks rotations and shears in 16.16 fixed point; the policy's own rotations (multiples of
+    # 30/9 degrees) included, each output pixel must come from the pixel PIL takes.
+    x = _noise_images(3, h, w, seed=h + w)
+    angles = list(np.linspace(0, 30, 10)) + [-47.3, 90.0, 181.7, 400.0]
+    for d in angles:
+        expected = pil_apply(x, lambda im, d=d: _rotate_with_fill(im, float(d)))
+        assert torch.equal(AA.rotate(x, float(d)), expected), f"rotate {d}"
+        assert torch.equal(AA.rotate(x.float(), float(d)), expected.float()), f"rotate {d} (float)"
+    for m in (0.3, -0.17, 0.03):
+        for axis, op in ((0, AA.shear_x), (1, AA.shear_y)):
+            coeffs = (1, m, 0, 0, 1, 0) if axis == 0 else (1, 0, 0, m, 1, 0)
+            expected = pil_apply(x, lambda im, c=coeffs: im.transform(im.size, Image.AFFINE, c, Image.NEAREST,
+                                                                       fillcolor=FILL))
+            assert torch.equal(op(x, m, interpolation="nearest"), expected), f"shear {axis} {m}"
+    for t in (150 / 331 * w * 5 / 9, -7.25):
+        expected = pil_apply(x, lambda im, t=t: im.transform(im.size, Image.AFFINE, (1, 0, t, 0, 1, 0), fillcolor=FILL))
+        assert torch.equal(AA.translate_x(x, t), expected), f"translate {t}"
+
+
 def test_simple_ops_against_formulas():
     x = smooth_images(3, seed=1).int()
     assert torch.equal(AA.invert(x.to(torch.uint8)).int(), 255 - x)

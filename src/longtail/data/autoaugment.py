@@ -14,6 +14,8 @@ Every operation reproduces PIL's numbers exactly, the policy's bicubic shear inc
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -81,6 +83,11 @@ def _as_param(v, n: int, x: Tensor) -> Tensor:
     return t.expand(n) if t.dim() == 0 else t
 
 
+def _as_geometry_param(v, n: int, x: Tensor) -> Tensor:
+    t = torch.as_tensor(v, dtype=_geometry_dtype(x.device), device=x.device)
+    return t.expand(n) if t.dim() == 0 else t
+
+
 def _restore(out: Tensor, like: Tensor) -> Tensor:
     """Clamp to 0..255 and return in the dtype of `like` (values are already integral)."""
     out = out.clamp_(0, 255)
@@ -115,53 +122,76 @@ def check_shear_interpolation(value: str) -> str:
     return value
 
 
+def _geometry_dtype(device: torch.device) -> torch.dtype:
+    # PIL computes source coordinates in double precision; float32 (MPS has no float64) moves a
+    # coordinate across a pixel border now and then.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _fixed_16_16(v: Tensor) -> Tensor:
+    # PIL's FIX(v): floor(v * 65536 + 0.5), a 16.16 fixed-point number
+    return torch.floor(v * 65536.0 + 0.5).long()
+
+
 def affine(x: Tensor, matrix: Tensor, fill: float = 128.0) -> Tensor:
-    """Per-image affine warp. `matrix` (N, 2, 3) maps an OUTPUT pixel coordinate to the INPUT one in
-    PIL's convention (continuous coordinates, pixel (i, j) covers [j, j+1) x [i, i+1), origin at the
-    top-left corner). Input pixels are taken at floor(coordinate) as PIL's nearest filter does;
-    outside the image the value is `fill`."""
-    n, _, h, w = x.shape
-    xf = _float(x)
-    m = matrix.to(device=x.device, dtype=torch.float32)
-    # grid_sample rounds (coordinate - 0.5) to the nearest pixel; shifting by a small epsilon turns
-    # that into floor(coordinate), PIL's rule, also when the coordinate is an exact integer.
-    eps = 1e-3
-    # Normalised coordinates u = 2 p / size - 1 (align_corners=False): theta = N A N^-1.
-    sx, sy = 2.0 / w, 2.0 / h
-    theta = torch.empty(n, 2, 3, device=x.device, dtype=torch.float32)
-    theta[:, 0, 0] = m[:, 0, 0]
-    theta[:, 0, 1] = m[:, 0, 1] * (sx / sy)
-    theta[:, 1, 0] = m[:, 1, 0] * (sy / sx)
-    theta[:, 1, 1] = m[:, 1, 1]
-    # translation: N (A N^-1 [0,0,1]) with N^-1 u = (u + 1) / s
-    theta[:, 0, 2] = sx * (m[:, 0, 0] / sx + m[:, 0, 1] / sy + m[:, 0, 2] + eps) - 1
-    theta[:, 1, 2] = sy * (m[:, 1, 0] / sx + m[:, 1, 1] / sy + m[:, 1, 2] + eps) - 1
-    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
-    # Sampling (x - fill) with zero padding and adding fill back gives fill outside the image.
-    out = F.grid_sample(xf - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return _restore(out.add_(fill), x)
+    """Per-image affine warp with PIL's nearest filter, pixel for pixel. `matrix` (N, 2, 3) maps an
+    OUTPUT pixel coordinate to the INPUT one in PIL's convention (continuous coordinates, pixel
+    (i, j) covers [j, j+1) x [i, i+1), origin at the top-left corner); outside the image the value
+    is `fill`. The source pixel of output pixel (i, j) is floor of the map at its centre
+    (j + 0.5, i + 0.5), computed as PIL computes it: in double precision for a pure scale or
+    translation; otherwise (rotation, shear) in PIL's 16.16 fixed point, whose rounding of the
+    matrix moves the source pixel now and then from the exact one, unless a corner maps beyond
+    32768 pixels, where PIL too falls back to double precision."""
+    n, c, h, w = x.shape
+    dt = _geometry_dtype(x.device)
+    a = matrix.to(device=x.device, dtype=dt).reshape(n, 6, 1, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    src_x = torch.floor(a[:, 0] * (cols + 0.5) + a[:, 1] * (rows + 0.5) + a[:, 2]).long()  # (N, H, W)
+    src_y = torch.floor(a[:, 3] * (cols + 0.5) + a[:, 4] * (rows + 0.5) + a[:, 5]).long()
+    # PIL's ImagingTransformAffine: a matrix with a rotation or shear part whose four corners map
+    # within +-32768 is walked in fixed point, from the first pixel's centre by integer steps.
+    corners_x = torch.tensor([0.0, w, 0.0, w], device=x.device, dtype=dt).view(1, 4, 1)
+    corners_y = torch.tensor([0.0, h, h, 0.0], device=x.device, dtype=dt).view(1, 4, 1)
+    mapped = torch.cat([a[:, 0, 0].view(n, 1, 1) * corners_x + a[:, 1, 0].view(n, 1, 1) * corners_y
+                        + a[:, 2, 0].view(n, 1, 1),
+                        a[:, 3, 0].view(n, 1, 1) * corners_x + a[:, 4, 0].view(n, 1, 1) * corners_y
+                        + a[:, 5, 0].view(n, 1, 1)], 1)
+    fixed = ((a[:, 1] != 0) | (a[:, 3] != 0)).view(n) & (mapped.abs() < 32768.0).view(n, -1).all(1)
+    f = [_fixed_16_16(a[:, k]) for k in range(6)]
+    start_x = _fixed_16_16(a[:, 2] + a[:, 0] * 0.5 + a[:, 1] * 0.5)
+    start_y = _fixed_16_16(a[:, 5] + a[:, 3] * 0.5 + a[:, 4] * 0.5)
+    fixed_x = (start_x + rows * f[1] + cols * f[0]) >> 16  # an arithmetic shift: floor, as in C
+    fixed_y = (start_y + rows * f[4] + cols * f[3]) >> 16
+    src_x = torch.where(fixed.view(n, 1, 1), fixed_x, src_x)
+    src_y = torch.where(fixed.view(n, 1, 1), fixed_y, src_y)
+    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    index = (src_y.clamp(0, h - 1) * w + src_x.clamp(0, w - 1)).view(n, 1, h * w).expand(n, c, h * w)
+    out = x.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
+    return torch.where(inside.unsqueeze(1), out, torch.full_like(out, fill))
 
 
 def _shear_matrix(m: Tensor, axis: int) -> Tensor:
-    a = torch.zeros(m.numel(), 2, 3, device=m.device)
+    a = torch.zeros(m.numel(), 2, 3, device=m.device, dtype=m.dtype)
     a[:, 0, 0] = a[:, 1, 1] = 1
     a[:, axis, 1 - axis] = m
     return a
 
 
 def _translate_matrix(t: Tensor, axis: int) -> Tensor:
-    a = torch.zeros(t.numel(), 2, 3, device=t.device)
+    a = torch.zeros(t.numel(), 2, 3, device=t.device, dtype=t.dtype)
     a[:, 0, 0] = a[:, 1, 1] = 1
     a[:, axis, 2] = t
     return a
 
 
 def _rotate_matrix(degrees: Tensor, h: int, w: int) -> Tensor:
-    # PIL Image.rotate: counter-clockwise about the centre (w/2, h/2), inverse-mapped.
-    r = torch.deg2rad(degrees.float())
-    c, s = torch.cos(r), torch.sin(r)
+    # PIL Image.rotate: counter-clockwise about the centre (w/2, h/2), inverse-mapped; as PIL forms
+    # it, in double precision: radians as degrees * (pi / 180), cos and sin rounded to 15 decimals.
+    r = degrees.to(_geometry_dtype(degrees.device)).remainder(360.0) * (math.pi / 180.0)
+    c, s = torch.round(torch.cos(r), decimals=15), torch.round(torch.sin(r), decimals=15)
     cx, cy = w / 2.0, h / 2.0
-    a = torch.empty(r.numel(), 2, 3, device=r.device)
+    a = torch.empty(r.numel(), 2, 3, device=r.device, dtype=r.dtype)
     a[:, 0, 0], a[:, 0, 1], a[:, 0, 2] = c, -s, -c * cx + s * cy + cx
     a[:, 1, 0], a[:, 1, 1], a[:, 1, 2] = s, c, -s * cx - c * cy + cy
     return a
@@ -201,7 +231,7 @@ def _shear_bicubic(x: Tensor, m: Tensor, axis: int, fill: float) -> Tensor:
 def _shear(x: Tensor, m, axis: int, fill: float, interpolation: str) -> Tensor:
     if check_shear_interpolation(interpolation) == "bicubic":
         return _shear_bicubic(x, torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]), axis, fill)
-    return affine(x, _shear_matrix(_as_param(m, x.shape[0], x), axis), fill)
+    return affine(x, _shear_matrix(_as_geometry_param(m, x.shape[0], x), axis), fill)
 
 
 def shear_x(x: Tensor, m, fill: float = 128.0, interpolation: str = "bicubic") -> Tensor:
@@ -217,16 +247,16 @@ def shear_y(x: Tensor, m, fill: float = 128.0, interpolation: str = "bicubic") -
 
 def translate_x(x: Tensor, pixels, fill: float = 128.0) -> Tensor:
     """PIL transform (1, 0, t, 0, 1, 0): output(x) = input(x + t); positive t moves content left."""
-    return affine(x, _translate_matrix(_as_param(pixels, x.shape[0], x), 0), fill)
+    return affine(x, _translate_matrix(_as_geometry_param(pixels, x.shape[0], x), 0), fill)
 
 
 def translate_y(x: Tensor, pixels, fill: float = 128.0) -> Tensor:
-    return affine(x, _translate_matrix(_as_param(pixels, x.shape[0], x), 1), fill)
+    return affine(x, _translate_matrix(_as_geometry_param(pixels, x.shape[0], x), 1), fill)
 
 
 def rotate(x: Tensor, degrees, fill: float = 128.0) -> Tensor:
     """PIL Image.rotate(degrees) (counter-clockwise, nearest) with the area outside filled."""
-    return affine(x, _rotate_matrix(_as_param(degrees, x.shape[0], x), x.shape[2], x.shape[3]), fill)
+    return affine(x, _rotate_matrix(_as_geometry_param(degrees, x.shape[0], x), x.shape[2], x.shape[3]), fill)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -366,8 +396,9 @@ def _apply_op(op: int, xs: Tensor, mag: Tensor, sign: Tensor) -> Tensor:
 
 def _geometric_matrices(op: Tensor, mag: Tensor, sign: Tensor, h: int, w: int) -> Tensor:
     """(N, 2, 3) affine matrices for the geometric ops 0-4 (identity for any other op id)."""
-    sm, m = (mag * sign).float(), mag.float()
-    a = torch.zeros(op.shape[0], 2, 3, device=op.device)
+    dt = _geometry_dtype(op.device)
+    sm, m = (mag * sign).to(dt), mag.to(dt)
+    a = torch.zeros(op.shape[0], 2, 3, device=op.device, dtype=dt)
     a[:, 0, 0] = a[:, 1, 1] = 1
     a = torch.where((op == 0).view(-1, 1, 1), _shear_matrix(sm, 0), a)
     a = torch.where((op == 1).view(-1, 1, 1), _shear_matrix(sm, 1), a)
@@ -398,7 +429,7 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
     shares the translate/rotate warp; longtail 0.1.0 used it, and one reproduction run did).
     Two ways to apply a slot's ops, with the same result:
     - grouped (default on CPU): one batched call per operation present in the batch, on just the
-      images that drew it (the five geometric operations share one grid_sample call). Least work,
+      images that drew it (the five geometric operations share one gather of source pixels). Least work,
       but splitting the batch into groups reads their sizes back (bincount, tolist) each slot.
     - `sync_free` (default on GPU): every operation on the whole batch, each image keeping the
       result of its own op. Ten times the arithmetic, which a GPU does in microseconds, and no host
