@@ -1,4 +1,5 @@
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,99 @@ def test_text_keys_take_an_override_as_typed(tmp_path):
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps", "xpu"])
 def test_device_forms_the_code_accepts(device):
     assert load_config(None, [f"device={device}"]).device == device
+
+
+def _generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("configs_generate", CONFIGS / "_generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_configs_are_what_the_generator_writes(tmp_path):
+    gen = _generator()
+    gen.HERE = tmp_path
+    gen.main()
+    written = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
+    shipped = {p.name: p.read_text() for p in CONFIGS.glob("*.yaml")}
+    assert sorted(written) == sorted(shipped)  # no stale file, none missing
+    assert [n for n in sorted(shipped) if written[n] != shipped[n]] == []  # no drift: edit the generator, rerun it
+
+
+def test_config_headers_name_the_folder_data_root_must_hold():
+    """data.root is joined with CIFAR's folder (cifar-10-batches-py, not the archive's name
+    cifar-10-python) or with each list line's path (Places-LT: train/..., val/...)."""
+    from longtail.data.cifar import CIFAR_INFO
+
+    for f in sorted(CONFIGS.glob("*.yaml")):
+        holds = re.search(r"^# Change data\.root to the folder that holds (.*)\.$", f.read_text(), re.M).group(1)
+        cfg = load_config(f)
+        if cfg.data.name in ("cifar10-lt", "cifar100-lt"):
+            assert holds == CIFAR_INFO[cfg.data.name[:-3]].folder + "/", f.name
+            continue
+        tops = set()
+        for lst in (cfg.data.train_list, cfg.data.val_list, cfg.data.test_list):
+            path = CONFIGS.parent / lst if lst else None
+            if path is not None and path.is_file():  # the train lists of ImageNet-LT and iNat are not shipped
+                tops |= {line.split("/", 1)[0] for line in path.read_text().splitlines() if line.strip()}
+        assert tops and all(f"{top}/" in holds for top in tops), (f.name, holds, tops)
+        # Places-LT's published runs start from ImageNet weights, which the shipped config leaves to the user
+        if cfg.data.name == "places-lt":
+            assert cfg.model.pretrained is None and "set model.pretrained" in f.read_text(), f.name
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("cifar*_lt_if*.yaml")), ids=lambda p: p.stem)
+def test_every_cifar_config_matches_its_name_and_spec_recipe(path):
+    dataset, imb, method = re.fullmatch(r"cifar(10|100)_lt_if(\d+)_(\w+)", path.stem).groups()
+    cfg = load_config(path)
+    assert (cfg.data.name, cfg.data.imb_factor, cfg.model.name, cfg.eval.published_pr_tau) == \
+        (f"cifar{dataset}-lt", float(imb), "resnet32", 1.0)
+    o, loss = cfg.optim, cfg.loss
+    # SPEC section 2: ALA, LDAM and GCL on the cosine head (the head's and the loss's scale: 30), others linear
+    if loss.name in ("ala", "ldam", "gcl"):
+        assert cfg.model.head == "auto" and cfg.model.scale == loss.params["scale"]
+        assert "stage2" in method or loss.params["scale"] == 30.0
+    else:
+        assert cfg.model.head in ("auto", "linear")
+    if loss.name == "ala":
+        assert loss.params.get("normalise_qf", True) is True
+    if loss.name == "gala":
+        assert (loss.params["lambda1"], loss.params["lambda2"]) == (1.2, 0.9)
+        assert loss.params["mode"] == ("paper" if method == "gala_paper" else "reference")
+    if loss.name == "la":
+        assert loss.params.get("tau", 1.0) == 1.0
+    if method in ("bs", "la", "gcl", "gala_paper", "gala_reference"):  # SPEC 5, as released with GALA
+        assert (o.epochs, o.batch_size, o.lr, o.momentum, o.weight_decay, o.schedule, o.warmup_epochs, o.drop_last,
+                o.mixup_alpha, cfg.data.augment, loss.drw_epoch) == \
+            (200, 64, 0.1, 0.9, 5e-4, "cosine", 2, True, 0.0, "autoaugment", None)
+    elif "gcl" not in method:  # SPEC 5, LDAM-DRW style
+        assert (o.epochs, o.batch_size, o.lr, o.momentum, o.weight_decay, o.schedule, o.warmup_epochs, o.milestones,
+                o.step_factors, o.mixup_alpha, cfg.data.augment) == \
+            (200, 128, 0.1, 0.9, 2e-4, "step", 5, [160, 180], [0.01, 0.0001], 0.0, "crop_flip")
+        assert loss.drw_epoch == (160 if method in ("drw", "ldam_drw", "ala") else None)
+
+
+def test_lr_at_the_epochs_spec_names():
+    """1-based epochs as SPEC words them; learning_rate takes the 0-based index."""
+    gala = load_config(CONFIGS / "cifar10_lt_if200_gala_paper.yaml").optim
+    ldam = load_config(CONFIGS / "cifar10_lt_if200_ldam_drw.yaml").optim
+    cos = lambda E: 0.05 * (1 + math.cos(math.pi * (E - 2) / 198))  # noqa: E731
+    for E, want_gala, want_ldam in [(1, 0.05, 0.02), (2, 0.1, 0.04), (3, cos(3), 0.06), (160, cos(160), 0.1),
+                                    (161, cos(161), 1e-3), (180, cos(180), 1e-3), (181, cos(181), 1e-5),
+                                    (200, 0.0, 1e-5)]:
+        assert learning_rate(E - 1, gala) == pytest.approx(want_gala, abs=1e-12), E
+        assert learning_rate(E - 1, ldam) == pytest.approx(want_ldam, abs=1e-12), E
+
+
+def test_large_dataset_configs_use_the_published_pr_tau_and_backbone():
+    want = {"imagenet-lt": 1.7, "inat2018": 1.5, "places-lt": 1.4}  # SPEC section 4
+    backbones = {"imagenet_lt_resnet50": "resnet50", "imagenet_lt_resnext50": "resnext50_32x4d",
+                 "inat2018_resnet50": "resnet50", "places_lt_resnet152": "resnet152"}
+    files = [f for f in CONFIGS.glob("*.yaml") if not f.name.startswith("cifar")]
+    assert len(files) == 20
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.eval.published_pr_tau == want[cfg.data.name], f.name
+        assert cfg.model.name == next(b for k, b in backbones.items() if f.stem.startswith(k)), f.name
