@@ -6,7 +6,8 @@
     python benchmarks/reproduce_cifar.py --out /work/runs --only cifar100_lt_if100_gcl_s0  # a subset
 
 Each run is `longtail train configs/<config>.yaml seed=S` in OUT/<config>_s<S>. A run folder with
-results.json is done and skipped; one with last.pt is resumed; otherwise the run starts. The runs
+results.json is done and skipped (archived first if it is not yet: listed as "archive"); one with
+last.pt is resumed; otherwise the run starts. The runs
 in RECORDED finished before results were archived: their figures are in docs/RESULTS.md but their
 files were lost with their machine, so they count as done too (`--include-recorded` trains them
 again, to get their files back). A second-stage entry (`<first>_stage2`, e.g. GCL's classifier
@@ -180,10 +181,13 @@ def train_command(config: str, seed: int, run_dir: Path, args, threads: int) -> 
 
 def archive_run(run_dir: Path, archive: Path, figures: Path) -> None:
     """Copy what a finished run reports into the committed folders (see the module docstring)."""
+    if not (run_dir / "results.json").exists():  # checked first: no half-made archive folder
+        raise FileNotFoundError(f"{run_dir} has no results.json: the run did not finish")
     dest = archive / run_dir.name
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("results.json", "results.md"):
-        shutil.copy2(run_dir / name, dest / name)
+        if name == "results.json" or (run_dir / name).exists():
+            shutil.copy2(run_dir / name, dest / name)
     if (run_dir / "per_class.png").exists():
         figures.mkdir(parents=True, exist_ok=True)
         shutil.copy2(run_dir / "per_class.png", figures / f"{run_dir.name}_per_class.png")
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.only or ()) - set(names))
     if unknown:
         raise SystemExit(f"--only: not in the queue: {', '.join(unknown)}; the queue is: {', '.join(names)}")
-    pending, blocked = [], []
+    pending, blocked, unarchived = [], [], []
     for (config, seed), name in zip(QUEUE, names):
         if args.only and name not in args.only:
             continue
@@ -235,11 +239,19 @@ def main(argv: list[str] | None = None) -> int:
                            f"run_name={first.name}`), then run this script again")
             print(blocked[-1], flush=True)
             continue
+        if (what == "done" and (run_dir / "results.json").exists()
+                and not (Path(args.archive) / name / "results.json").exists()):
+            # finished here but never archived (the queue was stopped between the two, or the run was
+            # trained by hand into OUT): its results would be lost with this machine, so copy them now
+            what = "archive"
+            unarchived.append(run_dir)
         print(f"{what:8s} {run_dir}", flush=True)
-        if what not in ("done", "recorded"):
+        if what not in ("done", "recorded", "archive"):
             pending.append((config, seed, run_dir))
     if args.dry_run:
         return 0
+    for run_dir in unarchived:
+        archive_run(run_dir, Path(args.archive), Path(args.figures))
 
     threads = max(1, args.threads // args.parallel)
     lock, failures, running = threading.Lock(), [], []
@@ -264,10 +276,14 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(WAIT_S)
                 continue
             print(f"train   {run_dir} ({threads} threads)\n", end="", flush=True)  # one write: no interleaving
-            code = subprocess.call(train_command(config, seed, run_dir, args, threads),
-                                   env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-            if code == 0:
-                archive_run(run_dir, Path(args.archive), Path(args.figures))
+            try:
+                code = subprocess.call(train_command(config, seed, run_dir, args, threads),
+                                       env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+                if code == 0:
+                    archive_run(run_dir, Path(args.archive), Path(args.figures))
+            except Exception as exc:  # noqa: BLE001  (e.g. exit 0 without results: a failure, not a dead thread)
+                print(f"error   {run_dir}: {type(exc).__name__}: {exc}", flush=True)
+                code = 1
             with lock:
                 running.remove(run_dir)
                 if code != 0:

@@ -204,3 +204,32 @@ def test_a_second_stage_waits_for_its_first_stage_and_starts_from_its_weights(qu
     fail.add("cifar100_lt_if100_gcl_s2")
     assert mod.main(["--out", str(out), "--parallel", "2", "--threads", "2"]) == 3
     assert "cifar100_lt_if100_gcl_stage2_s2" not in [e["run"] for e in events()]
+
+
+def test_a_run_finished_in_out_but_never_archived_is_archived_not_just_skipped(queue, tmp_path, capsys):
+    # the queue was stopped between a run's end and its archiving (or the run was trained by hand into
+    # OUT): "done" must not mean "lost with this machine"
+    mod, out, commands, _, events = queue
+    run = out / "cifar100_lt_if100_la_s0"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text('{"run": "la"}')
+    (run / "results.md").write_text("# la")
+    assert mod.main(["--out", str(out), "--threads", "2", "--dry-run"]) == 0
+    assert "archive  " + str(run) in capsys.readouterr().out
+    assert not (tmp_path / "archive" / run.name).exists()  # a dry run copies nothing
+    assert mod.main(["--out", str(out), "--threads", "2"]) == 0
+    assert (tmp_path / "archive" / run.name / "results.json").read_text() == '{"run": "la"}'
+    assert run.name not in [e["run"] for e in events()]  # not trained again
+    assert mod.main(["--out", str(out), "--threads", "2", "--dry-run"]) == 0
+    assert "done     " + str(run) in capsys.readouterr().out
+
+
+def test_a_run_that_exits_0_without_results_is_a_failure_not_a_silent_success(queue, monkeypatch, tmp_path):
+    # archiving raised in the worker thread: the queue reported success (exit 0) and the run stayed
+    # "running" forever (a second stage waiting on it would have waited for ever)
+    mod, out, *_ = queue
+    monkeypatch.setattr(mod, "QUEUE", [("cifar100_lt_if100_ce", 0), ("cifar100_lt_if100_la", 0)])
+    monkeypatch.setattr(mod, "train_command", lambda config, seed, run_dir, args, threads:
+                        [sys.executable, "-c", "pass"])
+    assert mod.main(["--out", str(out), "--threads", "2"]) == 1
+    assert not (tmp_path / "archive").exists()
