@@ -7,9 +7,10 @@ PIL image and pushed through PER-IMAGE transforms in DataLoader workers --
     RandomCrop(32, padding=4), RandomHorizontalFlip(), CIFAR10Policy() (DeepVoltaire, PIL
     ImageOps / ImageEnhance), ToTensor(), Cutout(n_holes=1, length=16), Normalize(mean, std)
 
--- then an fp32, contiguous-memory-format forward/backward, and the GALA statistics collected with
-the released per-sample Python loop into a running C x C float64 matrix whose diagonal and
-off-diagonal row sums are added to the totals every step (the "double accumulation" of SPEC 3).
+-- then an fp32, contiguous-memory-format forward/backward, and the GALA statistics collected by
+the released `collect_grad`: a per-sample Python loop into float32 C x C matrices, whose diagonal and
+off-diagonal parts are added to cumulative C x C totals every step (the "double accumulation" of
+SPEC 3).
 
 The transforms follow torchvision's PIL code paths (pad = ImageOps.expand with fill 0, crop =
 Image.crop, flip = Image.transpose, ToTensor = np.array -> permute -> float / 255, Normalize =
@@ -204,22 +205,27 @@ class NumpyImageDataset(Dataset):
 
 
 class ReleasedGALA(nn.Module):
-    """GALA as the released code runs it (SPEC 3, "reference" mode), with its per-sample loop.
+    """GALA as the released code runs it (SPEC 3, "reference" mode), with its `collect_grad`.
 
     Adjusted logits: every logit, the target's included, + lambda1 * log(pos_grad_j + eps), minus the
-    row constant lambda2 * log(neg_grad_k + eps) of the sample's class k. After the loss, g = |softmax -
-    onehot| / B is added row by row (one Python iteration per sample) to the running C x C matrix
-    grad_matrix[k] (k = the sample's class); then pos_grad += diag(grad_matrix) and neg_grad += the
-    off-diagonal row sums: totals are double sums of the per-step increments.
+    row constant lambda2 * log(neg_grad_k + eps) of the sample's class k. After the loss, the released
+    `collect_grad` (lt-project run_networks.py), step for step and in float32 as released: for each
+    sample (one Python iteration each) g_i = |softmax - onehot| / B is added to column k of the
+    running C x C matrix and to row k of the epoch matrix; then a fresh eye mask splits the running
+    matrix into the cumulative pos/neg C x C totals (double accumulation), whose four row/column sums
+    and the classifier pos/neg ratio are recomputed every step. pos_grad = pos row sums (theta),
+    neg_grad = neg column sums (phi, "sample").
     """
 
     def __init__(self, num_classes: int, lambda1: float = 1.2, lambda2: float = 0.9, eps: float = 1e-3):
         super().__init__()
         self.num_classes, self.lambda1, self.lambda2, self.eps = num_classes, lambda1, lambda2, eps
         c = num_classes
-        self.register_buffer("grad_matrix", torch.zeros(c, c, dtype=torch.float64))
-        self.register_buffer("pos_grad", torch.zeros(c, dtype=torch.float64))
-        self.register_buffer("neg_grad", torch.zeros(c, dtype=torch.float64))
+        for name in ("cls_fine_grad", "neg_logit_grad_epoch", "cls_pos_fine_grad", "cls_neg_fine_grad"):
+            self.register_buffer(name, torch.zeros(c, c))  # float32, as released
+        for name in ("pos_grad", "neg_grad", "cls_neg_grad", "sample_pos_grad"):
+            self.register_buffer(name, torch.zeros(c))
+        self.register_buffer("cls_pos_neg_ratio", torch.ones(c))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         col = (self.lambda1 * torch.log(self.pos_grad + self.eps)).to(logits.dtype)
@@ -235,9 +241,15 @@ class ReleasedGALA(nn.Module):
         b = adjusted.shape[0]
         prob = F.softmax(adjusted, dim=1)
         onehot = F.one_hot(target, self.num_classes).to(prob.dtype)
-        grad = (prob - onehot).abs().double() / b
-        for i in range(b):  # the released per-sample loop
-            self.grad_matrix[target[i]] += grad[i]
-        diag = self.grad_matrix.diagonal()
-        self.pos_grad += diag
-        self.neg_grad += self.grad_matrix.sum(1) - diag
+        grad = ((prob - onehot) / b).abs()
+        for i in range(b):  # the released per-sample loop, both of its adds
+            self.cls_fine_grad[:, target[i]] += grad[i]
+            self.neg_logit_grad_epoch[target[i], :] += grad[i]
+        eye_mask = torch.eye(self.num_classes, device=adjusted.device)
+        self.cls_pos_fine_grad += self.cls_fine_grad * eye_mask
+        self.cls_neg_fine_grad += self.cls_fine_grad * (1 - eye_mask)
+        self.pos_grad.copy_(self.cls_pos_fine_grad.sum(dim=1))  # accum_cls_pos_grad: theta
+        self.cls_neg_grad.copy_(self.cls_neg_fine_grad.sum(dim=1))
+        self.sample_pos_grad.copy_(self.cls_pos_fine_grad.sum(dim=0))
+        self.neg_grad.copy_(self.cls_neg_fine_grad.sum(dim=0))  # accum_sample_neg_grad: phi
+        self.cls_pos_neg_ratio.copy_((self.pos_grad + 1e-10) / (self.cls_neg_grad + 1e-10))

@@ -1,5 +1,5 @@
 """Speed of every registered loss relative to plain cross-entropy, and of GALA's statistics update
-relative to the released code's per-sample loop.
+relative to the released code's `collect_grad` (per-sample loop and C x C totals).
 
     python benchmarks/loss_speed.py [--batch 128] [--classes 100 1000 8142] [--threads 2]
 
@@ -9,13 +9,16 @@ its median time to the median time of plain F.cross_entropy on the same logits. 
 scale * cos with scale 30 (valid input for the cosine-head losses too).
 
 Part 2: GALA's statistics update alone (vectorised: bincount/index_add_ over labels) against the
-released algorithm's per-sample Python loop over a running C x C matrix with double accumulation
-(a short re-statement of lt-project's `collect_grad`, same as in tests/test_gala.py).
+released `collect_grad` (lt-project run_networks.py), re-stated step for step: float32, two
+per-sample Python adds into C x C matrices, a per-step eye mask, cumulative C x C totals and their
+sums (tests/test_gala.py replays the same algorithm in float64 for correctness).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -29,19 +32,21 @@ def median_time(fn, iters: int, repeats: int) -> float:
     return median_times([fn], iters, repeats)[0]
 
 
-def median_times(fns, iters: int, repeats: int) -> list[float]:
+def median_times(fns, iters, repeats: int) -> list[float]:
     """Like median_time for several functions, interleaved within each repeat, so that load from
-    other processes on a shared machine falls on all of them alike."""
-    for fn in fns:
-        for _ in range(iters):
+    other processes on a shared machine falls on all of them alike. `iters`: one count for all, or
+    one per function."""
+    counts = list(iters) if isinstance(iters, (list, tuple)) else [iters] * len(fns)
+    for fn, n in zip(fns, counts):
+        for _ in range(n):
             fn()
     times = [[] for _ in fns]
     for _ in range(repeats):
-        for k, fn in enumerate(fns):
+        for k, (fn, n) in enumerate(zip(fns, counts)):
             start = time.perf_counter()
-            for _ in range(iters):
+            for _ in range(n):
                 fn()
-            times[k].append((time.perf_counter() - start) / iters)
+            times[k].append((time.perf_counter() - start) / n)
     return [statistics.median(t) for t in times]
 
 
@@ -53,21 +58,32 @@ def fwd_bwd(loss_fn, z, y):
 
 
 class ReleasedStats:
-    """The released update: per-sample loop into a running C x C matrix, cumulative totals each step."""
+    """The released `collect_grad` (lt-project run_networks.py), float32 as released, step for step.
+
+    Per sample, |g_i| is added to column y_i of the running C x C matrix AND to row y_i of the epoch
+    matrix (two indexed adds per sample); then a fresh eye mask, the cumulative pos/neg C x C totals,
+    their four row/column sums and the classifier pos/neg ratio -- all of it every step.
+    """
 
     def __init__(self, c: int):
-        self.M = torch.zeros(c, c)  # float32, as released
-        self.pos = torch.zeros(c, c)
-        self.neg = torch.zeros(c, c)
-        self.eye = torch.eye(c)
+        self.c = c
+        self.M = torch.zeros(c, c)  # accum_cls_fine_grad
+        self.epoch_neg = torch.zeros(c, c)  # accum_neg_logit_grad_epoch
+        self.pos = torch.zeros(c, c)  # accum_cls_pos_fine_grad
+        self.neg = torch.zeros(c, c)  # accum_cls_neg_fine_grad
 
     def update(self, adjusted, y):
         grad = ((torch.softmax(adjusted, 1) - F.one_hot(y, adjusted.shape[1])) / len(y)).abs()
         for i in range(len(y)):
             self.M[:, y[i]] += grad[i]
-        self.pos += self.M * self.eye
-        self.neg += self.M * (1 - self.eye)
-        return self.pos.sum(1), self.neg.sum(0)  # theta, phi ("sample")
+            self.epoch_neg[y[i], :] += grad[i]
+        eye = torch.eye(self.c)
+        self.pos += self.M * eye
+        self.neg += self.M * (1 - eye)
+        cls_pos, cls_neg = self.pos.sum(1), self.neg.sum(1)
+        self.sample_pos, sample_neg = self.pos.sum(0), self.neg.sum(0)
+        self.ratio = (cls_pos + 1e-10) / (cls_neg + 1e-10)
+        return cls_pos, sample_neg  # theta, phi ("sample")
 
 
 def main(argv=None):
@@ -80,6 +96,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"$ python benchmarks/loss_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
           f"median of {args.repeats} repeats, CPU")
 
@@ -112,9 +130,9 @@ def main(argv=None):
         released = ReleasedStats(c)
         adjusted = 3 * torch.randn(args.batch, c, generator=gen)
         y = torch.randint(0, c, (args.batch,), generator=gen)
-        fast = median_time(lambda: gala._update(adjusted, y), 20, args.repeats)
-        slow_repeats = 3 if c > 2000 else args.repeats
-        slow = median_time(lambda: released.update(adjusted, y), 1 if c > 2000 else 5, slow_repeats)
+        # interleaved in each repeat, as in part 1, so that load from other jobs falls on both alike
+        fast, slow = median_times([lambda: gala._update(adjusted, y), lambda: released.update(adjusted, y)],
+                                  [20, 1 if c > 2000 else 5], 3 if c > 2000 else args.repeats)
         print(f"| {c} | {fast * 1e3:.3f} | {slow * 1e3:.1f} | {slow / fast:.0f}x |")
 
 

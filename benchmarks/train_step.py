@@ -306,7 +306,7 @@ def profile_ours(bench, dev, batch, args, lines: list[str]) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=default_data_root())
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -328,7 +328,12 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="phase breakdown + torch.profiler of ours")
     ap.add_argument("--profile-steps", type=int, default=4)
     ap.add_argument("--out", default=None, help="also write the output to this file (command at the top)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.warmup < 1:  # without one, the first step's start-up/compilation is timed (and its report fails)
+        ap.error("--warmup must be at least 1: the first step (DataLoader workers starting, torch.compile "
+                 "compiling) must stay out of the timed steps")
+    if args.steps < 1:
+        ap.error("--steps must be at least 1")
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)

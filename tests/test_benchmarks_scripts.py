@@ -1,0 +1,112 @@
+"""The benchmark scripts' baselines and timing rules (benchmarks/*.py): the re-statements of the released
+GALA code do what the released `collect_grad` does (so speed ratios against them are honest), and the
+timing options cannot put start-up or compilation into a rate."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def released_collect_grad(batches, c):
+    """lt-project run_networks.py `collect_grad`, in float64: per sample, |g_i| into column y_i of the
+    running matrix and row y_i of the epoch matrix; cumulative pos/neg C x C totals every step."""
+    fine, epoch, pos, neg = (torch.zeros(c, c, dtype=torch.float64) for _ in range(4))
+    eye = torch.eye(c, dtype=torch.float64)
+    for z, y in batches:
+        g = ((torch.softmax(z.double(), 1) - F.one_hot(y, c)) / len(y)).abs()
+        for i in range(len(y)):
+            fine[:, y[i]] += g[i]
+            epoch[y[i], :] += g[i]
+        pos += fine * eye
+        neg += fine * (1 - eye)
+    return {"theta": pos.sum(1), "phi": neg.sum(0), "epoch": epoch,
+            "ratio": (pos.sum(1) + 1e-10) / (neg.sum(1) + 1e-10)}
+
+
+def batches(c=7, b=12, steps=3):
+    gen = torch.Generator().manual_seed(0)
+    return [(2 * torch.randn(b, c, generator=gen), torch.randint(0, c, (b,), generator=gen)) for _ in range(steps)]
+
+
+class CountEye:
+    def __init__(self, monkeypatch):
+        self.calls, real = 0, torch.eye
+
+        def eye(*args, **kwargs):
+            self.calls += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(torch, "eye", eye)
+
+
+def test_loss_speed_released_loop_does_all_of_the_released_collect_grad(monkeypatch):
+    # it did one of the two per-sample adds and no per-step eye mask: a cheaper "released loop",
+    # which understated the speed-up printed against it
+    mod = load("loss_speed")
+    c, data = 7, batches()
+    released = mod.ReleasedStats(c)
+    eye = CountEye(monkeypatch)
+    for z, y in data:
+        theta, phi = released.update(z, y)
+    assert eye.calls == len(data)  # a fresh eye mask every step, as released
+    ref = released_collect_grad(data, c)
+    assert released.M.dtype == torch.float32  # as released
+    torch.testing.assert_close(theta.double(), ref["theta"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(phi.double(), ref["phi"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(released.epoch_neg.double(), ref["epoch"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(released.ratio.double(), ref["ratio"], rtol=1e-5, atol=1e-7)
+
+
+def test_train_step_released_gala_does_all_of_the_released_collect_grad(monkeypatch):
+    # float64 and one add per sample before: not the released code's work
+    mod = load("_released_baseline")
+    c, data = 7, batches()
+    crit = mod.ReleasedGALA(c).train()
+    eye = CountEye(monkeypatch)
+    for z, y in data:
+        crit.collect_grad(z, y)
+    assert eye.calls == len(data)
+    ref = released_collect_grad(data, c)
+    assert crit.cls_fine_grad.dtype == torch.float32 and crit.pos_grad.dtype == torch.float32
+    torch.testing.assert_close(crit.pos_grad.double(), ref["theta"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(crit.neg_grad.double(), ref["phi"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(crit.neg_logit_grad_epoch.double(), ref["epoch"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(crit.cls_pos_neg_ratio.double(), ref["ratio"], rtol=1e-5, atol=1e-7)
+
+
+def test_loss_speed_times_the_update_and_the_released_loop_interleaved():
+    # part 2 timed the two one after the other, so load from other jobs could fall on one of them only
+    mod = load("loss_speed")
+    calls = []
+    fast, slow = mod.median_times([lambda: calls.append("f"), lambda: calls.append("s")], [3, 1], repeats=2)
+    assert "".join(calls) == "fffs" + "fffs" * 2  # warm-up, then each repeat times both, each its count
+    assert fast >= 0 and slow >= 0
+
+
+@pytest.mark.parametrize("argv", [["--warmup", "0"], ["--steps", "0"]])
+def test_train_step_refuses_timing_without_warmup_or_steps_before_loading_data(monkeypatch, argv):
+    # --warmup 0 put DataLoader start-up and torch.compile's compilation into the timed rate (and then
+    # crashed formatting the missing first-step time); --steps 0 divided by zero
+    mod = load("train_step")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the options must be refused before the data loads")
+    monkeypatch.setattr(mod, "load_benchmark", no_data)
+    monkeypatch.setattr(sys, "argv", ["train_step.py", *argv])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the test process keeps its threads
+    with pytest.raises(SystemExit) as exc:
+        mod.main()
+    assert exc.value.code == 2
