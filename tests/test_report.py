@@ -442,3 +442,28 @@ def test_paired_table_does_not_pair_runs_that_saw_other_images():
     assert "| la |" not in table and "| bs |" not in table
     assert "Not paired with ce: trained or evaluated on other images" in table
     assert "la (data.val_seed=3 vs 0)" in table and "bs (data.val_per_class=0 vs 20)" in table
+
+
+
+def test_paired_table_pairs_list_runs_whatever_path_their_lists_were_given_by():
+    from longtail.report import paired_table
+
+    def on_lists(seed, top1, method, train_list, test_list="ImageNet_LT_test.txt"):
+        run = _run(seed, top1, method=method, config={"data": {"name": "imagenet-lt", "train_list": train_list,
+                                                                "test_list": test_list, "val_list": None}})
+        run["dataset"], run["imb_factor"] = "imagenet-lt", None
+        return run
+
+    runs = [on_lists(0, 40.0, "ce", None), on_lists(0, 45.0, "la", "/data/lists/ImageNet_LT_train.txt"),
+            on_lists(0, 46.0, "bs", "~/splits/ImageNet_LT/ImageNet_LT_train.txt"),
+            on_lists(0, 47.0, "gala-reference", "ImageNet_LT_train.txt", test_list="/x/ImageNet_LT_val.txt")]
+    table = paired_table(summarize(runs), "ce")
+    # a list found by the standard search (None) or given by another path is not evidence of other images
+    assert f"| imagenet-lt | la | 0 | {5.0:+.2f} (n=1) |" in table and f"| bs | 0 | {6.0:+.2f} (n=1) |" in table
+    # another test list is
+    assert "| gala-reference |" not in table
+    assert "gala-reference (data.test_list=ImageNet_LT_val.txt vs ImageNet_LT_test.txt)" in table
+    # without a validation split, its seed and shortfall rule choose no image
+    split = [_run(0, 40.0, method="ce", config={"data": {"val_per_class": 0, "val_seed": 0}}),
+             _run(0, 50.0, config={"data": {"val_per_class": 0, "val_seed": 5}})]
+    assert f"| gala-reference | 0 | {10.0:+.2f} (n=1) |" in paired_table(summarize(split), "ce")

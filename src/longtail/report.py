@@ -157,8 +157,33 @@ def _mean_std(values: list, sign: str = "") -> str:
 VARIANTS = ("raw", "pr", "pr_transductive", "la")
 # The settings that decide which images a run trains, validates and is tested on: runs paired by
 # seed must agree on them, or a seed's difference mixes the methods with their data.
-DATA_KEYS = ("data.val_per_class", "data.val_seed", "data.val_shortfall", "data.train_list", "data.val_list",
-             "data.test_list", "data.limit_per_class", "data.limit_eval_per_class")
+SPLIT_DATASETS = ("cifar10-lt", "cifar100-lt", "digits-lt")  # validation split drawn by val_per_class / val_seed
+LIST_KEYS = ("data.train_list", "data.val_list", "data.test_list")
+
+
+def _data_identity(flat: dict) -> dict:
+    """What of a run's settings fixes its images, as far as the settings can tell: the limits; for
+    the split datasets the validation split (its seed and shortfall rule only when there is one);
+    for list datasets each list's file name (a path differs between machines, and a list left to
+    the standard search has none: None, compared with nothing)."""
+    ident = {k: flat.get(k) for k in ("data.limit_per_class", "data.limit_eval_per_class")}
+    if flat.get("data.name") in SPLIT_DATASETS:
+        ident["data.val_per_class"] = flat.get("data.val_per_class")
+        if flat.get("data.val_per_class"):
+            ident.update({k: flat.get(k) for k in ("data.val_seed", "data.val_shortfall")})
+    else:
+        ident.update({k: Path(str(flat[k]).rstrip("/")).name if flat.get(k) else None for k in LIST_KEYS})
+    return ident
+
+
+def _data_differences(mine: dict, theirs: dict) -> list[str]:
+    """The data settings two rows disagree on (none where either config is unreadable)."""
+    if not (mine and theirs):
+        return []
+    # a key only one side has (a validation seed where the other has no split) differs through the one
+    # both have (val_per_class)
+    keys = sorted(set(mine) & set(theirs))
+    return [k for k in keys if not (k in LIST_KEYS and (mine[k] is None or theirs[k] is None)) and mine[k] != theirs[k]]
 METRICS = ("top1", "many", "medium", "few")
 
 
@@ -199,7 +224,7 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
             row[key] = _mean_std(values)
         row["train_seconds"] = [r["train_time_s"] for r in runs if r.get("train_time_s") is not None]
         flat = _flat_config(runs[0])
-        row["data"] = {k: flat.get(k) for k in DATA_KEYS} if flat else {}  # {}: config not readable
+        row["data"] = _data_identity(flat) if flat else {}  # {}: config not readable
         rows.append(row)
         first_runs.append(runs[0])
     _label_differences(rows, first_runs)
@@ -354,7 +379,7 @@ def paired_table(rows: list[dict], against: str, metric: str = "top1") -> str:
     validation), and at how many of those seeds the row's raw figure is higher. Pairing by seed
     removes the spread that a seed puts on both methods alike (its data order, initialisation and
     augmentation draws). Settings without such a row are named under the table, and so are rows whose
-    data settings (DATA_KEYS: validation split, lists, limits) differ from the baseline's."""
+    data settings (_data_identity: validation split, list names, limits) differ from the baseline's."""
     if not rows:
         raise ValueError("no rows to pair: the table is empty")
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -377,10 +402,10 @@ def paired_table(rows: list[dict], against: str, metric: str = "top1") -> str:
         for r in group:
             if r is base:
                 continue
-            differ = [k for k in DATA_KEYS if r.get("data") and base.get("data") and r["data"][k] != base["data"][k]]
+            differ = _data_differences(r.get("data") or {}, base.get("data") or {})
             if differ:
                 other_data.append(f"{name} {_method_label(r)} ("
-                                  + ", ".join(f"{k}={r['data'][k]} vs {base['data'][k]}" for k in differ) + ")")
+                                  + ", ".join(f"{k}={r['data'].get(k)} vs {base['data'].get(k)}" for k in differ) + ")")
                 continue
             raw = _paired_differences(r, base, "raw", metric)
             pr = _paired_differences(r, base, "pr", metric)
