@@ -551,11 +551,16 @@ def test_gala_statistics_of_one_phi_definition_do_not_load_into_the_other(mode):
         for z, y in batches:
             gala(z.requires_grad_(True), y)
         trained[phi] = gala.state_dict()
-    for phi, other in (("sample", "classifier"), ("classifier", "sample")):
         same = build("gala", [40, 30, 20, 10], mode=mode, phi=phi)
         same.load_state_dict(trained[phi])
         assert all(torch.equal(same.state_dict()[k], v) for k, v in trained[phi].items())
-        with pytest.raises(ValueError, match=f"come from phi='{phi}'"):
-            build("gala", [40, 30, 20, 10], mode=mode, phi=other).load_state_dict(trained[phi])
+    # sample phi always equals theta: classifier statistics, where it does not, are refused
+    with pytest.raises(ValueError, match="come from phi='classifier'"):
+        build("gala", [40, 30, 20, 10], mode=mode, phi="sample").load_state_dict(trained["classifier"])
+    # classifier phi can equal theta (uniform logits on a balanced batch): its own statistics still load
+    uniform = build("gala", [40, 30, 20, 10], lambda1=0.0, lambda2=0.0, mode=mode, phi="classifier")
+    uniform(torch.zeros(8, 4, requires_grad=True), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]))
+    assert torch.allclose(uniform.phi, uniform.theta, rtol=1e-9, atol=0.0)
+    build("gala", [40, 30, 20, 10], mode=mode, phi="classifier").load_state_dict(uniform.state_dict())
     build("gala", [40, 30, 20, 10], mode=mode, phi="classifier").load_state_dict(
         build("gala", [40, 30, 20, 10], mode=mode).state_dict())  # fresh statistics load into either

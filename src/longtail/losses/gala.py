@@ -172,17 +172,15 @@ class GALA(LongTailLoss):
         if self.mode == "reference" and int(self.steps) > 0 and not running:
             raise ValueError("these GALA statistics come from mode='paper' (no running sums after "
                              f"{int(self.steps)} steps); build the loss with mode='paper' to load them")
-        # Likewise the two phi definitions: "sample" phi grows by exactly theta's increments, so it
-        # equals theta (its running sum equals theta's in "reference"); "classifier" phi does not.
-        if int(self.steps) > 0:
+        # Likewise the phi definitions: "sample" phi grows by exactly theta's increments, so it always
+        # equals theta (its running sum theta's, in "reference"); statistics where it does not come from
+        # phi="classifier". The converse cannot be told: classifier phi can equal theta (all zero, or
+        # uniform logits on a balanced batch), so a "classifier" loss accepts equal statistics.
+        if self.phi_definition == "sample" and int(self.steps) > 0:
             theta, phi = (self.theta_running, self.phi_running) if running else (self.theta, self.phi)
-            same = bool(torch.allclose(phi, theta, rtol=1e-9, atol=0.0))
-            if self.phi_definition == "sample" and not same:
+            if not torch.allclose(phi, theta, rtol=1e-9, atol=0.0):
                 raise ValueError("these GALA statistics come from phi='classifier' (phi differs from theta); "
                                  "build the loss with phi='classifier' to load them")
-            if self.phi_definition == "classifier" and same:
-                raise ValueError("these GALA statistics come from phi='sample' (phi equals theta); "
-                                 "build the loss with phi='sample' to load them")
 
     # ------------------------------------------------------------------ loss
     def check(self, logits: torch.Tensor, target: torch.Tensor) -> None:
