@@ -273,6 +273,7 @@ def test_nearest_warps_take_pils_source_pixel_on_noise_images(h, w):
             expected = pil_apply(x, lambda im, c=coeffs: im.transform(im.size, Image.AFFINE, c, Image.NEAREST,
                                                                        fillcolor=FILL))
             assert torch.equal(op(x, m, interpolation="nearest"), expected), f"shear {axis} {m}"
+    assert AA.rotate(x[:0], 10.0).shape == (0, 3, h, w)  # an empty batch is returned as it is
     for t in (150 / 331 * w * 5 / 9, -7.25):
         expected = pil_apply(x, lambda im, t=t: im.transform(im.size, Image.AFFINE, (1, 0, t, 0, 1, 0), fillcolor=FILL))
         assert torch.equal(AA.translate_x(x, t), expected), f"translate {t}"

@@ -138,11 +138,15 @@ def affine(x: Tensor, matrix: Tensor, fill: float = 128.0) -> Tensor:
     OUTPUT pixel coordinate to the INPUT one in PIL's convention (continuous coordinates, pixel
     (i, j) covers [j, j+1) x [i, i+1), origin at the top-left corner); outside the image the value
     is `fill`. The source pixel of output pixel (i, j) is floor of the map at its centre
-    (j + 0.5, i + 0.5), computed as PIL computes it: in double precision for a pure scale or
-    translation; otherwise (rotation, shear) in PIL's 16.16 fixed point, whose rounding of the
-    matrix moves the source pixel now and then from the exact one, unless a corner maps beyond
-    32768 pixels, where PIL too falls back to double precision."""
+    (j + 0.5, i + 0.5). A matrix with a rotation or shear part is computed as PIL computes it, in
+    16.16 fixed point (whose rounding of the matrix moves the source pixel now and then from the
+    exact one), unless a corner maps beyond 32768 pixels, where PIL too falls back to double
+    precision. A pure scale or translation is computed in double precision from each centre; PIL
+    adds the step pixel by pixel instead, which gives the same pixels for translations (a step of
+    1.0, tested) but can cross a pixel border differently for other scales (not used here)."""
     n, c, h, w = x.shape
+    if n == 0:
+        return x.clone()
     dt = _geometry_dtype(x.device)
     a = matrix.to(device=x.device, dtype=dt).reshape(n, 6, 1, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
