@@ -161,3 +161,38 @@ def _resume_worker(rank, world, port, run_dir):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     train(resume_config(run_dir), run_dir=run_dir, resume=True)
+
+
+def _bn_worker(rank, world, port, cfg_dict, run_dir, out):
+    """Train on 2 ranks; write the model each rank evaluates at the end (last and best-on-validation)."""
+    from longtail import train as train_mod
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    real = train_mod.final_evaluation
+
+    def recording(cfg, run_dir, model, bench, rt, eval_tf, state, best_state, precision):
+        torch.save({"last": {k: v.clone() for k, v in model.state_dict().items()}, "best": best_state},
+                   f"{out}.{rank}")
+        return real(cfg, run_dir, model, bench, rt, eval_tf, state, best_state, precision)
+    train_mod.final_evaluation = recording
+    train_mod.train(config_from_dict(cfg_dict), run_dir=run_dir)
+
+
+def test_every_rank_validates_and_tests_the_model_the_checkpoints_hold(tmp_path):
+    # Without SyncBatchNorm each rank updates its batch-norm running statistics from its own share of
+    # the batch (DDP re-broadcasts rank 0's only at the next forward). Validation (model selection) and
+    # the final test split their samples over the ranks, so every rank must hold rank 0's statistics,
+    # the ones saved in last.pt / best.pt, or the figures mix models that no checkpoint holds.
+    cfg = _config(tmp_path, "ddp", loss="ce")
+    cfg["model"]["name"] = "convnet"
+    cfg["optim"]["epochs"] = 1
+    run = tmp_path / "ddp"
+    mp.spawn(_bn_worker, args=(2, _free_port(), cfg, str(run), str(tmp_path / "state")), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"state.{rank}", weights_only=False) for rank in (0, 1)]
+    saved = {name: torch.load(run / f"{name}.pt", weights_only=False)["model"] for name in ("last", "best")}
+    assert any("running_mean" in k for k in saved["last"])
+    for which in ("last", "best"):
+        for key, value in saved[which].items():
+            for rank in (0, 1):
+                assert torch.equal(ranks[rank][which][key], value), (which, key, rank)

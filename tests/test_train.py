@@ -405,3 +405,46 @@ def test_classifier_retraining_seeds_group_in_one_row_and_bad_sources_fail_clear
                      f"out_dir={tmp_path}", "run_name=nofirst"])
     assert code == 2 and "model.init_from=RUN_FOLDER" in capsys.readouterr().err
     assert not (tmp_path / "nofirst").exists()
+
+
+def _digits(tmp_path, name, device="cpu", **optim):
+    from longtail.config import config_from_dict
+
+    return config_from_dict({"device": device,
+                             "data": {"name": "digits-lt", "image_size": 8, "augment": "none", "val_per_class": 10},
+                             "model": {"name": "mlp"}, "loss": {"name": "gala", "mode": "reference"},
+                             "optim": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0, **optim},
+                             "precision": "fp32", "channels_last": False, "progress": "quiet", "threads": 1,
+                             "out_dir": str(tmp_path), "run_name": name, "seed": 1})
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU: resuming there restores CUDA generators"))])
+def test_a_run_stopped_mid_epoch_logs_and_counts_that_epoch_as_an_uninterrupted_run(tmp_path, monkeypatch, device):
+    # The weights were already proven identical on CPU; the resumed epoch's log line (loss, train
+    # accuracy) and the run's images seen must cover the steps before the stop too, not only those after
+    # it. On a GPU the checkpoint is read onto the device, and its random generator states with it.
+    reference = train(_digits(tmp_path, "whole", device))
+    real_autocast, calls = train_mod.autocast_context, {"n": 0}
+
+    def interrupting(device, precision):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the handler checkpoints after step 3 of epoch 1
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_autocast(device, precision)
+    monkeypatch.setattr(train_mod, "autocast_context", interrupting)
+    with pytest.raises(train_mod.TrainingInterrupted, match="epoch 1 step 3"):
+        train(_digits(tmp_path, "cut", device))
+    monkeypatch.setattr(train_mod, "autocast_context", real_autocast)
+    run = train(train_mod.resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
+    a, b = weights(reference), weights(run)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert b["state"]["images_seen"] == a["state"]["images_seen"] == 2 * 8 * 32  # 8 steps of 32 per epoch
+
+    def logged(r):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("time_s", "images_per_s")}
+                for line in (r / "metrics.jsonl").read_text().splitlines()]
+    assert logged(run) == logged(reference)
+    ra, rb = (json.loads((r / "results.json").read_text()) for r in (reference, run))
+    assert rb["checkpoints"] == ra["checkpoints"] and rb["best_val"] == ra["best_val"]

@@ -86,6 +86,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank `src`'s buffers (batch-norm running statistics). DDP broadcasts them only at
+    the start of a forward, so after a training step each rank holds those of its own share of the batch."""
+    if not is_active():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src)
+
+
 def loader_context(workers: int):
     """The start method for DataLoader workers: the default (fork) in one process, forkserver under a
     process group. A rank runs gloo's communication threads, and a lock one of them holds at the

@@ -318,6 +318,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     state = {"epoch": 0, "step": 0, "best_val": -1.0, "best_val_epoch": None, "best_test": -1.0,
              "best_test_epoch": None, "images_seen": 0, "train_time": 0.0, "first_stage": first_stage}
     aug_gen = torch.Generator(device=rt.device)
+    resumed_so_far = None  # a mid-epoch checkpoint's sums over that epoch's steps before it (this rank's)
     if resume:
         ckpt = read_resume_checkpoint(run_dir, rt.device)
         model.load_state_dict(ckpt["model"])
@@ -329,10 +330,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             raise ValueError(f"{run_dir} was trained with {ckpt['world_size']} processes; resume it with the same "
                              f"number (got {rt.world_size}): the batches and random streams depend on it")
         rng = ckpt["rng"][rt.rank]
-        aug_gen.set_state(rng["aug"])
-        torch.set_rng_state(rng["torch"])
+        # generator states must be CPU byte tensors, and the checkpoint was mapped to the training device
+        aug_gen.set_state(rng["aug"].cpu())
+        torch.set_rng_state(rng["torch"].cpu())
         if rt.device.type == "cuda" and rng["cuda"] is not None:
-            torch.cuda.set_rng_state(rng["cuda"], rt.device)
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), rt.device)
+        resumed_so_far = rng.get("epoch_so_far") if state["step"] else None
         if main and state["epoch"] >= cfg.optim.epochs:  # stopped during the final evaluation
             print(f"resuming {run_dir}: all {cfg.optim.epochs} epochs are trained; running the final evaluation",
                   flush=True)
@@ -389,10 +392,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                            f"last one with `longtail train --resume {run_dir}`")
         stop["flag"] = True
 
-    def checkpoint(epoch: int, step: int, name: str = "last.pt") -> None:
-        # every rank's random streams (augmentation, global torch e.g. GCL noise), so each resumes its own
+    def checkpoint(epoch: int, step: int, name: str = "last.pt", so_far: dict | None = None) -> None:
+        # every rank's random streams (augmentation, global torch e.g. GCL noise), so each resumes its own;
+        # mid-epoch, also its sums over the epoch's steps so far, so that the resumed epoch's log line,
+        # train time and images seen are those of an uninterrupted epoch
         mine = {"aug": aug_gen.get_state().cpu(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None}
+                "cuda": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None,
+                **({"epoch_so_far": so_far} if so_far else {})}
         rngs = _gather_objects(mine) if rt.distributed else [mine]
         if main:
             atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -438,9 +444,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             criterion.train()
             loss_sum = torch.zeros((), device=rt.device)
             correct = torch.zeros((), device=rt.device)
+            seen, time_before = 0, 0.0  # images and seconds of this epoch before a resume
+            if epoch == start_epoch and resumed_so_far:
+                loss_sum += resumed_so_far["loss_sum"].to(rt.device)
+                correct += resumed_so_far["correct"].to(rt.device)
+                seen, time_before = resumed_so_far["seen"], resumed_so_far["time_s"]
             nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)  # any bad loss since the last check
             checked = shown = start_step  # the last step whose loss was checked / shown in the progress line
-            seen = 0
             t0 = time.perf_counter()
             step = start_step
             for x, y in source:
@@ -481,16 +491,19 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 checked = step
                 if progress.on and step - shown >= 10:  # at most every 10 steps, only where values are read
                     shown = step
-                    rate = seen / (time.perf_counter() - t0)
+                    rate = seen / (time_before + time.perf_counter() - t0)
                     progress.update(f"epoch {epoch + 1}/{cfg.optim.epochs} step {step}/{len(batches)} "
                                     f"loss {loss_sum.item() / seen:.4f} acc {100 * correct.item() / seen:.1f}% "
                                     f"{rate * rt.world_size:.0f} img/s")
                 if distributed.any_rank(stop["flag"], rt.device):
-                    state["train_time"] += time.perf_counter() - t0
-                    checkpoint(epoch, step)
+                    so_far = {"loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu(), "seen": seen,
+                              "time_s": time_before + time.perf_counter() - t0}
+                    checkpoint(epoch, step, so_far=so_far)
                     raise TrainingInterrupted(f"interrupted at epoch {epoch + 1} step {step}; a checkpoint "
                                               f"was written: continue with `longtail train --resume {run_dir}`")
-            elapsed = time.perf_counter() - t0
+            # evaluate, on every rank, the model the checkpoints hold: rank 0's batch-norm statistics
+            distributed.broadcast_buffers(model)
+            elapsed = time_before + time.perf_counter() - t0
             state["train_time"] += elapsed
             state["images_seen"] += seen * rt.world_size
             record = {"epoch": epoch + 1, "lr": lr, "loss": _global_mean(loss_sum, seen),
