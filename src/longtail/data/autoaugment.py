@@ -78,14 +78,13 @@ MAGNITUDES = {
 }
 
 
-def _as_param(v, n: int, x: Tensor) -> Tensor:
-    t = torch.as_tensor(v, dtype=torch.float32, device=x.device)
+def _as_param(v, n: int, x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    t = torch.as_tensor(v, dtype=dtype, device=x.device)
     return t.expand(n) if t.dim() == 0 else t
 
 
 def _as_geometry_param(v, n: int, x: Tensor) -> Tensor:
-    t = torch.as_tensor(v, dtype=_geometry_dtype(x.device), device=x.device)
-    return t.expand(n) if t.dim() == 0 else t
+    return _as_param(v, n, x, _geometry_dtype(x.device))
 
 
 def _restore(out: Tensor, like: Tensor) -> Tensor:
@@ -148,27 +147,25 @@ def affine(x: Tensor, matrix: Tensor, fill: float = 128.0) -> Tensor:
     if n == 0:
         return x.clone()
     dt = _geometry_dtype(x.device)
-    a = matrix.to(device=x.device, dtype=dt).reshape(n, 6, 1, 1)
+    k = matrix.to(device=x.device, dtype=dt).reshape(n, 2, 3, 1, 1)  # row r maps to the source's x (0) or y (1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     rows = torch.arange(h, device=x.device).view(1, h, 1)
-    src_x = torch.floor(a[:, 0] * (cols + 0.5) + a[:, 1] * (rows + 0.5) + a[:, 2]).long()  # (N, H, W)
-    src_y = torch.floor(a[:, 3] * (cols + 0.5) + a[:, 4] * (rows + 0.5) + a[:, 5]).long()
-    # PIL's ImagingTransformAffine: a matrix with a rotation or shear part whose four corners map
-    # within +-32768 is walked in fixed point, from the first pixel's centre by integer steps.
-    corners_x = torch.tensor([0.0, w, 0.0, w], device=x.device, dtype=dt).view(1, 4, 1)
-    corners_y = torch.tensor([0.0, h, h, 0.0], device=x.device, dtype=dt).view(1, 4, 1)
-    mapped = torch.cat([a[:, 0, 0].view(n, 1, 1) * corners_x + a[:, 1, 0].view(n, 1, 1) * corners_y
-                        + a[:, 2, 0].view(n, 1, 1),
-                        a[:, 3, 0].view(n, 1, 1) * corners_x + a[:, 4, 0].view(n, 1, 1) * corners_y
-                        + a[:, 5, 0].view(n, 1, 1)], 1)
-    fixed = ((a[:, 1] != 0) | (a[:, 3] != 0)).view(n) & (mapped.abs() < 32768.0).view(n, -1).all(1)
-    f = [_fixed_16_16(a[:, k]) for k in range(6)]
-    start_x = _fixed_16_16(a[:, 2] + a[:, 0] * 0.5 + a[:, 1] * 0.5)
-    start_y = _fixed_16_16(a[:, 5] + a[:, 3] * 0.5 + a[:, 4] * 0.5)
-    fixed_x = (start_x + rows * f[1] + cols * f[0]) >> 16  # an arithmetic shift: floor, as in C
-    fixed_y = (start_y + rows * f[4] + cols * f[3]) >> 16
-    src_x = torch.where(fixed.view(n, 1, 1), fixed_x, src_x)
-    src_y = torch.where(fixed.view(n, 1, 1), fixed_y, src_y)
+
+    def exact(r: int) -> Tensor:  # double precision from each pixel centre
+        return torch.floor(k[:, r, 0] * (cols + 0.5) + k[:, r, 1] * (rows + 0.5) + k[:, r, 2]).long()
+
+    def walked(r: int) -> Tensor:  # PIL's 16.16 fixed-point walk from the first pixel's centre
+        start = _fixed_16_16(k[:, r, 2] + k[:, r, 0] * 0.5 + k[:, r, 1] * 0.5)
+        return (start + rows * _fixed_16_16(k[:, r, 1]) + cols * _fixed_16_16(k[:, r, 0])) >> 16  # shift: floor
+
+    # PIL's ImagingTransformAffine walks in fixed point a matrix with a rotation or shear part whose
+    # four corners map within +-32768
+    corner_x = torch.tensor([0.0, w, 0.0, w], device=x.device, dtype=dt)
+    corner_y = torch.tensor([0.0, h, h, 0.0], device=x.device, dtype=dt)
+    mapped = k[:, :, 0, 0] * corner_x + k[:, :, 1, 0] * corner_y + k[:, :, 2, 0]  # (N, 2, 4)
+    fixed = ((k[:, 0, 1] != 0) | (k[:, 1, 0] != 0)) & (mapped.abs() < 32768.0).flatten(1).all(1).view(n, 1, 1)
+    src_x = torch.where(fixed, walked(0), exact(0))  # (N, H, W)
+    src_y = torch.where(fixed, walked(1), exact(1))
     inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
     index = (src_y.clamp(0, h - 1) * w + src_x.clamp(0, w - 1)).view(n, 1, h * w).expand(n, c, h * w)
     out = x.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
