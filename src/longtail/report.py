@@ -155,6 +155,8 @@ def _mean_std(values: list, sign: str = "") -> str:
 
 
 VARIANTS = ("raw", "pr", "pr_transductive", "la")
+METRICS = ("top1", "many", "medium", "few")
+
 # The settings that decide which images a run trains, validates and is tested on: runs paired by
 # seed must agree on them, or a seed's difference mixes the methods with their data.
 SPLIT_DATASETS = ("cifar10-lt", "cifar100-lt", "digits-lt")  # validation split drawn by val_per_class / val_seed
@@ -184,7 +186,6 @@ def _data_differences(mine: dict, theirs: dict) -> list[str]:
     # both have (val_per_class)
     keys = sorted(set(mine) & set(theirs))
     return [k for k in keys if not (k in LIST_KEYS and (mine[k] is None or theirs[k] is None)) and mine[k] != theirs[k]]
-METRICS = ("top1", "many", "medium", "few")
 
 
 def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
@@ -311,21 +312,20 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
     unit, per_unit = _time_unit(rows)
     counted = []  # figures averaged over fewer seeds than their row has
 
-    def cell(r: dict, key: str) -> str:
-        """The row's "mean ± std", with "(n=k)" where only k of its seeds have the figure."""
-        values = (r.get("values") or {}).get(key)
-        n = len(values or []) - sum(v is None for v in values or [])
+    def noted(text: str, n: int, r: dict, key: str) -> str:
+        """`text` with "(n=k)" where only k of the row's seeds have the figure."""
         if 0 < n < r["seeds"]:
             counted.append(key)
-            return f"{r[key]} (n={n})"
-        return r[key]
+            return f"{text} (n={n})"
+        return text
+
+    def cell(r: dict, key: str) -> str:
+        values = (r.get("values") or {}).get(key) or []
+        return noted(r[key], sum(v is not None for v in values), r, key)
 
     def hours(r: dict) -> str:
         seconds = r.get("train_seconds", [])
-        note = f" (n={len(seconds)})" if 0 < len(seconds) < r["seeds"] else ""
-        if note:
-            counted.append("train_seconds")
-        return _mean_std([t / per_unit for t in seconds]) + note
+        return noted(_mean_std([t / per_unit for t in seconds]), len(seconds), r, "train_seconds")
 
     head = ("| dataset | method | model | seeds | top-1 | many | medium | few | +PR top-1 | +PR many | +PR medium | "
             f"+PR few | PR transductive | +post-hoc LA top-1 | best epoch on TEST | train {unit} / run | published |")
