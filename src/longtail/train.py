@@ -335,7 +335,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         torch.set_rng_state(rng["torch"].cpu())
         if rt.device.type == "cuda" and rng["cuda"] is not None:
             torch.cuda.set_rng_state(rng["cuda"].cpu(), rt.device)
-        resumed_so_far = rng.get("epoch_so_far") if state["step"] else None
+        resumed_so_far = rng.get("epoch_so_far")  # only a mid-epoch checkpoint has one
         if main and state["epoch"] >= cfg.optim.epochs:  # stopped during the final evaluation
             print(f"resuming {run_dir}: all {cfg.optim.epochs} epochs are trained; running the final evaluation",
                   flush=True)
