@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "OPS", "CIFAR10_POLICY", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "affine",
+    "OPS", "CIFAR10_POLICY", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "rotate_matrix", "affine",
     "color", "posterize", "solarize", "contrast", "sharpness", "brightness", "autocontrast",
     "equalize", "invert", "autoaugment_cifar10",
 ]
@@ -186,15 +186,49 @@ def _translate_matrix(t: Tensor, axis: int) -> Tensor:
     return a
 
 
-def _rotate_matrix(degrees: Tensor, h: int, w: int) -> Tensor:
-    # PIL Image.rotate: counter-clockwise about the centre (w/2, h/2), inverse-mapped; as PIL forms
-    # it, in double precision: radians as degrees * (pi / 180), cos and sin rounded to 15 decimals.
-    r = degrees.to(_geometry_dtype(degrees.device)).remainder(360.0) * (math.pi / 180.0)
-    c, s = torch.round(torch.cos(r), decimals=15), torch.round(torch.sin(r), decimals=15)
+def _split(a: Tensor) -> tuple[Tensor, Tensor]:
+    # Veltkamp split of a double into two halves of 26 significant bits (products of halves are exact)
+    c = a * 134217729.0  # 2**27 + 1
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+def _round15(v: Tensor) -> Tensor:
+    """Python's ``round(v, 15)`` exactly (half-even on the exact decimal value), elementwise.
+
+    ``torch.round(v, decimals=15)`` rounds the already rounded product v * 1e15, which lands on a
+    .5 now and then that the exact product is not on (about 8% of rotation matrices differed).
+    The product's rounding error comes from Dekker's exact product (no FMA needed); at a .5 tie of
+    the rounded product, its sign decides. (Away from a tie the rounded product cannot cross a .5,
+    which is representable.) |v| <= 1 here, so the product is below 2**50 and the tie test exact.
+    """
+    if v.dtype != torch.float64:  # MPS: no float64; nothing here is exact anyway
+        return torch.round(v, decimals=15)
+    scale = torch.full_like(v, 1e15)
+    p = v * scale
+    vh, vl = _split(v)
+    sh, sl = _split(scale)
+    err = ((vh * sh - p) + vh * sl + vl * sh) + vl * sl  # v * 1e15 = p + err exactly
+    lo = torch.floor(p)
+    k = torch.round(p)  # half-even, right unless p is a tie that err breaks
+    tie = (p - lo) == 0.5
+    k = torch.where(tie & (err > 0), lo + 1, torch.where(tie & (err < 0), lo, k))
+    return k / scale  # a true division (torch may multiply by a reciprocal for a scalar divisor)
+
+
+def rotate_matrix(degrees: Tensor, h: int, w: int) -> Tensor:
+    """(N, 2, 3) inverse matrices of PIL ``Image.rotate(degrees)`` (counter-clockwise about (w/2, h/2),
+    no expand), formed as PIL forms them: angle % 360, radians, cos and sin rounded to 15 decimals
+    (exactly as Python's round), then the centre terms, all in double precision."""
+    dt = _geometry_dtype(degrees.device)
+    angle = degrees.to(dt).remainder(360.0)  # Python's float %: fmod, then + 360 for a negative remainder
+    r = angle * (math.pi / 180.0)  # math.radians; PIL takes cos/sin of -r: cos(-r) = cos r, sin(-r) = -sin r
+    cos, sin = _round15(torch.cos(r)), _round15(torch.sin(r))
     cx, cy = w / 2.0, h / 2.0
-    a = torch.empty(r.numel(), 2, 3, device=r.device, dtype=r.dtype)
-    a[:, 0, 0], a[:, 0, 1], a[:, 0, 2] = c, -s, -c * cx + s * cy + cx
-    a[:, 1, 0], a[:, 1, 1], a[:, 1, 2] = s, c, -s * cx - c * cy + cy
+    a = torch.empty(r.shape[0], 2, 3, device=r.device, dtype=dt)
+    # matrix = [cos, sin(-r), 0, -sin(-r), cos, 0]; then (a, b, c, d, e, f)(-cx, -cy) + (cx, cy)
+    a[:, 0, 0], a[:, 0, 1], a[:, 0, 2] = cos, -sin, cos * -cx + -sin * -cy + 0.0 + cx
+    a[:, 1, 0], a[:, 1, 1], a[:, 1, 2] = sin, cos, sin * -cx + cos * -cy + 0.0 + cy
     return a
 
 
@@ -257,7 +291,7 @@ def translate_y(x: Tensor, pixels, fill: float = 128.0) -> Tensor:
 
 def rotate(x: Tensor, degrees, fill: float = 128.0) -> Tensor:
     """PIL Image.rotate(degrees) (counter-clockwise, nearest) with the area outside filled."""
-    return affine(x, _rotate_matrix(_as_geometry_param(degrees, x.shape[0], x), x.shape[2], x.shape[3]), fill)
+    return affine(x, rotate_matrix(_as_geometry_param(degrees, x.shape[0], x), x.shape[2], x.shape[3]), fill)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -406,7 +440,7 @@ def _geometric_matrices(op: Tensor, mag: Tensor, sign: Tensor, h: int, w: int) -
     a = torch.where((op == 2).view(-1, 1, 1), _translate_matrix(sm * w, 0), a)
     a = torch.where((op == 3).view(-1, 1, 1), _translate_matrix(sm * h, 1), a)
     # DeepVoltaire's rotate has no random sign: always counter-clockwise.
-    return torch.where((op == 4).view(-1, 1, 1), _rotate_matrix(m, h, w), a)
+    return torch.where((op == 4).view(-1, 1, 1), rotate_matrix(m, h, w), a)
 
 
 def _apply_group(g: int, xs: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
@@ -419,6 +453,28 @@ def _apply_group(g: int, xs: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill
         sx, sy = _shear_bicubic(xs, signed, 0, fill), _shear_bicubic(xs, signed, 1, fill)
         return torch.where((op == 0).view(-1, 1, 1, 1), sx, sy)
     return _apply_op(g, xs, mag, sign)
+
+
+def apply_by_group(out: Tensor, key: Tensor, groups, run, sync_free: bool) -> Tensor:
+    """Give each image whose key is g the result of run(g, images, idx) (key -1: left as it is).
+
+    Grouped (`sync_free` False): the group sizes are read back to the host once, then run gets just
+    each present group's images and their batch indices idx. Sync-free: run(g, out, None) for every
+    g in `groups` on the whole batch, each image keeping its own group's result; no host reads.
+    """
+    if sync_free:
+        for g in groups:
+            out = torch.where((key == g).view(-1, 1, 1, 1), run(g, out, None), out)
+        return out
+    order = torch.argsort(key, stable=True)
+    counts = torch.bincount(key + 1, minlength=max(groups) + 2).tolist()  # read back to the host
+    start = counts[0]  # images with no op come first
+    for g, cnt in enumerate(counts[1:]):
+        if cnt:
+            idx = order[start:start + cnt]
+            start += cnt
+            out.index_copy_(0, idx, run(g, out.index_select(0, idx), idx))
+    return out
 
 
 def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fill: float = 128.0,
@@ -456,21 +512,13 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
         if shear == "bicubic":
             key = torch.where(op < 2, torch.full_like(op, 1), key)
         key = torch.where(op < 0, torch.full_like(op, -1), key)
-        if sync_free:
-            for g in ((0, 1) if shear == "bicubic" else (0,)) + tuple(range(5, len(OPS))):
-                ys = _apply_group(g, out, op, mag, sign[:, slot], fill)
-                out = torch.where((key == g).view(-1, 1, 1, 1), ys, out)
-            continue
-        order = torch.argsort(key, stable=True)
-        counts = torch.bincount(key + 1, minlength=len(OPS) + 1).tolist()  # read back to the host
-        start = counts[0]  # skip images with no op in this slot
-        for g in range(len(OPS)):
-            cnt = counts[g + 1]
-            if cnt == 0:
-                continue
-            idx = order[start:start + cnt]
-            start += cnt
-            xs = out.index_select(0, idx)
-            m_s, s_s, o_s = mag.index_select(0, idx), sign[:, slot].index_select(0, idx), op.index_select(0, idx)
-            out.index_copy_(0, idx, _apply_group(g, xs, o_s, m_s, s_s, fill))
+        groups = ((0, 1) if shear == "bicubic" else (0,)) + tuple(range(5, len(OPS)))
+        mag_s, sign_s = mag, sign[:, slot]
+
+        def run(g: int, xs: Tensor, idx: Tensor | None) -> Tensor:
+            if idx is None:
+                return _apply_group(g, xs, op, mag_s, sign_s, fill)
+            return _apply_group(g, xs, op.index_select(0, idx), mag_s.index_select(0, idx),
+                                sign_s.index_select(0, idx), fill)
+        out = apply_by_group(out, key, groups, run, sync_free)
     return _restore(out, x) if x.dtype == torch.uint8 else out.to(x.dtype)
