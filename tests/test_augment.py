@@ -88,6 +88,63 @@ def test_imagenet_on_cropped_batches_only_flips_and_jitters():
         A.build_train_augment("crop_flip", MEAN, STD, 24, cropped=True)
 
 
+PIL_JITTER = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+
+
+def test_color_jitter_on_pil_images_is_imageenhance_in_each_images_order():
+    # torchvision's ColorJitter on a PIL image: brightness, contrast and saturation are ImageEnhance
+    # Brightness, Contrast and Color, each rounded to 8 bits before the next
+    x = smooth_images(12, size=16, seed=4)
+    factors = torch.empty(12, 3).uniform_(0.6, 1.4, generator=torch.Generator().manual_seed(1))
+    order = A._JITTER_ORDERS[torch.arange(12) % 6]
+    for sync_free in (False, True):
+        y = A.color_jitter(x.float(), factors, order, max_value=255.0, sync_free=sync_free, pil=True)
+        for i in range(12):
+            img = Image.fromarray(x[i].permute(1, 2, 0).numpy())
+            for op in order[i].tolist():
+                img = PIL_JITTER[op](img).enhance(float(factors[i, op]))
+            assert torch.equal(y[i], torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()), (i, sync_free)
+    # the tensor semantics differ (no rounding, the contrast mean of the float grey image)
+    assert not torch.equal(A.color_jitter(x.float(), factors, order, max_value=255.0), y)
+
+
+def test_imagenet_randaugment_on_cropped_batches_flips_jitters_as_pil_then_randaugments():
+    from longtail.data import randaugment as RA
+
+    x = smooth_images(16, size=24, seed=6)
+    aug = A.build_train_augment("imagenet_randaugment", MEAN, STD, 24, cropped=True)
+    assert aug.fill == (125, 123, 114)  # round(255 * mean): what RandAugment fills with
+    y = aug(x, torch.Generator().manual_seed(9))
+    # the same draws, in the recipe's order: flip, jitter (factors, then orders), RandAugment
+    g = torch.Generator().manual_seed(9)
+    flip = torch.rand(16, generator=g) < 0.5
+    factors = torch.empty(16, 3).uniform_(0.6, 1.4, generator=g)
+    order = A._JITTER_ORDERS[torch.randint(0, 6, (16,), generator=g)]
+    params = RA.draw_rand_augment(16, g)
+    jittered = []
+    for i in range(16):
+        img = Image.fromarray(x[i].permute(1, 2, 0).numpy())
+        if flip[i]:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        for op in order[i].tolist():
+            img = PIL_JITTER[op](img).enhance(float(factors[i, op]))
+        jittered.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+    want = RA.apply_rand_augment(torch.stack(jittered), params, fill=(125, 123, 114))
+    assert torch.allclose(y, A.normalize(want, MEAN, STD))
+    assert params["applied"].any()  # RandAugment did act on some of them
+
+
+def test_imagenet_randaugment_on_whole_batches_pads_crops_and_stays_on_8_bit_values():
+    x = smooth_images(8, size=40, seed=7)
+    aug = A.build_train_augment("imagenet_randaugment", MEAN, STD, 24)
+    y = aug(x, torch.Generator().manual_seed(0))
+    assert y.shape == (8, 3, 24, 24)
+    pixels = denorm(y) * 255  # PIL-exact steps need 8-bit values after the crop, and keep them
+    assert (pixels - pixels.round()).abs().max() < 1e-3 and pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
+    with pytest.raises(ValueError, match="reflect-pads by 4 pixels"):
+        aug(smooth_images(2, size=4), torch.Generator().manual_seed(0))
+
+
 def test_bad_inputs_fail_with_clear_messages():
     with pytest.raises(ValueError, match="unknown augmentation"):
         A.build_train_augment("mixup", MEAN, STD, 32)

@@ -79,6 +79,20 @@ def test_train_and_eval_on_your_own_image_list(image_lists, tmp_path, capsys, mo
     assert again["pr_transductive"]["tau"] == 0.5 and "| best | raw |" in out
 
 
+def test_a_list_run_trains_with_the_released_gala_recipe(image_lists, tmp_path):
+    from longtail import train as train_mod
+
+    base = Path(__file__).resolve().parents[1] / "configs" / "cifar100_lt_if100_ce.yaml"
+    args = ["data.name=lists", "loss.name=ce", *_overrides(image_lists, tmp_path, "ra"), "data.augment=imagenet_randaugment"]
+    train_set = train_mod.load_data(load_config(base, args)).train
+    assert train_set.crops_on_load and train_set.pad == 4  # reflect-padded, then cropped, as each is decoded
+    square = train_mod.load_data(load_config(base, [*args, "data.train_crop=square"])).train
+    assert not square.crops_on_load and square.pad == 0  # the device pads and crops instead
+    assert train_mod.load_data(load_config(base, args[:-1])).train.pad == 0  # the plain recipe does not pad
+    run = train_mod.train(load_config(base, [*args, "optim.epochs=1"]))
+    assert json.loads((run / "results.json").read_text())["checkpoints"]["last"]["raw"]["num_samples"] == sum(COUNTS["test"])
+
+
 def test_list_run_resumed_mid_epoch_crops_and_trains_as_the_uninterrupted_one(image_lists, tmp_path, monkeypatch):
     # the "imagenet" random resized crop is taken as each image is decoded, keyed by where it is
     # trained: a resumed run must crop the rest of the epoch as the uninterrupted run did

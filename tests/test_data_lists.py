@@ -187,6 +187,34 @@ def test_random_resized_crop_on_load_takes_torchvision_box_from_the_whole_image(
     assert not torch.equal(first, decode_random_resized(tmp_path / "wide.png", 16, crop_generator((1,))))
 
 
+def test_reflect_padding_before_the_crop_as_the_gala_release_pads(tmp_path):
+    # the release pads on the ToTensor'd image (torch reflect: the edge pixel not repeated) and turns
+    # it back into a PIL image before RandomResizedCrop; the box is drawn on the padded size
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    _save(tmp_path / "a.png", arr)
+    t = torch.from_numpy(arr).permute(2, 0, 1).float().div(255)
+    padded = torch.nn.functional.pad(t[None], (4, 4, 4, 4), mode="reflect")[0].mul(255).byte()  # ToPILImage
+    padded = padded.permute(1, 2, 0).numpy()
+    assert padded.shape == (28, 38, 3) and (padded[4:-4, 4:-4] == arr).all() and (padded[3, 4:-4] == arr[1]).all()
+    for k in range(20):
+        x = decode_random_resized(tmp_path / "a.png", 12, crop_generator((k,)), pad=4)
+        top, left, h, w = (int(v) for v in random_resized_crop_boxes(1, 28, 38, generator=crop_generator((k,)))[0])
+        ref = Image.fromarray(padded[top:top + h, left:left + w]).resize((12, 12), Image.BILINEAR)
+        assert torch.equal(x, torch.from_numpy(np.asarray(ref).copy()).permute(2, 0, 1)), k
+    lst = _write_list(tmp_path / "l.txt", [("a.png", 0)])
+    ds = ListDataset(tmp_path, lst, train=True, image_size=12, resize=16, crop="random_resized", pad=4)
+    assert torch.equal(ds[(0, (5,))][0], decode_random_resized(tmp_path / "a.png", 12, crop_generator((5,)), pad=4))
+    assert "reflect pad 4" in repr(ds)
+    with pytest.raises(ValueError, match="goes with the random resized crop"):
+        ListDataset(tmp_path, lst, train=True, image_size=12, resize=16, crop="square", pad=4)
+    with pytest.raises(ValueError, match="goes with the random resized crop"):
+        ListDataset(tmp_path, lst, train=True, image_size=12, resize=16, crop="random_resized", pad=-1)
+    _save(tmp_path / "thin.png", arr[:4])
+    with pytest.raises(ValueError, match="cannot reflect-pad a 30x4 image by 4"):
+        decode_random_resized(tmp_path / "thin.png", 12, crop_generator((0,)), pad=4)
+
+
 def test_list_dataset_crops_on_load_by_key(image_folder, tmp_path):
     root, entries = image_folder
     lst = _write_list(tmp_path / "l.txt", entries)

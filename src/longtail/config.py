@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from .data.augment import LARGE_IMAGE_AUGMENTS
 from .data.autoaugment import SHEAR_INTERPOLATIONS
 from .data.sampling import SAMPLERS
 
@@ -52,7 +53,7 @@ class DataConfig:
     # AutoAugment's ShearX/Y sampling: bicubic as the released policy (PIL, bit-exact), or nearest
     # (what longtail 0.1.0 did, and the first CIFAR-100-LT GALA reproduction run used)
     autoaugment_shear: str = "bicubic"
-    # list datasets with the "imagenet" augmentation: random_resized takes torchvision's
+    # list datasets with the "imagenet" augmentations: random_resized takes torchvision's
     # RandomResizedCrop from the whole image as it is decoded; square (before 2026-12-03) crops a
     # centre square of short side `resize` on decoding and the random crop from it on the device
     train_crop: str = "random_resized"
@@ -520,8 +521,8 @@ def experiment_settings(cfg: Config) -> dict[str, Any]:
         flat.update({(f"{section}.{key}" if key else section): v for key, v in items})
     if flat["data.augment"] != "autoaugment":
         del flat["data.autoaugment_shear"]  # no effect without AutoAugment
-    if flat["data.augment"] != "imagenet" or flat["data.name"] in ("cifar10-lt", "cifar100-lt", "digits-lt"):
-        del flat["data.train_crop"]  # only list datasets under the "imagenet" recipe crop on decoding
+    if flat["data.augment"] not in LARGE_IMAGE_AUGMENTS or flat["data.name"] in ("cifar10-lt", "cifar100-lt", "digits-lt"):
+        del flat["data.train_crop"]  # only list datasets under the large-image recipes crop on decoding
     if flat["optim.schedule"] != "step":
         del flat["optim.milestones"], flat["optim.step_factors"]  # no effect on a cosine schedule
     if not flat["optim.grad_clip"]:

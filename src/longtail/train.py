@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from longtail import distributed, losses, models
 from longtail.config import Config, ConfigError, save_config, saved_config_from_dict, setting_key
 from longtail.data import TensorSplit, load_benchmark
-from longtail.data.augment import build_eval_transform, build_train_augment
+from longtail.data.augment import LARGE_IMAGE_AUGMENTS, RANDAUGMENT_PAD, build_eval_transform, build_train_augment
 from longtail.data.mixup import mix, mixed_loss, mixup_draw
 from longtail.data.sampling import batches_per_epoch, class_balanced_batches, epoch_batches
 from longtail.evaluation import autocast_context, evaluate_model, predict, report_markdown, resolve_precision
@@ -199,8 +199,10 @@ def load_data(cfg: Config):
                           val_seed=d.val_seed, val_shortfall=d.val_shortfall, download=d.download, train_list=d.train_list, val_list=d.val_list,
                           test_list=d.test_list, image_size=d.image_size, resize=d.resize,
                           limit_per_class=d.limit_per_class, limit_eval_per_class=d.limit_eval_per_class,
-                          # list datasets take the "imagenet" random resized crop as they decode
-                          train_crop=d.train_crop if d.augment == "imagenet" else "square")
+                          # list datasets take the random resized crop (after the released recipe's
+                          # reflect padding) as they decode
+                          train_crop=d.train_crop if d.augment in LARGE_IMAGE_AUGMENTS else "square",
+                          train_pad=RANDAUGMENT_PAD if d.augment == "imagenet_randaugment" and d.train_crop == "random_resized" else 0)
 
 
 # The data keys that fix which images are trained on and which are held out for validation: a

@@ -196,7 +196,7 @@ def _digits_benchmark(imb_factor, val_per_class, seed, limit, limit_eval) -> Ben
 
 
 def _list_benchmark(name, root, train_list, val_list, test_list, image_size, resize, limit, limit_eval,
-                    train_crop) -> Benchmark:
+                    train_crop, train_pad) -> Benchmark:
     if name == "lists":
         display, subfolder, (tr_name, va_name, te_name), C, what = "lists", "", (None, None, None), None, \
             "the images your list files refer to"
@@ -220,7 +220,7 @@ def _list_benchmark(name, root, train_list, val_list, test_list, image_size, res
     va_path = _find_list("val", val_list, va_name, subfolder, dirs, display) if (val_list or va_name) else None
     te_path = _find_list("test", test_list, te_name, subfolder, dirs, display)
     train = ListDataset(root, tr_path, C, train=True, image_size=image_size, resize=resize, limit_per_class=limit,
-                        crop=train_crop)
+                        crop=train_crop, pad=train_pad)
     C = train.num_classes
     counts = train.class_counts
     empty = [c for c, n in enumerate(counts) if n == 0]
@@ -241,7 +241,7 @@ def load_benchmark(name: str, root: str | os.PathLike | None = None, *, imb_fact
                    train_list=None, val_list=None, test_list=None, image_size: int = 224, resize: int = 256,
                    limit_per_class: int | None = None, limit_eval_per_class: int | None = None,
                    val_seed: int | None = None, lt_seed: int = 0, val_shortfall: str = "move",
-                   verify: bool = True, train_crop: str = "square") -> Benchmark:
+                   verify: bool = True, train_crop: str = "square", train_pad: int = 0) -> Benchmark:
     """Build a benchmark by name (one of :data:`BENCHMARKS`).
 
     cifar10-lt / cifar100-lt: ``root`` holds ``cifar-10-batches-py/`` / ``cifar-100-python/`` (or the
@@ -263,7 +263,8 @@ def load_benchmark(name: str, root: str | os.PathLike | None = None, *, imb_fact
       unless ``val_list`` is given. ListDatasets: eval items (3, image_size, image_size); train
       items (3, resize, resize) with ``train_crop="square"``, or with ``"random_resized"`` (what
       training with the "imagenet" augmentation uses) RandomResizedCrop(image_size) from the
-      whole image as each is decoded, (3, image_size, image_size).
+      whole image as each is decoded, (3, image_size, image_size); ``train_pad`` > 0 reflect-pads
+      the image by that many pixels before that crop (4 in the "imagenet_randaugment" recipe).
     lists: your own ``train_list`` and ``test_list`` (``val_list`` optional); classes = max label + 1.
     digits-lt: the embedded scikit-learn digits (root ignored), 50 test images per class.
 
@@ -301,4 +302,4 @@ def load_benchmark(name: str, root: str | os.PathLike | None = None, *, imb_fact
     if key == "digits-lt":
         return _digits_benchmark(imb_factor, val_per_class, split_seed, limit_per_class, limit_eval_per_class)
     return _list_benchmark(key, root, train_list, val_list, test_list, image_size, resize,
-                           limit_per_class, limit_eval_per_class, train_crop)
+                           limit_per_class, limit_eval_per_class, train_crop, train_pad)

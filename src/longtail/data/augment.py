@@ -13,6 +13,11 @@ Recipes (`build_train_augment(kind, ...)`):
   ColorJitter(0.4, 0.4, 0.4) in a random order per image, Normalize. List datasets take the crop
   from the whole image as they decode it (ListDataset, crop="random_resized") and pass
   image_size x image_size batches here, built with `cropped=True`: flip, jitter and normalise only.
+- "imagenet_randaugment" (released GALA, list datasets): reflect-pad 4, RandomResizedCrop, flip,
+  ColorJitter(0.4, 0.4, 0.4) as torchvision applies it to PIL images (ImageEnhance, each step
+  quantised), RandAugment rand-n2-m10-mstd0.5 filled with the mean colour
+  (`longtail.data.randaugment`), Normalize. List datasets pad and crop as they decode
+  (ListDataset, pad=4), as for "imagenet".
 """
 from __future__ import annotations
 
@@ -46,16 +51,20 @@ from .autoaugment import (  # noqa: F401  (re-exported: the individual operation
     translate_x,
     translate_y,
 )
+from .randaugment import rand_augment
 
 __all__ = [
-    "AUGMENTS", "build_train_augment", "build_eval_transform", "normalize", "crop_flip",
+    "AUGMENTS", "LARGE_IMAGE_AUGMENTS", "RANDAUGMENT_PAD", "build_train_augment", "build_eval_transform", "normalize", "crop_flip",
     "random_crop_flip", "hflip", "cutout", "random_cutout", "resized_crop", "random_resized_crop",
     "color_jitter", "autoaugment_cifar10", "CIFAR10_POLICY", "OPS", "affine", "autocontrast",
     "brightness", "color", "contrast", "equalize", "invert", "posterize", "rotate", "sharpness",
     "shear_x", "shear_y", "solarize", "translate_x", "translate_y", "SHEAR_INTERPOLATIONS",
 ]
 
-AUGMENTS = ("none", "crop_flip", "autoaugment", "imagenet")
+AUGMENTS = ("none", "crop_flip", "autoaugment", "imagenet", "imagenet_randaugment")
+LARGE_IMAGE_AUGMENTS = ("imagenet", "imagenet_randaugment")  # random resized crop: list datasets crop on decoding
+# the released GALA recipe reflect-pads every image by 4 pixels before its random resized crop
+RANDAUGMENT_PAD = 4
 
 
 def _check_batch(x: Tensor) -> None:
@@ -206,7 +215,13 @@ def _gray_f(x: Tensor) -> Tensor:
     return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
 
 
-def _jitter_op(op: int, xs: Tensor, f: Tensor, max_value: float) -> Tensor:
+# ColorJitter on a PIL image: ImageEnhance Brightness, Contrast and Color (its saturation)
+_PIL_JITTER = (brightness, contrast, color)
+
+
+def _jitter_op(op: int, xs: Tensor, f: Tensor, max_value: float, pil: bool = False) -> Tensor:
+    if pil:
+        return _PIL_JITTER[op](xs, f.flatten())
     if op == 0:
         ys = xs * f
     elif op == 1:
@@ -219,10 +234,12 @@ def _jitter_op(op: int, xs: Tensor, f: Tensor, max_value: float) -> Tensor:
 
 
 def color_jitter(x: Tensor, factors: Tensor, order: Tensor | None = None, max_value: float = 1.0,
-                 sync_free: bool | None = None) -> Tensor:
+                 sync_free: bool | None = None, pil: bool = False) -> Tensor:
     """ColorJitter with explicit per-image factors (B, 3) = (brightness, contrast, saturation),
     applied in the per-image order (B, 3) of op ids (0 brightness, 1 contrast, 2 saturation;
     default 0, 1, 2), torchvision's tensor semantics (clamped to [0, max_value] after each op).
+    `pil`: torchvision's semantics on PIL images instead (ImageEnhance, every op rounded to 8 bits,
+    the contrast mean that of the 8-bit grey image); the input is then on the 0..255 scale.
 
     Grouped (default on CPU): each op on the images that have it in a slot, found with nonzero (a
     host sync). `sync_free` (default on GPU): each op on every image, the right one kept per image.
@@ -238,23 +255,23 @@ def color_jitter(x: Tensor, factors: Tensor, order: Tensor | None = None, max_va
     for slot in range(3):
         for op in range(3):
             if sync_free:
-                ys = _jitter_op(op, x, factors[:, op].view(-1, 1, 1, 1), max_value)
+                ys = _jitter_op(op, x, factors[:, op].view(-1, 1, 1, 1), max_value, pil)
                 x = torch.where((order[:, slot] == op).view(-1, 1, 1, 1), ys, x)
                 continue
             idx = (order[:, slot] == op).nonzero().squeeze(1)
             if idx.numel() == 0:
                 continue
             f = factors.index_select(0, idx)[:, op].view(-1, 1, 1, 1)
-            x.index_copy_(0, idx, _jitter_op(op, x.index_select(0, idx), f, max_value))
+            x.index_copy_(0, idx, _jitter_op(op, x.index_select(0, idx), f, max_value, pil))
     return x
 
 
 def _random_color_jitter(x: Tensor, generator, strength: float = 0.4, max_value: float = 1.0,
-                         sync_free: bool | None = None) -> Tensor:
+                         sync_free: bool | None = None, pil: bool = False) -> Tensor:
     b = x.shape[0]
     factors = torch.empty(b, 3, device=x.device).uniform_(1 - strength, 1 + strength, generator=generator)
     perm = torch.randint(0, 6, (b,), generator=generator, device=x.device)
-    return color_jitter(x, factors, _JITTER_ORDERS.to(x.device)[perm], max_value, sync_free)
+    return color_jitter(x, factors, _JITTER_ORDERS.to(x.device)[perm], max_value, sync_free, pil)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -278,26 +295,39 @@ class TrainAugment:
                  shear: str = "bicubic", cropped: bool = False):
         if kind not in AUGMENTS:
             raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTS}")
-        if cropped and kind != "imagenet":
-            raise ValueError(f"cropped=True (images cropped as they were decoded) goes with 'imagenet', not {kind!r}")
+        if cropped and kind not in LARGE_IMAGE_AUGMENTS:
+            raise ValueError(f"cropped=True (images cropped as they were decoded) goes with {' or '.join(map(repr, LARGE_IMAGE_AUGMENTS))}, "
+                             f"not {kind!r}")
         check_shear_interpolation(shear)
         self.kind, self.mean, self.std, self.image_size = kind, tuple(mean), tuple(std), int(image_size)
         self.sync_free, self.shear, self.cropped = sync_free, shear, cropped
         self.pad = self.image_size // 8
+        # RandAugment fills what its geometric ops uncover with the mean colour, as released
+        self.fill = tuple(min(255, round(255 * m)) for m in self.mean)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         _check_batch(x)
         if x.dtype != torch.uint8:
             raise TypeError(f"training augmentation expects uint8 images, got {x.dtype}")
         size = self.image_size
-        if self.kind == "imagenet":
+        if self.kind in LARGE_IMAGE_AUGMENTS:
+            released = self.kind == "imagenet_randaugment"
             if not self.cropped:
+                if released:
+                    if min(x.shape[-2:]) <= RANDAUGMENT_PAD:
+                        raise ValueError(f"{self.kind!r} reflect-pads by {RANDAUGMENT_PAD} pixels: images must be larger "
+                                         f"than that, got {tuple(x.shape[-2:])}")
+                    x = F.pad(x.float(), (RANDAUGMENT_PAD,) * 4, mode="reflect")
                 y = random_resized_crop(x, size, generator)  # float, 0..255
+                if released:  # PIL hands the next steps 8-bit images
+                    y = y.round_().clamp_(0, 255)
             elif x.shape[-2:] != (size, size):
-                raise ValueError(f"cropped 'imagenet' batches must be {size}x{size}, got {tuple(x.shape[-2:])}")
+                raise ValueError(f"cropped {self.kind!r} batches must be {size}x{size}, got {tuple(x.shape[-2:])}")
             else:  # the random resized crop was taken on decoding: only the flip is left
                 y = hflip(x.float(), torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5)
-            y = _random_color_jitter(y, generator, 0.4, max_value=255.0, sync_free=self.sync_free)
+            y = _random_color_jitter(y, generator, 0.4, max_value=255.0, sync_free=self.sync_free, pil=released)
+            if released:
+                y = rand_augment(y, generator, fill=self.fill, sync_free=self.sync_free)
             return normalize(y, self.mean, self.std)
         if x.shape[-2:] != (size, size):
             raise ValueError(f"augmentation {self.kind!r} expects {size}x{size} images, got "
@@ -324,7 +354,8 @@ def build_train_augment(kind: str, mean, std, image_size: int, sync_free: bool |
     `sync_free` picks how per-image random ops are applied (same result either way): None = by
     device, grouped on CPU (least arithmetic), sync-free on GPU (no device-to-host reads).
     `shear`: AutoAugment's ShearX/Y sampling, "bicubic" as released or "nearest".
-    `cropped`: the batch was random-resized-cropped as it was decoded ("imagenet" on list datasets).
+    `cropped`: the batch was random-resized-cropped as it was decoded ("imagenet" and
+    "imagenet_randaugment" on list datasets; the latter padded first).
     """
     return TrainAugment(kind, mean, std, image_size, sync_free, shear, cropped)
 

@@ -190,12 +190,23 @@ def crop_generator(key) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def decode_random_resized(path: str | os.PathLike, size: int, generator: torch.Generator) -> torch.Tensor:
+def _reflect_pad(img: Image.Image, pad: int) -> Image.Image:
+    """Mirror ``pad`` pixels onto every side, the edge row not repeated (torch's reflect padding)."""
+    a = np.asarray(img, dtype=np.uint8)
+    if min(a.shape[:2]) <= pad:
+        raise ValueError(f"cannot reflect-pad a {a.shape[1]}x{a.shape[0]} image by {pad} pixels: it must be larger than that")
+    return Image.fromarray(np.pad(a, ((pad, pad), (pad, pad), (0, 0)), mode="reflect"))
+
+
+def decode_random_resized(path: str | os.PathLike, size: int, generator: torch.Generator, pad: int = 0) -> torch.Tensor:
     """torchvision's RandomResizedCrop(size) on the whole decoded image: a box with scale (0.08, 1)
     of its area and aspect ratio (3/4, 4/3), cropped and resized to size x size (bilinear,
-    antialiased, as PIL resizes). Returns uint8 (3, size, size)."""
+    antialiased, as PIL resizes). ``pad`` > 0 reflect-pads the image first (the released GALA
+    recipe pads 4). Returns uint8 (3, size, size)."""
     with Image.open(path) as im:
         img = im.convert("RGB")
+    if pad:
+        img = _reflect_pad(img, pad)
     top, left, h, w = (int(v) for v in random_resized_crop_boxes(1, img.height, img.width, generator=generator)[0])
     return _to_tensor(img.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR))
 
@@ -204,7 +215,8 @@ class ListDataset(torch.utils.data.Dataset):
     """Images listed in a list file, decoded with Pillow; items are ``(uint8 (3, S, S) tensor, label)``.
 
     train=True, crop="random_resized" (the "imagenet" recipe): RandomResizedCrop(image_size) from
-    the whole image, as torchvision takes it (S = image_size). Index with ``(i, key)``: the crop
+    the whole image, as torchvision takes it (S = image_size); with ``pad`` > 0 from the image
+    reflect-padded by that many pixels (the "imagenet_randaugment" recipe pads 4). Index with ``(i, key)``: the crop
     comes from ``crop_generator(key)``, so it is the same in any worker and after a resume (the
     trainer keys it by seed, epoch, rank, step and position); a bare ``i`` keys it by ``(i,)``.
     Flip and colour jitter follow, batched on the device.
@@ -220,7 +232,7 @@ class ListDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike, list_file: str | os.PathLike, num_classes: int | None = None,
                  train: bool = True, image_size: int = 224, resize: int = 256, *,
-                 limit_per_class: int | None = None, crop: str = "square"):
+                 limit_per_class: int | None = None, crop: str = "square", pad: int = 0):
         if resize < image_size:
             raise ValueError(f"resize ({resize}) must be >= image_size ({image_size})")
         if crop not in ("square", "random_resized"):
@@ -229,6 +241,10 @@ class ListDataset(torch.utils.data.Dataset):
         self.list_file = Path(list_file)
         self.train = train
         self.crops_on_load = train and crop == "random_resized"
+        if pad < 0 or (pad and not self.crops_on_load):
+            raise ValueError(f"pad={pad}: a reflect padding (>= 0) goes with the random resized crop on loading "
+                             "(train=True, crop='random_resized')")
+        self.pad = int(pad)
         self.image_size = image_size
         self.resize = resize
         paths, labels = read_list(self.list_file, num_classes)
@@ -269,7 +285,7 @@ class ListDataset(torch.utils.data.Dataset):
         full = self.root / rel
         try:
             if self.crops_on_load:
-                img = decode_random_resized(full, self.image_size, crop_generator(key))
+                img = decode_random_resized(full, self.image_size, crop_generator(key), self.pad)
             else:
                 img = decode_image(full, self.resize, self.out_size)
         except FileNotFoundError:
@@ -283,6 +299,7 @@ class ListDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"ListDataset({len(self)} images, {self.num_classes} classes, root={str(self.root)!r}, "
                 f"list={str(self.list_file)!r}, train={self.train}, out={self.out_size}"
+                + (f", reflect pad {self.pad}" if self.pad else "")
                 + (", random resized crop on load)" if self.crops_on_load else ")"))
 
 
