@@ -484,7 +484,8 @@ def test_real_split_lists(shared_data, name):
     # would be far above 5x.
     ours = _best_of(5, lambda: read_list(f, num_classes=classes))
     bare = _best_of(5, lambda: [int(line.split()[-1]) for line in f.read_text().splitlines()])
-    assert ours < 5 * bare, f"parsing {name} took {ours:.2f}s, {ours / bare:.1f}x a bare split ({bare:.2f}s)"
+    # (+ 50 ms: a small list's few milliseconds are at the mercy of the scheduler on a busy machine)
+    assert ours < 5 * bare + 0.05, f"parsing {name} took {ours:.2f}s, {ours / bare:.1f}x a bare split ({bare:.2f}s)"
 
 
 def _best_of(repeats, fn):
