@@ -115,6 +115,9 @@ LARGE_METHODS = {
     "gala_reference": {"name": "gala", "lambda1": 1.2, "lambda2": 0.9, "mode": "reference"},
     "gala_paper": {"name": "gala", "lambda1": 1.2, "lambda2": 0.9, "mode": "paper"},
 }
+# GALA's release trains list datasets with reflect padding and RandAugment on top of the usual recipe
+# (its data/dataloader.py); the other methods keep the usual one.
+LARGE_AUGMENT = {"gala_reference": "imagenet_randaugment", "gala_paper": "imagenet_randaugment"}
 SPLITS = "../shared/data/splits"
 LIST_FILES = {
     "imagenet-lt": ("ImageNet_LT/ImageNet_LT_train.txt", "ImageNet_LT/ImageNet_LT_val.txt",
@@ -136,7 +139,7 @@ def large_config(key: str, method: str) -> dict:
     return {
         "data": {"name": dataset, "root": f"/data/{dataset}", "train_list": f"{SPLITS}/{train}",
                  "val_list": f"{SPLITS}/{val}" if val else None, "test_list": f"{SPLITS}/{test}",
-                 "image_size": 224, "resize": 256, "augment": "imagenet", "workers": 8},
+                 "image_size": 224, "resize": 256, "augment": LARGE_AUGMENT.get(method, "imagenet"), "workers": 8},
         "model": model,
         "loss": dict(LARGE_METHODS[method]),
         "optim": {"momentum": 0.9, "schedule": "cosine", "drop_last": True, **optim},
