@@ -135,10 +135,27 @@ def test_imagenet_randaugment_on_cropped_batches_flips_jitters_as_pil_then_randa
 
 
 def test_imagenet_randaugment_on_whole_batches_pads_crops_and_stays_on_8_bit_values():
+    from longtail.data import randaugment as RA
+
     x = smooth_images(8, size=40, seed=7)
     aug = A.build_train_augment("imagenet_randaugment", MEAN, STD, 24)
     y = aug(x, torch.Generator().manual_seed(0))
     assert y.shape == (8, 3, 24, 24)
+    # replay: boxes drawn over the 48x48 reflect-padded image (numpy's reflect), crops rounded to 8 bits
+    g = torch.Generator().manual_seed(0)
+    padded = torch.from_numpy(np.pad(x.numpy(), ((0, 0), (0, 0), (4, 4), (4, 4)), mode="reflect")).float()
+    boxes = A.random_resized_crop_boxes(8, 48, 48, generator=g)
+    flip = torch.rand(8, generator=g) < 0.5
+    crops = A.resized_crop(padded, boxes, 24, flip).round().clamp(0, 255)
+    factors = torch.empty(8, 3).uniform_(0.6, 1.4, generator=g)
+    order = A._JITTER_ORDERS[torch.randint(0, 6, (8,), generator=g)]
+    jittered = A.color_jitter(crops, factors, order, 255.0, pil=True)
+    params = RA.draw_rand_augment(8, g)
+    want = RA.apply_rand_augment(jittered, params, fill=aug.fill)
+    assert torch.allclose(y, A.normalize(want, MEAN, STD), atol=1e-5)
+    # the pad is there: boxes reaching into it see mirrored pixels, not the image's edge
+    assert ((boxes[:, 0] < 4) | (boxes[:, 1] < 4) | (boxes[:, 0] + boxes[:, 2] > 44)
+            | (boxes[:, 1] + boxes[:, 3] > 44)).any()
     pixels = denorm(y) * 255  # PIL-exact steps need 8-bit values after the crop, and keep them
     assert (pixels - pixels.round()).abs().max() < 1e-3 and pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
     with pytest.raises(ValueError, match="reflect-pads by 4 pixels"):

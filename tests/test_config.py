@@ -198,8 +198,9 @@ def test_saved_run_configs_keep_the_behaviour_of_the_version_that_wrote_them(tmp
 def test_list_runs_saved_before_the_whole_image_crop_are_read_as_square_crops(tmp_path):
     from longtail.config import experiment_settings, saved_config_from_dict, setting_key
 
-    shipped = load_config(CONFIGS / "imagenet_lt_resnet50_gala_reference.yaml")
-    assert shipped.data.augment == "imagenet_randaugment" and shipped.data.train_crop == "random_resized"
+    # runs from before the crop key all used the 'imagenet' recipe, which ce still ships with
+    shipped = load_config(CONFIGS / "imagenet_lt_resnet50_ce.yaml")
+    assert shipped.data.augment == "imagenet" and shipped.data.train_crop == "random_resized"
     old = shipped.to_dict()
     del old["data"]["train_crop"]  # as a list run saved it before 2026-12-03
     assert saved_config_from_dict(old).data.train_crop == "square"
