@@ -51,7 +51,7 @@ COLUMNS = {"top-1": "raw.top1", "many": "raw.many", "medium": "raw.medium", "few
 # docs/RESULTS.md's IF100 seed-mean rows -> (archived run folders, the per-run row of the seed-0 run
 # whose files were lost, or None when seed 0 is archived too)
 IF100_SEED_MEANS = {
-    "gala (reference), GALA recipe": ("gala_reference_s[1-4]", "gala (reference), bicubic shear (the released recipe)"),
+    "gala (reference), GALA recipe": ("gala_reference_s[1-5]", "gala (reference), bicubic shear (the released recipe)"),
     "gala (paper), GALA recipe": ("gala_paper_s[1-2]", "gala (paper), bicubic shear"),
     "la (tau 1), GALA recipe": ("la_s[1-4]", "la (tau 1), the GALA recipe"),
     "ala with DRW, LDAM-DRW recipe": ("ala_s[1-2]", "ala with DRW, the LDAM-DRW recipe"),
