@@ -140,6 +140,10 @@ QUEUE = [
     # against 52.3); started by hand on 2026-12-04 without the queue's eval.every=2 and compile,
     # which made it a different setting, so restarted from the queue.
     ("cifar100_lt_if100_gala_reference", 5),
+    # It scored 50.53 (+PR 50.63): six seeds, 50.54 +/- 0.24 with PR. Then the two rows GALA is paired
+    # with by seed, LA (level with it) and CE, at seed 5 too, so that seed joins both comparisons.
+    ("cifar100_lt_if100_la", 5),
+    ("cifar100_lt_if100_ce", 5),
 ]
 # Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
 # before the archive existed.
