@@ -2,6 +2,9 @@
 tensor, a nonzero, a .tolist()) makes the CPU wait for the GPU's queue to drain, which for a small
 model like ResNet-32 costs more than the kernels themselves. There is no GPU here, so these tests
 count the operations that force such a read, on CPU tensors, for the code paths a GPU takes."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from test_augment import smooth_images
@@ -20,6 +23,11 @@ MASK_INDEXING_OPS = ("aten.index", "aten.index_put", "aten.index_put_", "aten._i
 # Tensor methods that copy to the host on a GPU; on CPU tensors they return at once, so the
 # counter wraps them itself.
 HOST_COPY_METHODS = ("tolist", "cpu", "numpy")
+# Copies the other way wait too: a tensor made on the device from Python or numpy data, or a host
+# constant moved with .to(device), is a blocking copy from pageable memory (cudaMemcpy then a
+# stream sync; the first GPU run found these in the augmentation). On CPU they cost nothing, so
+# the counter wraps the calls that make them.
+HOST_DATA_FUNCTIONS = ("tensor", "as_tensor")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
@@ -40,25 +48,57 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _module_constants() -> set[int]:
+    """The tensors held at module level in longtail: made on the host at import, so on a GPU path
+    moving one to the device each call is a copy (cache it per device instead)."""
+    return {id(v) for name, m in list(sys.modules.items()) if name.startswith("longtail")
+            for v in vars(m).values() if isinstance(v, torch.Tensor)}
+
+
+def _caller() -> str:
+    f = sys._getframe(2)
+    return f"{Path(f.f_code.co_filename).name}:{f.f_lineno}"
+
+
 @pytest.fixture
 def host_reads(monkeypatch):
     def count(fn, *args, **kwargs):
         mode = HostReads()
-        real = {name: getattr(torch.Tensor, name) for name in HOST_COPY_METHODS}
+        real = {name: getattr(torch.Tensor, name) for name in HOST_COPY_METHODS + ("to",)}
+        real_fn = {name: getattr(torch, name) for name in HOST_DATA_FUNCTIONS}
 
         def wrap(name):
             def method(t, *a, **k):
                 mode.seen.append(f"Tensor.{name}")
                 return real[name](t, *a, **k)
             return method
+
+        constants = _module_constants()
+
+        def to(t, *a, **k):  # .to(dtype) stays on the device; .to(device) of a host constant copies
+            if id(t) in constants and ("device" in k or any(isinstance(v, (torch.device, str)) for v in a)):
+                mode.seen.append(f"Tensor.to(device) of a module constant at {_caller()}")
+            return real["to"](t, *a, **k)
+
+        def wrap_fn(name):
+            def make(data, *a, **k):
+                if not isinstance(data, torch.Tensor):
+                    mode.seen.append(f"torch.{name}(host data) at {_caller()}")
+                return real_fn[name](data, *a, **k)
+            return make
         for name in HOST_COPY_METHODS:
             monkeypatch.setattr(torch.Tensor, name, wrap(name))
+        monkeypatch.setattr(torch.Tensor, "to", to)
+        for name in HOST_DATA_FUNCTIONS:
+            monkeypatch.setattr(torch, name, wrap_fn(name))
         try:
             with mode:
                 out = fn(*args, **kwargs)
         finally:
-            for name in HOST_COPY_METHODS:
+            for name in HOST_COPY_METHODS + ("to",):
                 monkeypatch.setattr(torch.Tensor, name, real[name])
+            for name in HOST_DATA_FUNCTIONS:
+                monkeypatch.setattr(torch, name, real_fn[name])
         return out, mode.seen
     return count
 
@@ -71,16 +111,19 @@ def test_the_counter_sees_each_kind_of_host_read(host_reads):
     for fn in (lambda: x.sum().item(), lambda: bool((x > 2).any()), lambda: int(x.max()),
                lambda: (x > 2).nonzero(), lambda: x.tolist(), lambda: torch.bincount(x), lambda: x[x > 2],
                mask_assign, lambda: torch.equal(x, x), lambda: torch.allclose(x.float(), x.float()),
-               lambda: x.cpu(), lambda: x.numpy()):
+               lambda: x.cpu(), lambda: x.numpy(), lambda: torch.tensor([1.0, 2.0], device=x.device),
+               lambda: torch.as_tensor(0.5, device=x.device), lambda: A._JITTER_ORDERS.to(x.device),
+               lambda: AA._SMOOTH.to(device="cpu")):
         _, seen = host_reads(fn)
         assert seen, fn
-    _, seen = host_reads(lambda: torch.where(x > 2, x, -x).cumsum(0))
+    _, seen = host_reads(lambda: torch.where(x > 2, x, -x).cumsum(0).to(torch.float32).to(x.device) + torch.as_tensor(x))
     assert seen == []
 
 
 @pytest.mark.parametrize("seed, shear", [(0, "bicubic"), (1, "nearest")])
 def test_autoaugment_sync_free_equals_grouped_and_reads_nothing(host_reads, seed, shear):
     x = smooth_images(512, seed=seed).float()  # enough images for every operation to be drawn
+    AA.autoaugment_cifar10(x[:2], torch.Generator().manual_seed(seed))  # makes the policy table it keeps
     grouped, seen_grouped = host_reads(AA.autoaugment_cifar10, x, torch.Generator().manual_seed(seed),
                                        sync_free=False, shear=shear)
     assert seen_grouped == ["aten.bincount", "Tensor.tolist"] * 2  # the CPU path's group sizes, per slot
@@ -106,6 +149,7 @@ def test_color_jitter_sync_free_equals_grouped_and_reads_nothing(host_reads):
 def test_every_training_recipe_is_sync_free_on_request(host_reads, kind):
     x = smooth_images(16, seed=1)
     aug = A.build_train_augment(kind, MEAN, STD, 32, sync_free=True)
+    aug(x, torch.Generator().manual_seed(0))  # the first call makes the constants it keeps per device
     out, seen = host_reads(aug, x, torch.Generator().manual_seed(0))
     assert seen == [] and out.shape == (16, 3, 32, 32)
     same = A.build_train_augment(kind, MEAN, STD, 32, sync_free=False)(x, torch.Generator().manual_seed(0))
@@ -149,8 +193,62 @@ def test_default_form_is_grouped_on_cpu_and_sync_free_elsewhere(host_reads):
     assert AA.sync_free_default("cuda") and AA.sync_free_default("cuda:1") and AA.sync_free_default("mps")
     # On CPU the default is the grouped form: it splits the batch, so it does read back sizes.
     x = smooth_images(16, seed=5).float()
+    AA.autoaugment_cifar10(x, torch.Generator().manual_seed(0))  # makes the policy table it keeps
     _, seen = host_reads(AA.autoaugment_cifar10, x, torch.Generator().manual_seed(0))
     assert seen == ["aten.bincount", "Tensor.tolist"] * 2
     factors = torch.empty(16, 3).uniform_(0.6, 1.4, generator=torch.Generator().manual_seed(0))
     _, seen = host_reads(A.color_jitter, x, factors, A._JITTER_ORDERS[torch.arange(16) % 6], 255.0)
     assert seen
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the CUDA runtime itself reports each wait")
+def test_cuda_training_step_never_waits_for_the_gpu():
+    """On a real GPU, with torch's sync debug mode set to raise on any call that makes the host wait
+    for the device, for every loss: the trainer's whole step (sync-free augmentation from a device
+    generator, bf16 autocast, channels_last ResNet-32, the loss as the trainer builds it, backward, SGD)."""
+    dev = torch.device("cuda")
+    counts = [50, 20, 10, 5, 2]
+    augment = A.build_train_augment("autoaugment", MEAN, STD, 32, sync_free=True)
+    images = smooth_images(32, seed=2).to(dev)
+    labels = torch.arange(32, device=dev) % 5
+    waits = {}
+    for name in losses.available():
+        torch.manual_seed(0)
+        model = build_model("resnet32", num_classes=5, in_channels=3,
+                            head="cosine" if name in losses.COSINE_HEAD_LOSSES else "linear")
+        model = model.to(dev, memory_format=torch.channels_last)
+        criterion = losses.build(name, class_counts=counts, check_values=False).train().to(dev)
+        criterion.set_class_weights(losses.class_balanced_weights(counts))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
+
+        def step():
+            nonlocal nonfinite
+            x = augment(images, gen).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = criterion(model(x), labels)
+            nonfinite |= ~torch.isfinite(loss.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        step()  # momentum buffers, cuDNN plans
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                step()
+        except RuntimeError as e:
+            waits[name] = str(e).splitlines()[0]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert not nonfinite, name
+    assert waits == {}
+    # the mode does catch a wait, so the check above can fail
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            nonfinite.item()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -51,6 +51,7 @@ from .autoaugment import (  # noqa: F401  (re-exported: the individual operation
     translate_x,
     translate_y,
 )
+from .device_constants import constant, on_device
 from .randaugment import rand_augment
 
 __all__ = [
@@ -271,7 +272,7 @@ def _random_color_jitter(x: Tensor, generator, strength: float = 0.4, max_value:
     b = x.shape[0]
     factors = torch.empty(b, 3, device=x.device).uniform_(1 - strength, 1 + strength, generator=generator)
     perm = torch.randint(0, 6, (b,), generator=generator, device=x.device)
-    return color_jitter(x, factors, _JITTER_ORDERS.to(x.device)[perm], max_value, sync_free, pil)
+    return color_jitter(x, factors, on_device(_JITTER_ORDERS, x.device)[perm], max_value, sync_free, pil)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -283,8 +284,8 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float], max_value:
     c = x.shape[1]
     if len(mean) != c or len(std) != c:
         raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries but the images have {c} channels")
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, c, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, c, 1, 1)
+    m = constant(tuple(float(v) for v in mean), torch.float32, x.device).view(1, c, 1, 1)
+    s = constant(tuple(float(v) for v in std), torch.float32, x.device).view(1, c, 1, 1)
     return (x.float() * (1.0 / max_value) - m) / s
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .device_constants import on_device
+
 __all__ = [
     "OPS", "CIFAR10_POLICY", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "rotate_matrix", "affine",
     "color", "posterize", "solarize", "contrast", "sharpness", "brightness", "autocontrast",
@@ -79,6 +81,8 @@ MAGNITUDES = {
 
 
 def _as_param(v, n: int, x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    if isinstance(v, (int, float)):  # filled on the device: no host-to-device copy
+        return torch.full((n,), v, dtype=dtype, device=x.device)
     t = torch.as_tensor(v, dtype=dtype, device=x.device)
     return t.expand(n) if t.dim() == 0 else t
 
@@ -160,8 +164,10 @@ def affine(x: Tensor, matrix: Tensor, fill: float = 128.0) -> Tensor:
 
     # PIL's ImagingTransformAffine walks in fixed point a matrix with a rotation or shear part whose
     # four corners map within +-32768
-    corner_x = torch.tensor([0.0, w, 0.0, w], device=x.device, dtype=dt)
-    corner_y = torch.tensor([0.0, h, h, 0.0], device=x.device, dtype=dt)
+    # the corners (0, 0), (w, h), (0, h), (w, 0), made on the device (no host-to-device copy)
+    corner = torch.arange(4, device=x.device)
+    corner_x = (corner % 2).to(dt) * w
+    corner_y = ((corner + 1) // 2 % 2).to(dt) * h
     mapped = k[:, :, 0, 0] * corner_x + k[:, :, 1, 0] * corner_y + k[:, :, 2, 0]  # (N, 2, 4)
     fixed = ((k[:, 0, 1] != 0) | (k[:, 1, 0] != 0)) & (mapped.abs() < 32768.0).flatten(1).all(1).view(n, 1, 1)
     src_x = torch.where(fixed, walked(0), exact(0))  # (N, H, W)
@@ -337,7 +343,7 @@ def sharpness(x: Tensor, factor) -> Tensor:
     """ImageEnhance.Sharpness: blend with ImageFilter.SMOOTH of the image (border pixels unchanged)."""
     xf = _float(x)
     n, c, h, w = xf.shape
-    k = _SMOOTH.to(xf.device).expand(c, 1, 3, 3)
+    k = on_device(_SMOOTH, xf.device).expand(c, 1, 3, 3)
     smooth = torch.floor(F.conv2d(xf, k, groups=c) + 0.5)
     degenerate = xf.clone()
     degenerate[:, :, 1:-1, 1:-1] = smooth

@@ -65,6 +65,7 @@ from .autoaugment import (
     solarize,
     sync_free_default,
 )
+from .device_constants import constant
 
 __all__ = [
     "RAND_OPS", "GEOMETRIC_OPS", "MAX_LEVEL", "affine_filtered", "rotate_matrix", "solarize_add",
@@ -104,16 +105,8 @@ def _fill_tensor(fill, c: int, device: torch.device) -> Tensor:
         raise ValueError(f"fill has {len(values)} values but the images have {c} channels")
     if any(isinstance(v, bool) or not isinstance(v, Real) or not 0 <= v <= 255 for v in values):
         raise ValueError(f"fill values must be numbers in [0, 255], got {tuple(values)}")
-    # Cached per device: a blocking host-to-device copy on every call would synchronise a GPU.
-    key = (tuple(float(v) for v in values), str(device))
-    if key not in _FILL_CACHE:
-        if len(_FILL_CACHE) > 64:
-            _FILL_CACHE.clear()
-        _FILL_CACHE[key] = torch.tensor(key[0], dtype=torch.float32, device=device).view(1, c, 1, 1)
-    return _FILL_CACHE[key]
-
-
-_FILL_CACHE: dict = {}
+    # made once per device: a blocking host-to-device copy on every call would synchronise a GPU
+    return constant(tuple(float(v) for v in values), torch.float32, device).view(1, c, 1, 1)
 
 
 def _check_policy(num_ops, magnitude, magnitude_std) -> None:
