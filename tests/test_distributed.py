@@ -31,7 +31,7 @@ def _config(out_dir, name, loss="gala"):
 
 
 def _worker(rank, world, port, cfg_dict, run_dir):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     train(config_from_dict(cfg_dict), run_dir=run_dir)
 
@@ -65,7 +65,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
 
 
 def _predict_worker(rank, world, port, n, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     from longtail import distributed
     from longtail.data import TensorSplit
@@ -122,7 +122,7 @@ def _stopped_worker(rank, world, port, cfg_dict, run_dir, out):
 
     from longtail import train as train_mod
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     real, calls = train_mod.predict, {"n": 0}
 
@@ -158,7 +158,7 @@ def test_a_stop_request_to_one_rank_stops_every_rank_together(tmp_path):
 def _resume_worker(rank, world, port, run_dir):
     from longtail.train import resume_config
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     train(resume_config(run_dir), run_dir=run_dir, resume=True)
 
@@ -167,7 +167,7 @@ def _bn_worker(rank, world, port, cfg_dict, run_dir, out):
     """Train on 2 ranks; write the model each rank evaluates at the end (last and best-on-validation)."""
     from longtail import train as train_mod
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     real = train_mod.final_evaluation
 
@@ -196,3 +196,27 @@ def test_every_rank_validates_and_tests_the_model_the_checkpoints_hold(tmp_path)
         for key, value in saved[which].items():
             for rank in (0, 1):
                 assert torch.equal(ranks[rank][which][key], value), (which, key, rank)
+
+
+@pytest.mark.parametrize("gpus, local_world, expected", [
+    (0, 1, ["cpu"]), (0, 2, ["cpu", "cpu"]), (1, 1, ["cuda:0"]),
+    (1, 2, ["cpu", "cpu"]),  # one GPU for two processes: all on the CPU (gloo), none left without a GPU
+    (2, 2, ["cuda:0", "cuda:1"]), (4, 2, ["cuda:0", "cuda:1"])])
+def test_auto_gives_each_process_a_gpu_of_its_own_or_all_the_cpu(monkeypatch, gpus, local_world, expected):
+    from longtail.distributed import pick_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert [str(pick_device("auto", r, local_world)) for r in range(local_world)] == expected
+
+
+def test_cuda_for_a_process_without_a_gpu_says_how_many_to_start(monkeypatch):
+    from longtail.distributed import pick_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert str(pick_device("cuda", 0, 2)) == "cuda:0"
+    with pytest.raises(ValueError, match=r"process 1 of 2 on this node has no GPU of its own \(1 visible\)"):
+        pick_device("cuda", 1, 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match="no GPU is visible"):
+        pick_device("cuda")

@@ -30,12 +30,21 @@ class Runtime:
         return self.rank == 0
 
 
-def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+def pick_device(preference: str = "auto", local_rank: int = 0, local_world: int = 1) -> torch.device:
+    """The device of the process with ``local_rank`` of the ``local_world`` processes on this node.
+
+    auto: one GPU per process when the node has a GPU for each, else the CPU for all of them (every
+    rank picks alike, so they agree on the backend: nccl or gloo). cuda: GPU ``local_rank``, which
+    must exist."""
     if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() else "cpu"
+        preference = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "cpu"
     if preference == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' asked for but no GPU is visible; use device=cpu or device=auto")
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"device 'cuda': process {local_rank} of {local_world} on this node has no GPU of its "
+                             f"own ({torch.cuda.device_count()} visible); start at most that many per node "
+                             "(torchrun --nproc_per_node) or use device=cpu")
         return torch.device("cuda", local_rank)
     return torch.device(preference)
 
@@ -46,7 +55,8 @@ def init_runtime(preference: str = "auto") -> Runtime:
     if world <= 1:
         return Runtime(device=pick_device(preference))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(preference, local_rank)
+    # torchrun sets LOCAL_WORLD_SIZE; a launcher that does not leaves the whole world as the bound
+    device = pick_device(preference, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
