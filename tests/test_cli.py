@@ -101,7 +101,8 @@ def test_list_run_resumed_mid_epoch_crops_and_trains_as_the_uninterrupted_one(im
     base = Path(__file__).resolve().parents[1] / "configs" / "cifar100_lt_if100_ce.yaml"
 
     def cfg(name):
-        return load_config(base, ["data.name=lists", "loss.name=ce", "precision=fp32",
+        # check_every=1: the stop request is seen after the very step it came in (a GPU's default waits longer)
+        return load_config(base, ["data.name=lists", "loss.name=ce", "precision=fp32", "check_every=1",
                                   *_overrides(image_lists, tmp_path, name)])
 
     whole = train_mod.train(cfg("whole"))

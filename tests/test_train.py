@@ -415,7 +415,8 @@ def _digits(tmp_path, name, device="cpu", **optim):
                              "model": {"name": "mlp"}, "loss": {"name": "gala", "mode": "reference"},
                              "optim": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0, **optim},
                              "precision": "fp32", "channels_last": False, "progress": "quiet", "threads": 1,
-                             "out_dir": str(tmp_path), "run_name": name, "seed": 1})
+                             # a stop request is seen after the step it came in, on a GPU too (default 25)
+                             "check_every": 1, "out_dir": str(tmp_path), "run_name": name, "seed": 1})
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
