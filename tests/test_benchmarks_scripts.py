@@ -110,3 +110,38 @@ def test_train_step_refuses_timing_without_warmup_or_steps_before_loading_data(m
     with pytest.raises(SystemExit) as exc:
         mod.main()
     assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_device_data_pack_carries_exactly_the_official_benchmark_and_refuses_a_changed_one(shared_data, tmp_path):
+    """The GPU machine's copy of CIFAR-100-LT: blanked, it loads only with verify=False, and then the
+    benchmark it gives must equal the official one tensor for tensor; a changed kept image is caught."""
+    import json
+    import pickle
+
+    from longtail.data import load_benchmark
+
+    dd = load("device_data")
+    archive = dd.pack(str(shared_data), 100.0, tmp_path / "pack", preset=None)  # a plain tar: xz is slow
+    dd.unpack(archive, tmp_path / "data")
+    with pytest.raises(ValueError, match="checksum mismatch"):  # the blanked pickle is not the official file
+        load_benchmark("cifar100-lt", tmp_path / "data")
+    official = load_benchmark("cifar100-lt", shared_data)
+    copy = load_benchmark("cifar100-lt", tmp_path / "data", verify=False)
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(copy, split).images, getattr(official, split).images)
+        assert torch.equal(getattr(copy, split).labels, getattr(official, split).labels)
+    kept = json.loads((tmp_path / "pack" / "cifar100_lt_if100.sha256.json").read_text())["kept_train_images"]
+    assert kept == len(official.train) + len(official.val)
+    # blanked: every image outside the subset and the validation split is zero
+    with open(tmp_path / "data" / "cifar-100-python" / "train", "rb") as f:
+        data = pickle.load(f, encoding="latin1")["data"]
+    assert int((data.reshape(len(data), -1).max(1) > 0).sum()) == kept
+
+    # a copy whose images differ from the official ones (here: the official digest changed) is refused
+    digests = tmp_path / "pack" / "cifar100_lt_if100.sha256.json"
+    record = json.loads(digests.read_text())
+    record["digests"]["train.images"] = "0" * 64 + record["digests"]["train.images"][64:]
+    digests.write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="train.images differ"):
+        dd.unpack(archive, tmp_path / "again")

@@ -426,3 +426,32 @@ def test_large_dataset_configs_use_the_published_pr_tau_and_backbone():
         cfg = load_config(f)
         assert cfg.eval.published_pr_tau == want[cfg.data.name], f.name
         assert cfg.model.name == next(b for k, b in backbones.items() if f.stem.startswith(k)), f.name
+
+
+def test_a_run_on_a_device_copy_of_the_data_is_the_same_setting(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    # data.verify=false reads a copy made by benchmarks/device_data.py (checked there against the
+    # official tensors): the same images, so its runs are seeds of the same setting
+    from longtail.config import setting_key
+    from longtail.train import load_data
+
+    gala = CONFIGS / "cifar100_lt_if100_gala_reference.yaml"
+    assert load_config(gala).data.verify is True
+    off = load_config(gala, ["data.verify=false"])
+    assert off.data.verify is False and setting_key(off) == setting_key(load_config(gala))
+    # and the trainer hands it to the loader: a CIFAR folder whose pickles are not the official
+    # files loads only with it off
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, n in (("train", 50000), ("test", 100)):  # CIFAR-100's 500 training images per class, blank
+        labels = np.repeat(np.arange(100), n // 100)
+        (folder / name).write_bytes(pickle.dumps({"data": np.zeros((n, 3072), dtype=np.uint8),
+                                                  "fine_labels": labels.tolist()}, protocol=2))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}, protocol=2))
+    args = [f"data.root={tmp_path}"]
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_data(load_config(gala, args))
+    assert len(load_data(load_config(gala, [*args, "data.verify=false"])).train) > 0

@@ -44,6 +44,9 @@ class DataConfig:
     # head-class images), "error" refuses. val_per_class=0 trains on the exact published subset.
     val_shortfall: str = "move"
     download: bool = False
+    # check the CIFAR pickles against the official MD5s; off only for a copy whose unused images
+    # were blanked to travel small (benchmarks/device_data.py checks the images it keeps instead)
+    verify: bool = True
     train_list: str | None = None
     val_list: str | None = None
     test_list: str | None = None
@@ -482,7 +485,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 # Keys that do not change what is learned (check_every: tested bit-identical across values).
 RUNTIME_KEYS = ("seed", "run_name", "out_dir", "threads", "progress", "tensorboard", "device", "eval.batch_size",
-                "data.workers", "data.root", "data.download", "check_every", "loss.check_values")
+                "data.workers", "data.root", "data.download", "data.verify", "check_every", "loss.check_values")
 # Keys that, like the seed, differ between the seeds of one setting: a second stage starts from
 # the first-stage run of its own seed.
 PER_SEED_KEYS = ("model.init_from",)

@@ -199,6 +199,7 @@ def load_data(cfg: Config):
                           val_seed=d.val_seed, val_shortfall=d.val_shortfall, download=d.download, train_list=d.train_list, val_list=d.val_list,
                           test_list=d.test_list, image_size=d.image_size, resize=d.resize,
                           limit_per_class=d.limit_per_class, limit_eval_per_class=d.limit_eval_per_class,
+                          verify=d.verify,
                           # list datasets take the random resized crop (after the released recipe's
                           # reflect padding) as they decode
                           train_crop=d.train_crop if d.augment in LARGE_IMAGE_AUGMENTS else "square",
