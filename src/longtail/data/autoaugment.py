@@ -178,16 +178,20 @@ def affine(x: Tensor, matrix: Tensor, fill: float = 128.0) -> Tensor:
     return torch.where(inside.unsqueeze(1), out, torch.full_like(out, fill))
 
 
+def identity_affine(n: int, device, dtype) -> Tensor:
+    """(n, 2, 3) identity matrices, made on the device: `a[:, 0, 0] = 1` would copy the Python 1 from
+    the host there, and that copy makes a GPU wait."""
+    return torch.eye(2, 3, device=device, dtype=dtype).expand(n, 2, 3).clone()
+
+
 def _shear_matrix(m: Tensor, axis: int) -> Tensor:
-    a = torch.zeros(m.numel(), 2, 3, device=m.device, dtype=m.dtype)
-    a[:, 0, 0] = a[:, 1, 1] = 1
+    a = identity_affine(m.numel(), m.device, m.dtype)
     a[:, axis, 1 - axis] = m
     return a
 
 
 def _translate_matrix(t: Tensor, axis: int) -> Tensor:
-    a = torch.zeros(t.numel(), 2, 3, device=t.device, dtype=t.dtype)
-    a[:, 0, 0] = a[:, 1, 1] = 1
+    a = identity_affine(t.numel(), t.device, t.dtype)
     a[:, axis, 2] = t
     return a
 
@@ -439,8 +443,7 @@ def _geometric_matrices(op: Tensor, mag: Tensor, sign: Tensor, h: int, w: int) -
     """(N, 2, 3) affine matrices for the geometric ops 0-4 (identity for any other op id)."""
     dt = _geometry_dtype(op.device)
     sm, m = (mag * sign).to(dt), mag.to(dt)
-    a = torch.zeros(op.shape[0], 2, 3, device=op.device, dtype=dt)
-    a[:, 0, 0] = a[:, 1, 1] = 1
+    a = identity_affine(op.shape[0], op.device, dt)
     a = torch.where((op == 0).view(-1, 1, 1), _shear_matrix(sm, 0), a)
     a = torch.where((op == 1).view(-1, 1, 1), _shear_matrix(sm, 1), a)
     a = torch.where((op == 2).view(-1, 1, 1), _translate_matrix(sm * w, 0), a)

@@ -58,6 +58,7 @@ from .autoaugment import (
     color,
     contrast,
     equalize,
+    identity_affine,
     invert,
     posterize,
     rotate_matrix,
@@ -277,8 +278,7 @@ def _geometric_matrices(op: Tensor, level: Tensor, negate: Tensor, h: int, w: in
     sign = torch.where(negate, -1.0, 1.0).to(dt)  # negation is exact, so its order does not matter
     shear = f * 0.3 * sign
     pct = f * 0.45 * sign
-    a = torch.zeros(op.shape[0], 2, 3, device=op.device, dtype=dt)
-    a[:, 0, 0] = a[:, 1, 1] = 1
+    a = identity_affine(op.shape[0], op.device, dt)
     a = torch.where((op == _SHEAR_X).view(-1, 1, 1), _shear_matrix(shear, 0), a)
     a = torch.where((op == _SHEAR_Y).view(-1, 1, 1), _shear_matrix(shear, 1), a)
     a = torch.where((op == _TRANSLATE_X).view(-1, 1, 1), _translate_matrix(pct * w, 0), a)

@@ -146,7 +146,7 @@ class GALA(LongTailLoss):
             p = torch.softmax(adjusted.detach(), dim=1)
             inc[c:2 * c] = p.sum(0, dtype=torch.float64)
             inc[c:2 * c].index_add_(0, target, -torch.exp(-nll))
-        inc[2 * c] = target.numel()
+        inc[2 * c:].fill_(target.numel())  # fill_ takes the count as an argument; inc[2c] = n would copy it over, waiting
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(inc)  # sum unscaled increments and batch sizes over workers
         step = (inc[:2 * c] / inc[2 * c].clamp(min=1)).to(self.theta.device)  # g uses the global batch size
