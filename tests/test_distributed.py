@@ -3,6 +3,7 @@ global batches: same weights, same GALA statistics, every evaluation sample coun
 import json
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -206,7 +207,11 @@ def test_auto_gives_each_process_a_gpu_of_its_own_or_all_the_cpu(monkeypatch, gp
     from longtail.distributed import pick_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    assert [str(pick_device("auto", r, local_world)) for r in range(local_world)] == expected
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [str(pick_device("auto", r, local_world)) for r in range(local_world)] == expected
+    # GPUs there but too few: rank 0 says why all of them train on the CPU
+    assert len([w for w in caught if "GPU(s) visible" in str(w.message)]) == (1 if 0 < gpus < local_world else 0)
 
 
 def test_cuda_for_a_process_without_a_gpu_says_how_many_to_start(monkeypatch):

@@ -115,18 +115,23 @@ def host_reads(monkeypatch):
 
 def test_the_counter_sees_each_kind_of_host_read(host_reads):
     x = torch.arange(6)
+    def scalar_assign():
+        y = x.clone()
+        y[0] = 3  # on CUDA the 3 is copied over from the host
+
     def mask_assign():
         y = x.clone()
         y[x > 2] = 0
     for fn in (lambda: x.sum().item(), lambda: bool((x > 2).any()), lambda: int(x.max()),
                lambda: (x > 2).nonzero(), lambda: x.tolist(), lambda: torch.bincount(x), lambda: x[x > 2],
-               mask_assign, lambda: torch.equal(x, x), lambda: torch.allclose(x.float(), x.float()),
+               mask_assign, scalar_assign, lambda: torch.equal(x, x), lambda: torch.allclose(x.float(), x.float()),
                lambda: x.cpu(), lambda: x.numpy(), lambda: torch.tensor([1.0, 2.0], device=x.device),
                lambda: torch.as_tensor(0.5, device=x.device), lambda: A._JITTER_ORDERS.to(x.device),
                lambda: AA._SMOOTH.to(device="cpu")):
         _, seen = host_reads(fn)
         assert seen, fn
-    _, seen = host_reads(lambda: torch.where(x > 2, x, -x).cumsum(0).to(torch.float32).to(x.device) + torch.as_tensor(x))
+    _, seen = host_reads(lambda: torch.where(x > 2, x, -x).cumsum(0).to(torch.float32).to(x.device).fill_(3)
+                         + torch.as_tensor(x))
     assert seen == []
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +38,12 @@ def pick_device(preference: str = "auto", local_rank: int = 0, local_world: int 
     rank picks alike, so they agree on the backend: nccl or gloo). cuda: GPU ``local_rank``, which
     must exist."""
     if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "cpu"
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        preference = "cuda" if gpus and gpus >= local_world else "cpu"
+        if 0 < gpus < local_world and local_rank == 0:
+            warnings.warn(f"device=auto: {local_world} processes on this node but {gpus} GPU(s) visible, so every "
+                          "process trains on the CPU; start one process per GPU, or set device=cpu to silence this",
+                          stacklevel=2)
     if preference == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' asked for but no GPU is visible; use device=cpu or device=auto")
