@@ -406,19 +406,16 @@ def equalize(x: Tensor) -> Tensor:
 # The policy
 # ---------------------------------------------------------------------------------------------------
 
-_POLICY_CACHE: dict = {}
+# The policy as tables, made on the host at import and copied to a device once (on_device).
+_POLICY_OPS = torch.tensor([[OPS.index(p[1]), OPS.index(p[4])] for p in CIFAR10_POLICY])
+_POLICY_PROBS = torch.tensor([[p[0], p[3]] for p in CIFAR10_POLICY])
+# float64: enhancement factors 1 +- m are formed in double precision as in the reference
+_POLICY_MAGS = torch.tensor([[MAGNITUDES[p[1]][p[2]], MAGNITUDES[p[4]][p[5]]] for p in CIFAR10_POLICY],
+                            dtype=torch.float64)
 
 
 def _policy_tables(device: torch.device):
-    key = str(device)
-    if key not in _POLICY_CACHE:
-        ops = torch.tensor([[OPS.index(p[1]), OPS.index(p[4])] for p in CIFAR10_POLICY], device=device)
-        probs = torch.tensor([[p[0], p[3]] for p in CIFAR10_POLICY], device=device)
-        # float64: enhancement factors 1 +- m are formed in double precision as in the reference
-        mags = torch.tensor([[MAGNITUDES[p[1]][p[2]], MAGNITUDES[p[4]][p[5]]] for p in CIFAR10_POLICY],
-                            dtype=torch.float64, device=device)
-        _POLICY_CACHE[key] = (ops, probs, mags)
-    return _POLICY_CACHE[key]
+    return tuple(on_device(t, device) for t in (_POLICY_OPS, _POLICY_PROBS, _POLICY_MAGS))
 
 
 def _apply_op(op: int, xs: Tensor, mag: Tensor, sign: Tensor) -> Tensor:
