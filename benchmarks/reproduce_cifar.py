@@ -301,8 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     workers = [threading.Thread(target=worker) for _ in range(args.parallel)]
     for w in workers:
         w.start()
-    for w in workers:
-        w.join()
+    try:
+        for w in workers:
+            w.join()
+    except KeyboardInterrupt:  # Ctrl-C, or `timeout -s INT`: the trainings got the signal too
+        print("interrupted: each run writes a checkpoint as it stops; run this script again to resume them",
+              flush=True)
+        for w in workers:
+            w.join()
+        return 130
     for run_dir, code in failures:
         print(f"stopped: {run_dir} exited with {code}; run this script again to continue", flush=True)
     if failures:

@@ -455,3 +455,15 @@ def test_a_run_on_a_device_copy_of_the_data_is_the_same_setting(tmp_path):
     with pytest.raises(ValueError, match="checksum mismatch"):
         load_data(load_config(gala, args))
     assert len(load_data(load_config(gala, [*args, "data.verify=false"])).train) > 0
+
+
+def test_the_compile_mode_is_how_a_run_is_made_not_its_setting():
+    from longtail.config import experiment_settings, setting_key
+
+    gala = CONFIGS / "cifar100_lt_if100_gala_reference.yaml"
+    cpu = load_config(gala, ["compile=true"])
+    gpu = load_config(gala, ["compile=true", "compile_mode=reduce-overhead", "device=cuda", "eval.batch_size=1000"])
+    assert "compile_mode" not in experiment_settings(gpu)
+    assert setting_key(cpu) == setting_key(gpu)
+    # compiling or not stays part of the setting (fused kernels round differently)
+    assert setting_key(cpu) != setting_key(load_config(gala, ["compile=false"]))

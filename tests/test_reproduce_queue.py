@@ -233,3 +233,56 @@ def test_a_run_that_exits_0_without_results_is_a_failure_not_a_silent_success(qu
                         [sys.executable, "-c", "pass"])
     assert mod.main(["--out", str(out), "--threads", "2"]) == 1
     assert not (tmp_path / "archive").exists()
+
+
+# Stand-in for a training interrupted by SIGINT: it writes its "checkpoint" and exits as longtail
+# train does when stopped.
+INTERRUPTIBLE_TRAIN = """
+import signal, sys, time
+from pathlib import Path
+run_dir = Path(sys.argv[1])
+run_dir.mkdir(parents=True, exist_ok=True)
+def stop(*_):
+    (run_dir / "last.pt").write_bytes(b"checkpoint")
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+(run_dir / "started").write_text("")
+time.sleep(60)
+"""
+
+DRIVER = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("reproduce_cifar", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+mod.QUEUE = [("cifar100_lt_if100_ce", 0), ("cifar100_lt_if100_la", 0), ("cifar100_lt_if100_ala", 0)]
+mod.RECORDED = frozenset()
+mod.train_command = lambda config, seed, run_dir, args, threads: [sys.executable, "-c", sys.argv[2], str(run_dir)]
+sys.exit(mod.main(["--out", sys.argv[3], "--parallel", "2", "--threads", "2",
+                   "--archive", sys.argv[4], "--figures", sys.argv[4]]))
+"""
+
+
+def test_an_interrupt_stops_every_run_with_its_checkpoint_and_exits_cleanly(tmp_path):
+    # `timeout -s INT` (benchmarks/gpu_queue.sh) signals the whole process group: the queue used to
+    # die with a traceback; it now waits for its trainings to checkpoint and says how to resume
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out, archive = tmp_path / "runs", tmp_path / "archive"
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(SCRIPT), INTERRUPTIBLE_TRAIN, str(out), str(archive)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    runs = [out / "cifar100_lt_if100_ce_s0", out / "cifar100_lt_if100_la_s0"]
+    deadline = time.time() + 60
+    while not all((r / "started").exists() for r in runs) and time.time() < deadline:
+        time.sleep(0.05)
+    assert all((r / "started").exists() for r in runs), proc.communicate(timeout=5)[0] if proc.poll() else ""
+    os.killpg(proc.pid, signal.SIGINT)
+    text = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "run this script again to resume" in text
+    assert all((r / "last.pt").read_bytes() == b"checkpoint" for r in runs)
+    assert not (out / "cifar100_lt_if100_ala_s0").exists()  # the third never started
+    assert not archive.exists()

@@ -483,9 +483,12 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-# Keys that do not change what is learned (check_every: tested bit-identical across values).
-RUNTIME_KEYS = ("seed", "run_name", "out_dir", "threads", "progress", "tensorboard", "device", "eval.batch_size",
-                "data.workers", "data.root", "data.download", "data.verify", "check_every", "loss.check_values")
+# Keys that do not change what is learned (check_every: tested bit-identical across values). Like the
+# device, compile_mode changes only how the same computation runs (reduce-overhead replays it as CUDA
+# graphs), so a GPU run made with it is a seed of the same setting as CPU runs made without.
+RUNTIME_KEYS = ("seed", "run_name", "out_dir", "threads", "progress", "tensorboard", "device", "compile_mode",
+                "eval.batch_size", "data.workers", "data.root", "data.download", "data.verify", "check_every",
+                "loss.check_values")
 # Keys that, like the seed, differ between the seeds of one setting: a second stage starts from
 # the first-stage run of its own seed.
 PER_SEED_KEYS = ("model.init_from",)
