@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Queue entries of benchmarks/reproduce_cifar.py trained on the GPU of the device tool (one H200, at
+# most 10 minutes a command), several at once, resumable across calls while the machine stays warm:
+#
+#   python benchmarks/device_data.py pack --out .gpu                          # here; carry .gpu
+#   OUT=<folder> RUNS="cifar100_lt_if100_la_s5 cifar100_lt_if100_ce_s5" TOTAL_S=540 \
+#       bash benchmarks/gpu_queue.sh                                          # there (the tool sets OUT)
+#
+# The run folders live in runs/ (ignored by git, so the device tool keeps it between calls on a warm
+# machine); a call cut by TOTAL_S stops its runs with SIGINT, which checkpoints them, and the same
+# call again resumes them. What comes back under $OUT: session.log, results/<run>/ and figures/ for
+# every finished run (as the queue archives them: copy into docs/results and docs/figures), and
+# runs.tar with each run folder's config, log and last.pt (to resume elsewhere if the machine is lost).
+# Runs are made with CUDA graphs (compile_mode=reduce-overhead, a runtime key: the same setting as the
+# CPU runs) and the packed data (data.verify=false; device_data.py checks it against the official
+# data's digests as it unpacks).
+# Rehearsal without a GPU: DEVICE_EXTRA="optim.epochs=1 data.limit_per_class=5 compile=false device=cpu".
+set -u
+OUT=${OUT:-/tmp/gpu_queue_out}
+RUNS=${RUNS:?RUNS: the queue entries to train, as run folder names}
+PARALLEL=${PARALLEL:-2}
+TOTAL_S=${TOTAL_S:-540}
+RUNS_DIR=${RUNS_DIR:-runs}
+DATA=${DATA:-/tmp/longtail_data}
+DEVICE_EXTRA=${DEVICE_EXTRA:-}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+exec > >(tee -a "$OUT/session.log") 2>&1
+PY=python3
+stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+START=$(date +%s)
+
+stamp environment
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+if [ -f "$DATA/.unpacked" ]; then
+    stamp "data: already unpacked and checked in $DATA"
+else
+    stamp data
+    $PY benchmarks/device_data.py unpack .gpu/cifar100_lt_if100.tar.xz --to "$DATA" || exit 1
+    touch "$DATA/.unpacked"
+fi
+# GPU load every 15 s, to see how well the runs share it
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 15 \
+    > "$OUT/gpu_use.csv" 2>/dev/null &
+SMI=$!
+
+LEFT=$(( TOTAL_S - ($(date +%s) - START) ))
+stamp "queue: $RUNS, $PARALLEL at a time, $LEFT s"
+# shellcheck disable=SC2086  # RUNS and DEVICE_EXTRA are lists
+timeout -s INT "$LEFT" $PY benchmarks/reproduce_cifar.py --out "$RUNS_DIR" --data-root "$DATA" \
+    --parallel "$PARALLEL" --threads "$(nproc)" --only $RUNS \
+    --extra eval.every=2 compile=true compile_mode=reduce-overhead data.verify=false $DEVICE_EXTRA \
+    --runtime eval.batch_size=1000 --archive "$OUT/results" --figures "$OUT/figures"
+echo "exit $?"
+kill "$SMI" 2>/dev/null
+sleep 2  # let an interrupted run finish writing its checkpoint
+for r in $RUNS; do
+    [ -d "$RUNS_DIR/$r" ] && tar -C "$RUNS_DIR" --exclude=best.pt -rf "$OUT/runs.tar" "$r"
+    [ -f "$RUNS_DIR/$r/metrics.jsonl" ] && echo "$r: $(wc -l < "$RUNS_DIR/$r/metrics.jsonl") lines in metrics.jsonl"
+done
+stamp done
