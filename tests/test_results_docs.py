@@ -53,9 +53,9 @@ COLUMNS = {"top-1": "raw.top1", "many": "raw.many", "medium": "raw.medium", "few
 IF100_SEED_MEANS = {
     "gala (reference), GALA recipe": ("gala_reference_s[1-5]", "gala (reference), bicubic shear (the released recipe)"),
     "gala (paper), GALA recipe": ("gala_paper_s[1-2]", "gala (paper), bicubic shear"),
-    "la (tau 1), GALA recipe": ("la_s[1-4]", "la (tau 1), the GALA recipe"),
+    "la (tau 1), GALA recipe": ("la_s[1-5]", "la (tau 1), the GALA recipe"),
     "ala with DRW, LDAM-DRW recipe": ("ala_s[1-2]", "ala with DRW, the LDAM-DRW recipe"),
-    "ce, LDAM-DRW recipe": ("ce_s[1-4]", "ce"),
+    "ce, LDAM-DRW recipe": ("ce_s[1-5]", "ce"),
     "bs, GALA recipe": ("bs_s[1-2]", "bs (Balanced Softmax), the GALA recipe"),
     "ldam_drw, LDAM-DRW recipe": ("ldam_drw_s[0-2]", None),
     "gcl stage one, GALA recipe": ("gcl_s[0-4]", None),
