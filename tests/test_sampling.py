@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from longtail.data.mixup import mix, mixed_loss, mixup_draw
+from longtail.data.mixup import mix, mixed_loss, mixup_draw, mixup_epoch
 from longtail.data.sampling import class_balanced_batches, class_balanced_order, epoch_batches
 from longtail.losses import CrossEntropy
 
@@ -72,3 +72,16 @@ def test_mixup_mixes_images_and_losses_with_one_lambda():
     assert np.mean([min(lam, 1 - lam) < 0.1 for lam in (mixup_draw(4, 0.2, 0, 0, s)[0] for s in range(2000))]) > 0.5
     with pytest.raises(ValueError, match="positive"):
         mixup_draw(4, 0.0, 0, 0, 0)
+
+
+def test_an_epochs_mixup_pairs_are_each_steps_draws():
+    # what the trainer takes at the start of an epoch (or of its resumed rest) is exactly what each
+    # step would draw; the last batch may be smaller (drop_last false)
+    sizes = [16, 16, 16, 5]
+    plan = mixup_epoch(sizes[2:], 0.5, seed=3, epoch=7, first_step=2, rank=1)
+    assert len(plan) == 2
+    for i, (lam, perm) in enumerate(plan):
+        want_lam, want_perm = mixup_draw(sizes[2 + i], 0.5, seed=3, epoch=7, step=2 + i, rank=1)
+        assert lam == want_lam and torch.equal(perm, want_perm)
+    assert mixup_epoch([], 1.0, 0, 0) == []
+    assert mixup_epoch([4], 1.0, 0, 0, device="meta")[0][1].device.type == "meta"

@@ -28,7 +28,7 @@ HOST_COPY_METHODS = ("tolist", "cpu", "numpy")
 # constant moved with .to(device), is a blocking copy from pageable memory (cudaMemcpy then a
 # stream sync; the first GPU run found these in the augmentation). On CPU they cost nothing, so
 # the counter wraps the calls that make them.
-HOST_DATA_FUNCTIONS = ("tensor", "as_tensor")
+HOST_DATA_FUNCTIONS = ("tensor", "as_tensor", "from_numpy")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
@@ -197,6 +197,30 @@ def test_training_step_reads_nothing_back_for_every_loss(host_reads, name):
     checked = losses.build(name, class_counts=counts, check_values=True).train()
     _, seen = host_reads(checked, model(x).detach(), y)
     assert seen
+
+
+def test_a_mixup_step_takes_its_pairs_from_the_epochs_one_copy(host_reads):
+    """GCL's own recipe mixes images: the trainer draws an epoch's pairs at its start and moves them
+    in one copy, so a step mixes, scores and counts hits without host data."""
+    from longtail.data.mixup import mix, mixed_loss, mixup_draw, mixup_epoch
+
+    torch.manual_seed(0)
+    model = build_model("convnet", num_classes=5, in_channels=3)
+    criterion = losses.build("ce", class_counts=[50, 20, 10, 5, 2], check_values=False).train()
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+
+    def step(lam, perm):
+        logits = model(mix(x, lam, perm))
+        loss = mixed_loss(criterion, logits, y, lam, perm)
+        loss.backward()
+        pred = logits.argmax(1)
+        return (lam * (pred == y) + (1.0 - lam) * (pred == y[perm])).sum()
+    plan = mixup_epoch([16, 16], 1.0, seed=0, epoch=0)
+    _, seen = host_reads(step, *plan[1])
+    assert seen == [], seen
+    # drawing them in the step, as the trainer did until 2026-12-04, makes host data a tensor every step
+    _, seen = host_reads(lambda: step(*mixup_draw(16, 1.0, 0, 0, 1)))
+    assert any(s.startswith("torch.from_numpy(host data)") for s in seen), seen
 
 
 def test_default_form_is_grouped_on_cpu_and_sync_free_elsewhere(host_reads):

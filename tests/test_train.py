@@ -407,12 +407,12 @@ def test_classifier_retraining_seeds_group_in_one_row_and_bad_sources_fail_clear
     assert not (tmp_path / "nofirst").exists()
 
 
-def _digits(tmp_path, name, device="cpu", **optim):
+def _digits(tmp_path, name, device="cpu", loss=None, **optim):
     from longtail.config import config_from_dict
 
     return config_from_dict({"device": device,
                              "data": {"name": "digits-lt", "image_size": 8, "augment": "none", "val_per_class": 10},
-                             "model": {"name": "mlp"}, "loss": {"name": "gala", "mode": "reference"},
+                             "model": {"name": "mlp"}, "loss": loss or {"name": "gala", "mode": "reference"},
                              "optim": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0, **optim},
                              "precision": "fp32", "channels_last": False, "progress": "quiet", "threads": 1,
                              # a stop request is seen after the step it came in, on a GPU too (default 25)
@@ -449,3 +449,27 @@ def test_a_run_stopped_mid_epoch_logs_and_counts_that_epoch_as_an_uninterrupted_
     assert logged(run) == logged(reference)
     ra, rb = (json.loads((r / "results.json").read_text()) for r in (reference, run))
     assert rb["checkpoints"] == ra["checkpoints"] and rb["best_val"] == ra["best_val"]
+
+
+def test_a_mixup_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    # the trainer draws an epoch's mixup pairs at its start (one copy to the device), from the step a
+    # resumed epoch starts at: the resumed run must mix its remaining steps as the whole run did
+    ce = {"name": "ce"}
+    plain = train(_digits(tmp_path, "plain", loss=ce))
+    reference = train(_digits(tmp_path, "whole", loss=ce, mixup_alpha=1.0))
+    real_autocast, calls = train_mod.autocast_context, {"n": 0}
+
+    def interrupting(device, precision):
+        calls["n"] += 1
+        if calls["n"] == 11:  # step 3 of epoch 1 (8 steps an epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_autocast(device, precision)
+    monkeypatch.setattr(train_mod, "autocast_context", interrupting)
+    with pytest.raises(train_mod.TrainingInterrupted, match="epoch 2 step 3"):
+        train(_digits(tmp_path, "cut", loss=ce, mixup_alpha=1.0))
+    monkeypatch.setattr(train_mod, "autocast_context", real_autocast)
+    run = train(train_mod.resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
+    a, b, p = weights(reference), weights(run), weights(plain)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert any(not torch.equal(a["model"][key], p["model"][key]) for key in a["model"])  # it did mix

@@ -29,7 +29,7 @@ from longtail import distributed, losses, models
 from longtail.config import Config, ConfigError, save_config, saved_config_from_dict, setting_key
 from longtail.data import TensorSplit, load_benchmark
 from longtail.data.augment import LARGE_IMAGE_AUGMENTS, RANDAUGMENT_PAD, build_eval_transform, build_train_augment
-from longtail.data.mixup import mix, mixed_loss, mixup_draw
+from longtail.data.mixup import mix, mixed_loss, mixup_epoch
 from longtail.data.sampling import batches_per_epoch, class_balanced_batches, epoch_batches
 from longtail.evaluation import autocast_context, evaluate_model, predict, report_markdown, resolve_precision
 
@@ -441,6 +441,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 if crops_on_load:  # each image's crop keyed by where it is trained, so a resume repeats it
                     plan.batches = crop_keyed_batches(plan.batches, cfg.seed, epoch, rt.rank, start_step)
                 source = loader
+            if cfg.optim.mixup_alpha:  # the epoch's pairs go to the device in one copy too
+                mixing = mixup_epoch([len(b) for b in batches[start_step:]], cfg.optim.mixup_alpha, cfg.seed,
+                                     epoch, start_step, rt.rank, rt.device)
             model.train()
             if cfg.model.freeze_backbone:  # its batch-norm statistics stay as loaded
                 model.backbone.eval()
@@ -460,8 +463,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                 x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
                 x = augment(x, aug_gen)
                 if cfg.optim.mixup_alpha:
-                    lam, perm = mixup_draw(len(y), cfg.optim.mixup_alpha, cfg.seed, epoch, step, rt.rank)
-                    perm = perm.to(rt.device, non_blocking=True)  # once per step, for the images and labels
+                    lam, perm = mixing[step - start_step]
                     x = mix(x, lam, perm)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)

@@ -21,6 +21,18 @@ def mixup_draw(batch_size: int, alpha: float, seed: int, epoch: int, step: int, 
     return lam, perm
 
 
+def mixup_epoch(batch_sizes: list[int], alpha: float, seed: int, epoch: int, first_step: int = 0, rank: int = 0,
+                device: torch.device | str = "cpu") -> list[tuple[float, torch.Tensor]]:
+    """mixup_draw for each step of an epoch from first_step on (a resumed epoch starts mid-way), with
+    every permutation moved to the device in one copy: a copy per step from host memory would make
+    the host wait for the GPU at every step."""
+    draws = [mixup_draw(n, alpha, seed, epoch, first_step + i, rank) for i, n in enumerate(batch_sizes)]
+    if not draws:
+        return []
+    perms = torch.cat([perm for _, perm in draws]).to(device).split(list(batch_sizes))
+    return [(lam, perm) for (lam, _), perm in zip(draws, perms)]
+
+
 def mix(x: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:
     """lam * x + (1 - lam) * x[perm] (in x's dtype, on x's device)."""
     return x.mul(lam).add_(x[perm.to(x.device)], alpha=1.0 - lam)
