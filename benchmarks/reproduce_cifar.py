@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -263,11 +264,20 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = max(1, args.threads // args.parallel)
     lock, failures, running = threading.Lock(), [], []
+    # Ctrl-C or `timeout -s INT` signals the whole process group, so each training gets the stop
+    # request itself and checkpoints; the queue only stops starting runs and waits for them.
+    interrupted = threading.Event()
+
+    def stop(signum, frame) -> None:
+        if not interrupted.is_set():
+            print("interrupted: each run writes a checkpoint as it stops; run this script again to resume them",
+                  flush=True)
+        interrupted.set()
 
     def worker() -> None:
         while True:
             with lock:
-                if failures or not pending:
+                if failures or not pending or interrupted.is_set():
                     return
                 # the first entry that can start; a second stage waits for its first (queued before it)
                 startable = [entry for entry in pending if ready(entry[2]) or state(entry[2]) == "resume"]
@@ -298,18 +308,20 @@ def main(argv: list[str] | None = None) -> int:
                     failures.append((run_dir, code))
                     return
 
-    workers = [threading.Thread(target=worker) for _ in range(args.parallel)]
-    for w in workers:
-        w.start()
+    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        workers = [threading.Thread(target=worker) for _ in range(args.parallel)]
         for w in workers:
-            w.join()
-    except KeyboardInterrupt:  # Ctrl-C, or `timeout -s INT`: the trainings got the signal too
-        print("interrupted: each run writes a checkpoint as it stops; run this script again to resume them",
-              flush=True)
-        for w in workers:
-            w.join()
-        return 130
+            w.start()
+        # in short waits: the handler runs in this thread, and only once it runs Python again (the
+        # kernel may hand the signal to a worker thread, which does not wake a blocked join)
+        while alive := [w for w in workers if w.is_alive()]:
+            alive[0].join(0.2)
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+    if interrupted.is_set():
+        return 130  # the runs cut short are not failures: the same command resumes them
     for run_dir, code in failures:
         print(f"stopped: {run_dir} exited with {code}; run this script again to continue", flush=True)
     if failures:
