@@ -223,6 +223,54 @@ def test_a_mixup_step_takes_its_pairs_from_the_epochs_one_copy(host_reads):
     assert any(s.startswith("torch.from_numpy(host data)") for s in seen), seen
 
 
+def test_an_fp16_step_reads_nothing_back_with_the_trainers_optimizer(host_reads):
+    """fp16 (for GPUs without bf16) trains under a GradScaler, whose overflow flag the default SGD reads
+    back at every step; the trainer's fp16 optimizer (fused SGD) takes it on the device. Its updates
+    equal the default SGD's, and it still skips a step whose gradients overflowed."""
+    from longtail.config import OptimConfig
+    from longtail.train import make_optimizer
+
+    optim = OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+
+    def setup(precision):
+        torch.manual_seed(0)
+        model = build_model("convnet", num_classes=5, in_channels=3)
+        opt = make_optimizer(model.parameters(), optim, precision)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+
+        def step(poison=False):
+            with torch.autocast("cpu", dtype=torch.float16):
+                logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if poison:
+                next(model.parameters()).grad.view(-1)[0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+        step()  # momentum buffers
+        return model, opt, scaler, step
+
+    fused, opt, scaler, step = setup("fp16")
+    assert opt.defaults["fused"]
+    _, seen = host_reads(step)
+    assert seen == [], seen
+    # the default SGD under the same scaler waits for the flag: the counter sees it
+    plain, opt_plain, _, step_plain = setup("bf16")
+    assert not opt_plain.defaults.get("fused")
+    _, seen = host_reads(step_plain)
+    assert "aten._local_scalar_dense" in seen
+    for a, b in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # an overflowed step leaves the weights as they were and halves the scale
+    before = [p.detach().clone() for p in fused.parameters()]
+    scale = scaler.get_scale()
+    step(poison=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, fused.parameters()))
+    assert scaler.get_scale() == scale / 2
+
+
 def test_default_form_is_grouped_on_cpu_and_sync_free_elsewhere(host_reads):
     assert not AA.sync_free_default("cpu") and not AA.sync_free_default(torch.device("cpu"))
     assert AA.sync_free_default("cuda") and AA.sync_free_default("cuda:1") and AA.sync_free_default("mps")

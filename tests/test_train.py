@@ -407,14 +407,14 @@ def test_classifier_retraining_seeds_group_in_one_row_and_bad_sources_fail_clear
     assert not (tmp_path / "nofirst").exists()
 
 
-def _digits(tmp_path, name, device="cpu", loss=None, **optim):
+def _digits(tmp_path, name, device="cpu", loss=None, precision="fp32", **optim):
     from longtail.config import config_from_dict
 
     return config_from_dict({"device": device,
                              "data": {"name": "digits-lt", "image_size": 8, "augment": "none", "val_per_class": 10},
                              "model": {"name": "mlp"}, "loss": loss or {"name": "gala", "mode": "reference"},
                              "optim": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0, **optim},
-                             "precision": "fp32", "channels_last": False, "progress": "quiet", "threads": 1,
+                             "precision": precision, "channels_last": False, "progress": "quiet", "threads": 1,
                              # a stop request is seen after the step it came in, on a GPU too (default 25)
                              "check_every": 1, "out_dir": str(tmp_path), "run_name": name, "seed": 1})
 
@@ -451,12 +451,15 @@ def test_a_run_stopped_mid_epoch_logs_and_counts_that_epoch_as_an_uninterrupted_
     assert rb["checkpoints"] == ra["checkpoints"] and rb["best_val"] == ra["best_val"]
 
 
-def test_a_mixup_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    # the trainer draws an epoch's mixup pairs at its start (one copy to the device), from the step a
-    # resumed epoch starts at: the resumed run must mix its remaining steps as the whole run did
+@pytest.mark.parametrize("what", ["mixup", "fp16"])
+def test_a_mixup_or_fp16_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch, what):
+    # mixup: the trainer draws an epoch's pairs at its start (one copy to the device), from the step a
+    # resumed epoch starts at, so the resumed run must mix its remaining steps as the whole run did.
+    # fp16: the fused SGD and the GradScaler's state must come back from the checkpoint.
     ce = {"name": "ce"}
+    setting = {"mixup_alpha": 1.0} if what == "mixup" else {"precision": "fp16"}
     plain = train(_digits(tmp_path, "plain", loss=ce))
-    reference = train(_digits(tmp_path, "whole", loss=ce, mixup_alpha=1.0))
+    reference = train(_digits(tmp_path, "whole", loss=ce, **setting))
     real_autocast, calls = train_mod.autocast_context, {"n": 0}
 
     def interrupting(device, precision):
@@ -466,10 +469,12 @@ def test_a_mixup_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, mon
         return real_autocast(device, precision)
     monkeypatch.setattr(train_mod, "autocast_context", interrupting)
     with pytest.raises(train_mod.TrainingInterrupted, match="epoch 2 step 3"):
-        train(_digits(tmp_path, "cut", loss=ce, mixup_alpha=1.0))
+        train(_digits(tmp_path, "cut", loss=ce, **setting))
     monkeypatch.setattr(train_mod, "autocast_context", real_autocast)
     run = train(train_mod.resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
     a, b, p = weights(reference), weights(run), weights(plain)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    assert any(not torch.equal(a["model"][key], p["model"][key]) for key in a["model"])  # it did mix
+    assert any(not torch.equal(a["model"][key], p["model"][key]) for key in a["model"])  # it did mix / round
+    if what == "fp16":
+        assert b["scaler"] == a["scaler"] and a["scaler"]["scale"] > 0
