@@ -56,6 +56,10 @@ def test_train_writes_every_artefact_and_report_renders(shared_data, tmp_path, c
     assert results["best_val"]["epoch"] == 1 + accs.index(max(accs))
     ck = weights(run)
     assert ck["loss"]["theta"].abs().sum() > 0  # GALA's statistics travel with the checkpoint
+    # where it was made: the precision it trained in and the machine (no resume moved it)
+    from longtail.evaluation import resolve_precision
+    env = json.loads((run / "environment.json").read_text())
+    assert results["environment"] == {"precision": resolve_precision("auto", torch.device("cpu")), "started": env}
 
     capsys.readouterr()
     assert cli.main(["report", str(run), "--out", str(tmp_path / "table.md")]) == 0
@@ -471,8 +475,15 @@ def test_a_mixup_or_fp16_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_p
     with pytest.raises(train_mod.TrainingInterrupted, match="epoch 2 step 3"):
         train(_digits(tmp_path, "cut", loss=ce, **setting))
     monkeypatch.setattr(train_mod, "autocast_context", real_autocast)
+    real_info = train_mod.environment_info
+    monkeypatch.setattr(train_mod, "environment_info", lambda rt, cfg: {**real_info(rt, cfg), "threads": 99})
     run = train(train_mod.resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
     a, b, p = weights(reference), weights(run), weights(plain)
+    # results.json says the run finished elsewhere than it started (here: with other threads)
+    made = json.loads((run / "results.json").read_text())["environment"]
+    assert made["precision"] == ("fp16" if what == "fp16" else "fp32")
+    assert made["started"]["threads"] == 1 and made["finished"]["threads"] == 99
+    assert "finished" not in json.loads((reference / "results.json").read_text())["environment"]
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert any(not torch.equal(a["model"][key], p["model"][key]) for key in a["model"])  # it did mix / round

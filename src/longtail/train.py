@@ -162,6 +162,18 @@ def environment_info(rt: distributed.Runtime, cfg: Config) -> dict:
     return info
 
 
+def made_on(run_dir: Path, rt: distributed.Runtime, cfg: Config, precision: str) -> dict:
+    """What results.json says about where a run was made: the precision it trained in, the machine it
+    started on (environment.json) and, when a resume moved it, the one it finished on; so archived
+    seeds made on different machines and precisions say so themselves."""
+    path = Path(run_dir) / "environment.json"
+    started = json.loads(path.read_text()) if path.exists() else None
+    now = {k: v for k, v in environment_info(rt, cfg).items() if k not in ("argv", "seed", "precision")}
+    if started is None or any(started.get(k) != v for k, v in now.items()):
+        return {"precision": precision, "started": started, "finished": now}
+    return {"precision": precision, "started": started}
+
+
 class Progress:
     """A one-line progress display on a terminal; silent otherwise."""
 
@@ -643,6 +655,7 @@ def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, stat
                "best_test_epoch": ({"epoch": state["best_test_epoch"], "top1": state["best_test"],
                                     "note": "epoch selected on the TEST set, as papers report; not honest"}
                                    if state["best_test_epoch"] else None),
+               "environment": made_on(run_dir, rt, cfg, precision),
                "checkpoints": {}}
     # The model in memory is the last state; the best-on-validation weights were kept in memory when
     # found (every rank has them: validation accuracy is gathered), or come from best.pt after a resume.
