@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Queue entries of benchmarks/reproduce_cifar.py trained on the GPU of the device tool (one H200, at
-# most 10 minutes a command), several at once, resumable across calls while the machine stays warm:
+# most 10 minutes a command), several at once, resumable across calls while the machine stays warm
+# (entries of one imbalance factor per pack; PACK=.gpu/cifar100_lt_if200.tar.xz for IF200's):
 #
 #   python benchmarks/device_data.py pack --out .gpu                          # here; carry .gpu
 #   OUT=<folder> RUNS="cifar100_lt_if100_la_s5 cifar100_lt_if100_ce_s5" TOTAL_S=540 \
@@ -21,8 +22,18 @@ RUNS=${RUNS:?RUNS: the queue entries to train, as run folder names}
 PARALLEL=${PARALLEL:-2}
 TOTAL_S=${TOTAL_S:-540}
 RUNS_DIR=${RUNS_DIR:-runs}
-DATA=${DATA:-/tmp/longtail_data}
+# the packed benchmark (device_data.py pack --imb-factor IF); its copy holds only that IF's images
+PACK=${PACK:-.gpu/cifar100_lt_if100.tar.xz}
+STEM=$(basename "$PACK" .tar.xz)
+DATA=${DATA:-/tmp/longtail_data}/$STEM
 DEVICE_EXTRA=${DEVICE_EXTRA:-}
+for r in $RUNS; do
+    case $r in
+        "${STEM}"_*) ;;
+        *) echo "gpu_queue.sh: $r is not a $STEM run; the packed copy holds only ${STEM}'s images" \
+               "(pack its own with device_data.py pack --imb-factor, and set PACK)" >&2; exit 2 ;;
+    esac
+done
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 exec > >(tee -a "$OUT/session.log") 2>&1
@@ -37,7 +48,7 @@ if [ -f "$DATA/.unpacked" ]; then
     stamp "data: already unpacked and checked in $DATA"
 else
     stamp data
-    $PY benchmarks/device_data.py unpack .gpu/cifar100_lt_if100.tar.xz --to "$DATA" || exit 1
+    $PY benchmarks/device_data.py unpack "$PACK" --to "$DATA" || exit 1
     touch "$DATA/.unpacked"
 fi
 # GPU load every 15 s, to see how well the runs share it

@@ -145,3 +145,18 @@ def test_device_data_pack_carries_exactly_the_official_benchmark_and_refuses_a_c
     digests.write_text(json.dumps(record))
     with pytest.raises(SystemExit, match="train.images differ"):
         dd.unpack(archive, tmp_path / "again")
+
+
+def test_gpu_queue_refuses_runs_of_another_imbalance_factor_than_its_pack(tmp_path):
+    # the packed copy zeroes every image outside its IF's subset: an IF200 pack under an IF100 run
+    # would train on blank images without a word, so the script stops before anything starts
+    import os
+    import subprocess
+
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "RUNS_DIR": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"),
+           "PACK": ".gpu/cifar100_lt_if200.tar.xz", "RUNS": "cifar100_lt_if200_ce_s1 cifar100_lt_if100_ce_s1"}
+    done = subprocess.run(["bash", str(BENCH / "gpu_queue.sh")], cwd=BENCH.parent, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert "cifar100_lt_if100_ce_s1 is not a cifar100_lt_if200 run" in done.stderr
+    assert not any(tmp_path.iterdir())  # no output, no data, no run folder
