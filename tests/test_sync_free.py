@@ -337,3 +337,46 @@ def test_cuda_training_step_never_waits_for_the_gpu():
             nonfinite.item()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the CUDA runtime itself reports each wait")
+def test_cuda_fp16_and_mixup_steps_never_wait_for_the_gpu():
+    """The two paths changed after the second GPU session, on a real GPU under torch's sync debug mode:
+    fp16 autocast with the GradScaler and the trainer's fp16 optimizer, and mixup from an epoch's pairs."""
+    from longtail.config import OptimConfig
+    from longtail.data.mixup import mix, mixed_loss, mixup_epoch
+    from longtail.train import make_optimizer
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model("resnet32", num_classes=5, in_channels=3).to(dev)
+    opt = make_optimizer(model.parameters(), OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4), "fp16")
+    scaler = torch.amp.GradScaler("cuda")
+    criterion = losses.build("ce", class_counts=[50, 20, 10, 5, 2], check_values=False).train().to(dev)
+    x = smooth_images(16, seed=3).to(dev).float().div(255)
+    y = torch.arange(16, device=dev) % 5
+    plan = mixup_epoch([16] * 4, 1.0, seed=0, epoch=0, device=dev)
+    correct = torch.zeros((), device=dev)
+
+    def step(lam, perm):
+        nonlocal correct
+        with torch.autocast("cuda", dtype=torch.float16):
+            logits = model(mix(x, lam, perm)).float()
+        loss = mixed_loss(criterion, logits, y, lam, perm)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        pred = logits.argmax(1)
+        correct += (lam * (pred == y) + (1.0 - lam) * (pred == y[perm])).sum()
+    step(*plan[0])  # the scale, momentum buffers, cuDNN plans
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for lam, perm in plan[1:]:
+                step(lam, perm)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)] == []
