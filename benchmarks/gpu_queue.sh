@@ -57,15 +57,20 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,nohead
 SMI=$!
 
 LEFT=$(( TOTAL_S - ($(date +%s) - START) ))
+if [ "$LEFT" -lt 60 ]; then  # (timeout 0 would mean no limit at all)
+    stamp "only $LEFT s left of TOTAL_S=$TOTAL_S after the data: nothing started"; kill "$SMI" 2>/dev/null; exit 3
+fi
 stamp "queue: $RUNS, $PARALLEL at a time, $LEFT s"
+# SIGINT at the deadline checkpoints the runs; one that has not stopped 30 s later is killed (its
+# last.pt is then the previous checkpoint)
 # shellcheck disable=SC2086  # RUNS and DEVICE_EXTRA are lists
-timeout -s INT "$LEFT" $PY benchmarks/reproduce_cifar.py --out "$RUNS_DIR" --data-root "$DATA" \
+timeout -s INT -k 30 "$LEFT" $PY benchmarks/reproduce_cifar.py --out "$RUNS_DIR" --data-root "$DATA" \
     --parallel "$PARALLEL" --threads "$(nproc)" --only $RUNS \
     --extra eval.every=2 compile=true compile_mode=reduce-overhead data.verify=false $DEVICE_EXTRA \
     --runtime eval.batch_size=1000 --archive "$OUT/results" --figures "$OUT/figures"
 echo "exit $?"
 kill "$SMI" 2>/dev/null
-sleep 2  # let an interrupted run finish writing its checkpoint
+rm -f "$OUT/runs.tar"  # a reused OUT: one copy of each run folder, this call's
 for r in $RUNS; do
     [ -d "$RUNS_DIR/$r" ] && tar -C "$RUNS_DIR" --exclude=best.pt -rf "$OUT/runs.tar" "$r"
     [ -f "$RUNS_DIR/$r/metrics.jsonl" ] && echo "$r: $(wc -l < "$RUNS_DIR/$r/metrics.jsonl") lines in metrics.jsonl"

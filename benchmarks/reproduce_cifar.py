@@ -37,7 +37,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = max(1, args.threads // args.parallel)
     lock, failures, running = threading.Lock(), [], []
     # Ctrl-C or `timeout -s INT` signals the whole process group, so each training gets the stop
-    # request itself and checkpoints; the queue only stops starting runs and waits for them.
+    # request itself and checkpoints; the queue only stops starting runs and waits for them. (SIGTERM
+    # keeps its default: the queue ends at once, and a group SIGTERM stops the trainings as SIGINT does.)
     interrupted = threading.Event()
 
     def stop(signum, frame) -> None:
@@ -291,12 +291,15 @@ def main(argv: list[str] | None = None) -> int:
                     config, seed, run_dir = startable[0]
                     running.append(run_dir)
             if not startable:
-                time.sleep(WAIT_S)
+                interrupted.wait(WAIT_S)
                 continue
             print(f"train   {run_dir} ({threads} threads)\n", end="", flush=True)  # one write: no interleaving
             try:
-                code = subprocess.call(train_command(config, seed, run_dir, args, threads),
-                                       env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+                proc = subprocess.Popen(train_command(config, seed, run_dir, args, threads),
+                                        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+                if interrupted.is_set():  # it may have started after the group's signal went out
+                    proc.send_signal(signal.SIGINT)
+                code = proc.wait()
                 if code == 0:
                     archive_run(run_dir, Path(args.archive), Path(args.figures))
             except Exception as exc:  # noqa: BLE001  (e.g. exit 0 without results: a failure, not a dead thread)
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                     failures.append((run_dir, code))
                     return
 
-    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    old_handler = signal.signal(signal.SIGINT, stop)
     try:
         workers = [threading.Thread(target=worker) for _ in range(args.parallel)]
         for w in workers:
@@ -318,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         while alive := [w for w in workers if w.is_alive()]:
             alive[0].join(0.2)
     finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        signal.signal(signal.SIGINT, old_handler)
     if interrupted.is_set():
-        return 130  # the runs cut short are not failures: the same command resumes them
+        # the runs cut short are not failures (the same command resumes them); any other exit is
+        for run_dir, code in failures:
+            if code not in (130, -signal.SIGINT):
+                print(f"stopped: {run_dir} exited with {code} while stopping", flush=True)
+        return 130
     for run_dir, code in failures:
         print(f"stopped: {run_dir} exited with {code}; run this script again to continue", flush=True)
     if failures:

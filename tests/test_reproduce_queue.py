@@ -243,6 +243,7 @@ from pathlib import Path
 run_dir = Path(sys.argv[1])
 run_dir.mkdir(parents=True, exist_ok=True)
 def stop(*_):
+    time.sleep(1)  # a checkpoint takes a while: the queue must wait for it
     (run_dir / "last.pt").write_bytes(b"checkpoint")
     sys.exit(130)
 signal.signal(signal.SIGINT, stop)
@@ -271,16 +272,22 @@ def test_an_interrupt_stops_every_run_with_its_checkpoint_and_exits_cleanly(tmp_
     import subprocess
     import time
 
-    out, archive = tmp_path / "runs", tmp_path / "archive"
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(SCRIPT), INTERRUPTIBLE_TRAIN, str(out), str(archive)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out, archive, log = tmp_path / "runs", tmp_path / "archive", tmp_path / "queue.log"
+    # output to a file, not a pipe: the trainings would hold a pipe open, and reading it to its end
+    # would wait for them even if the queue had not
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(SCRIPT), INTERRUPTIBLE_TRAIN, str(out), str(archive)],
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     runs = [out / "cifar100_lt_if100_ce_s0", out / "cifar100_lt_if100_la_s0"]
     deadline = time.time() + 60
     while not all((r / "started").exists() for r in runs) and time.time() < deadline:
         time.sleep(0.05)
-    assert all((r / "started").exists() for r in runs), proc.communicate(timeout=5)[0] if proc.poll() else ""
+    assert all((r / "started").exists() for r in runs), log.read_text()
     os.killpg(proc.pid, signal.SIGINT)
-    text = proc.communicate(timeout=60)[0]
+    proc.wait(timeout=60)
+    # the queue ended only after both trainings had written their checkpoints
+    assert all((r / "last.pt").exists() for r in runs)
+    text = log.read_text()
     assert proc.returncode == 130, text
     assert "Traceback" not in text and "run this script again to resume" in text
     assert all((r / "last.pt").read_bytes() == b"checkpoint" for r in runs)

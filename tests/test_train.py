@@ -455,11 +455,12 @@ def test_a_run_stopped_mid_epoch_logs_and_counts_that_epoch_as_an_uninterrupted_
     assert rb["checkpoints"] == ra["checkpoints"] and rb["best_val"] == ra["best_val"]
 
 
-@pytest.mark.parametrize("what", ["mixup", "fp16"])
+@pytest.mark.parametrize("what", ["mixup", "fp16", "fp16 saved before the fused SGD"])
 def test_a_mixup_or_fp16_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch, what):
     # mixup: the trainer draws an epoch's pairs at its start (one copy to the device), from the step a
     # resumed epoch starts at, so the resumed run must mix its remaining steps as the whole run did.
-    # fp16: the fused SGD and the GradScaler's state must come back from the checkpoint.
+    # fp16: the fused SGD and the GradScaler's state must come back from the checkpoint, also from one
+    # whose optimizer was the default SGD (GradScaler would hand it a flag it no longer takes).
     ce = {"name": "ce"}
     setting = {"mixup_alpha": 1.0} if what == "mixup" else {"precision": "fp16"}
     plain = train(_digits(tmp_path, "plain", loss=ce))
@@ -475,17 +476,23 @@ def test_a_mixup_or_fp16_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_p
     with pytest.raises(train_mod.TrainingInterrupted, match="epoch 2 step 3"):
         train(_digits(tmp_path, "cut", loss=ce, **setting))
     monkeypatch.setattr(train_mod, "autocast_context", real_autocast)
+    if what == "fp16 saved before the fused SGD":
+        saved = weights(tmp_path / "cut")
+        assert all(g["fused"] for g in saved["optimizer"]["param_groups"])
+        for g in saved["optimizer"]["param_groups"]:
+            g["fused"] = None
+        torch.save(saved, tmp_path / "cut" / "last.pt")
     real_info = train_mod.environment_info
     monkeypatch.setattr(train_mod, "environment_info", lambda rt, cfg: {**real_info(rt, cfg), "threads": 99})
     run = train(train_mod.resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
     a, b, p = weights(reference), weights(run), weights(plain)
     # results.json says the run finished elsewhere than it started (here: with other threads)
     made = json.loads((run / "results.json").read_text())["environment"]
-    assert made["precision"] == ("fp16" if what == "fp16" else "fp32")
+    assert made["precision"] == ("fp32" if what == "mixup" else "fp16")
     assert made["started"]["threads"] == 1 and made["finished"]["threads"] == 99
     assert "finished" not in json.loads((reference / "results.json").read_text())["environment"]
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert any(not torch.equal(a["model"][key], p["model"][key]) for key in a["model"])  # it did mix / round
-    if what == "fp16":
+    if what != "mixup":
         assert b["scaler"] == a["scaler"] and a["scaler"]["scale"] > 0

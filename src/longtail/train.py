@@ -166,8 +166,10 @@ def made_on(run_dir: Path, rt: distributed.Runtime, cfg: Config, precision: str)
     """What results.json says about where a run was made: the precision it trained in, the machine it
     started on (environment.json) and, when a resume moved it, the one it finished on; so archived
     seeds made on different machines and precisions say so themselves."""
-    path = Path(run_dir) / "environment.json"
-    started = json.loads(path.read_text()) if path.exists() else None
+    try:
+        started = json.loads((Path(run_dir) / "environment.json").read_text())
+    except (OSError, ValueError):  # missing or damaged: say nothing rather than lose a finished run
+        started = None
     now = {k: v for k, v in environment_info(rt, cfg).items() if k not in ("argv", "seed", "precision")}
     if started is None or any(started.get(k) != v for k, v in now.items()):
         return {"precision": precision, "started": started, "finished": now}
@@ -336,7 +338,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     if resume:
         ckpt = read_resume_checkpoint(run_dir, rt.device)
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         criterion.load_state_dict(ckpt["loss"])
         scaler.load_state_dict(ckpt["scaler"])
         state.update(ckpt["state"])
@@ -700,6 +702,18 @@ def make_optimizer(params, optim, precision: str) -> torch.optim.SGD:
     are the same (tested)."""
     return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
                            weight_decay=optim.weight_decay, **({"fused": True} if precision == "fp16" else {}))
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """optimizer.load_state_dict, keeping the kernel choice (fused / foreach) this run made: a
+    checkpoint's param groups carry the choice of the version that saved it, and an fp16 run saved
+    before the fused SGD would otherwise resume with GradScaler handing the overflow flag to an
+    optimizer that no longer takes it."""
+    optimizer.load_state_dict(saved)
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
 
 
 RESUME_OVERRIDABLE = ("threads", "progress", "eval.batch_size", "data.workers", "tensorboard", "check_every")
