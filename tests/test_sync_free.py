@@ -2,6 +2,7 @@
 tensor, a nonzero, a .tolist()) makes the CPU wait for the GPU's queue to drain, which for a small
 model like ResNet-32 costs more than the kernels themselves. There is no GPU here, so these tests
 count the operations that force such a read, on CPU tensors, for the code paths a GPU takes."""
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -380,3 +381,31 @@ def test_cuda_fp16_and_mixup_steps_never_wait_for_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)] == []
+
+
+@pytest.mark.parametrize("variant", ["plain", "mixup", "fp16"])
+def test_the_trainers_own_loop_reads_nothing_back_per_step(host_reads, tmp_path, variant):
+    """The tests above rebuild the step; this one counts the trainer's loop itself. One epoch in 16
+    steps and the same epoch in 32 (same data, evaluation and checkpoints; the loss checked every
+    1,000 steps, as a GPU run checks every 25) must read back and copy to the device equally often:
+    any read inside a step would show up 16 more times."""
+    from collections import Counter
+
+    from longtail.config import config_from_dict
+    from longtail.train import train
+
+    def run(batch_size):
+        cfg = config_from_dict({
+            "device": "cpu", "data": {"name": "digits-lt", "image_size": 8, "augment": "none", "val_per_class": 10},
+            "model": {"name": "mlp"}, "loss": {"name": "ce"},
+            "optim": {"epochs": 1, "batch_size": batch_size, "warmup_epochs": 0, "drop_last": True,
+                      "mixup_alpha": 1.0 if variant == "mixup" else 0.0},
+            "precision": "fp16" if variant == "fp16" else "fp32", "channels_last": False, "progress": "quiet",
+            "threads": 1, "check_every": 1000, "out_dir": str(tmp_path), "run_name": f"b{batch_size}", "seed": 1})
+        _, seen = host_reads(train, cfg)
+        return Counter(seen), json.loads((tmp_path / f"b{batch_size}" / "metrics.jsonl").read_text())
+
+    run(64)  # the first run makes the constants each device keeps (device_constants)
+    (fewer, log_a), (more, log_b) = run(32), run(16)
+    assert log_a["images_per_s"] > 0 and log_b["images_per_s"] > 0
+    assert more - fewer == Counter() and fewer - more == Counter(), (more - fewer, fewer - more)

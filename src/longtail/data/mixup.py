@@ -12,13 +12,17 @@ import numpy as np
 import torch
 
 
-def mixup_draw(batch_size: int, alpha: float, seed: int, epoch: int, step: int, rank: int = 0):
-    """(lam, perm) for one step; alpha > 0."""
+def _draw(batch_size: int, alpha: float, seed: int, epoch: int, step: int, rank: int) -> tuple[float, np.ndarray]:
     if not alpha > 0:
         raise ValueError(f"mixup alpha must be positive, got {alpha}")
     lam = float(np.random.default_rng([seed, epoch, step]).beta(alpha, alpha))
-    perm = torch.from_numpy(np.random.default_rng([seed, epoch, step, 1 + rank]).permutation(batch_size))
-    return lam, perm
+    return lam, np.random.default_rng([seed, epoch, step, 1 + rank]).permutation(batch_size)
+
+
+def mixup_draw(batch_size: int, alpha: float, seed: int, epoch: int, step: int, rank: int = 0):
+    """(lam, perm) for one step; alpha > 0."""
+    lam, perm = _draw(batch_size, alpha, seed, epoch, step, rank)
+    return lam, torch.from_numpy(perm)
 
 
 def mixup_epoch(batch_sizes: list[int], alpha: float, seed: int, epoch: int, first_step: int = 0, rank: int = 0,
@@ -26,10 +30,10 @@ def mixup_epoch(batch_sizes: list[int], alpha: float, seed: int, epoch: int, fir
     """mixup_draw for each step of an epoch from first_step on (a resumed epoch starts mid-way), with
     every permutation moved to the device in one copy: a copy per step from host memory would make
     the host wait for the GPU at every step."""
-    draws = [mixup_draw(n, alpha, seed, epoch, first_step + i, rank) for i, n in enumerate(batch_sizes)]
+    draws = [_draw(n, alpha, seed, epoch, first_step + i, rank) for i, n in enumerate(batch_sizes)]
     if not draws:
         return []
-    perms = torch.cat([perm for _, perm in draws]).to(device).split(list(batch_sizes))
+    perms = torch.from_numpy(np.concatenate([perm for _, perm in draws])).to(device).split(list(batch_sizes))
     return [(lam, perm) for (lam, _), perm in zip(draws, perms)]
 
 
