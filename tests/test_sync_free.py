@@ -285,6 +285,21 @@ def test_default_form_is_grouped_on_cpu_and_sync_free_elsewhere(host_reads):
     assert seen
 
 
+def _cuda_waits(steps) -> list[str]:
+    """Run each of `steps` under torch's sync debug mode, which warns of every call that makes the host
+    wait for the GPU, with where it came from; the first line of each such warning."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step in steps:
+                step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the CUDA runtime itself reports each wait")
 def test_cuda_training_step_never_waits_for_the_gpu():
     """On a real GPU, with torch's sync debug mode set to warn of every call that makes the host wait
@@ -317,16 +332,7 @@ def test_cuda_training_step_never_waits_for_the_gpu():
             loss.backward()
             opt.step()
         step()  # momentum buffers, cuDNN plans
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("warn")  # every wait warns, with where it came from
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                for _ in range(3):
-                    step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        found = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+        found = _cuda_waits([step] * 3)
         if found:
             waits[name] = found
         assert not bool(nonfinite), name
@@ -371,24 +377,16 @@ def test_cuda_fp16_and_mixup_steps_never_wait_for_the_gpu():
         pred = logits.argmax(1)
         correct += (lam * (pred == y) + (1.0 - lam) * (pred == y[perm])).sum()
     step(*plan[0])  # the scale, momentum buffers, cuDNN plans
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for lam, perm in plan[1:]:
-                step(lam, perm)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)] == []
+    assert _cuda_waits([lambda lam=lam, perm=perm: step(lam, perm) for lam, perm in plan[1:]]) == []
 
 
 @pytest.mark.parametrize("variant", ["plain", "mixup", "fp16"])
 def test_the_trainers_own_loop_reads_nothing_back_per_step(host_reads, tmp_path, variant):
-    """The tests above rebuild the step; this one counts the trainer's loop itself. One epoch in 16
-    steps and the same epoch in 32 (same data, evaluation and checkpoints; the loss checked every
-    1,000 steps, as a GPU run checks every 25) must read back and copy to the device equally often:
-    any read inside a step would show up 16 more times."""
+    """The tests above rebuild the step; this one counts the trainer's loop itself. One epoch of the
+    278 training images in batches of 32 (8 steps) and in batches of 16 (17 steps), with the same
+    evaluation and checkpoints and the loss checked every 1,000 steps (as a GPU run checks every 25),
+    must read back and copy to the device equally often: any read inside a step would show up 9
+    more times."""
     from collections import Counter
 
     from longtail.config import config_from_dict

@@ -423,6 +423,27 @@ def _digits(tmp_path, name, device="cpu", loss=None, precision="fp32", **optim):
                              "check_every": 1, "out_dir": str(tmp_path), "run_name": name, "seed": 1})
 
 
+def _train_stopped_in_step(monkeypatch, cfg, step: int, where: str) -> None:
+    """Train cfg with a Ctrl-C arriving during its `step`-th training step (counted over epochs); the
+    handler checkpoints after that step, which `where` names ("epoch E step S")."""
+    real_autocast, calls = train_mod.autocast_context, {"n": 0}
+
+    def interrupting(device, precision):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_autocast(device, precision)
+    monkeypatch.setattr(train_mod, "autocast_context", interrupting)
+    with pytest.raises(train_mod.TrainingInterrupted, match=where):
+        train(cfg)
+    monkeypatch.setattr(train_mod, "autocast_context", real_autocast)
+
+
+def _same_model(a: dict, b: dict) -> bool:
+    """Two checkpoints hold bit-identical model weights."""
+    return a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a GPU: resuming there restores CUDA generators"))])
 def test_a_run_stopped_mid_epoch_logs_and_counts_that_epoch_as_an_uninterrupted_run(tmp_path, monkeypatch, device):
@@ -430,21 +451,10 @@ def test_a_run_stopped_mid_epoch_logs_and_counts_that_epoch_as_an_uninterrupted_
     # accuracy) and the run's images seen must cover the steps before the stop too, not only those after
     # it. On a GPU the checkpoint is read onto the device, and its random generator states with it.
     reference = train(_digits(tmp_path, "whole", device))
-    real_autocast, calls = train_mod.autocast_context, {"n": 0}
-
-    def interrupting(device, precision):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the handler checkpoints after step 3 of epoch 1
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_autocast(device, precision)
-    monkeypatch.setattr(train_mod, "autocast_context", interrupting)
-    with pytest.raises(train_mod.TrainingInterrupted, match="epoch 1 step 3"):
-        train(_digits(tmp_path, "cut", device))
-    monkeypatch.setattr(train_mod, "autocast_context", real_autocast)
+    _train_stopped_in_step(monkeypatch, _digits(tmp_path, "cut", device), 3, "epoch 1 step 3")
     run = train(train_mod.resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
     a, b = weights(reference), weights(run)
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert _same_model(a, b)
     assert b["state"]["images_seen"] == a["state"]["images_seen"] == 2 * 8 * 32  # 8 steps of 32 per epoch
 
     def logged(r):
@@ -465,17 +475,7 @@ def test_a_mixup_or_fp16_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_p
     setting = {"mixup_alpha": 1.0} if what == "mixup" else {"precision": "fp16"}
     plain = train(_digits(tmp_path, "plain", loss=ce))
     reference = train(_digits(tmp_path, "whole", loss=ce, **setting))
-    real_autocast, calls = train_mod.autocast_context, {"n": 0}
-
-    def interrupting(device, precision):
-        calls["n"] += 1
-        if calls["n"] == 11:  # step 3 of epoch 1 (8 steps an epoch)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_autocast(device, precision)
-    monkeypatch.setattr(train_mod, "autocast_context", interrupting)
-    with pytest.raises(train_mod.TrainingInterrupted, match="epoch 2 step 3"):
-        train(_digits(tmp_path, "cut", loss=ce, **setting))
-    monkeypatch.setattr(train_mod, "autocast_context", real_autocast)
+    _train_stopped_in_step(monkeypatch, _digits(tmp_path, "cut", loss=ce, **setting), 11, "epoch 2 step 3")  # 8 steps an epoch
     if what == "fp16 saved before the fused SGD":
         saved = weights(tmp_path / "cut")
         assert all(g["fused"] for g in saved["optimizer"]["param_groups"])
@@ -491,8 +491,7 @@ def test_a_mixup_or_fp16_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_p
     assert made["precision"] == ("fp32" if what == "mixup" else "fp16")
     assert made["started"]["threads"] == 1 and made["finished"]["threads"] == 99
     assert "finished" not in json.loads((reference / "results.json").read_text())["environment"]
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    assert any(not torch.equal(a["model"][key], p["model"][key]) for key in a["model"])  # it did mix / round
+    assert _same_model(a, b)
+    assert not _same_model(a, p)  # it did mix / round
     if what != "mixup":
         assert b["scaler"] == a["scaler"] and a["scaler"]["scale"] > 0
