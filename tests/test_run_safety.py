@@ -126,7 +126,7 @@ def test_the_copied_best_pt_resumes_as_the_error_says(finished, tmp_path):
     run = copy_run(finished, tmp_path / "rescued")
     (run / "results.json").unlink()
     (run / "last.pt").write_bytes((run / "best.pt").read_bytes())  # as the damaged-last.pt error suggests
-    best_epoch = torch.load(run / "best.pt", weights_only=False)["state"]["epoch"]
+    best_epoch = torch.load(run / "best.pt", weights_only=True)["state"]["epoch"]
     assert cli.main(["train", "--resume", str(run)]) == 0
     log = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert log == [1, 2] and best_epoch in (1, 2)
@@ -168,7 +168,7 @@ def test_a_stop_during_the_final_evaluation_stops_and_resume_finishes_it(tmp_pat
     err = capsys.readouterr().err
     assert "interrupted during the final evaluation" in err and f"--resume {run}" in err
     assert not (run / "results.json").exists() and not (run / "results.json.tmp").exists()
-    assert torch.load(run / "last.pt", weights_only=False)["state"]["epoch"] == 2
+    assert torch.load(run / "last.pt", weights_only=True)["state"]["epoch"] == 2
     assert cli.main(["train", "--resume", str(run)]) == 0
     out = capsys.readouterr().out
     assert "all 2 epochs are trained; running the final evaluation" in out and f"run folder: {run}" in out

@@ -31,7 +31,7 @@ def tiny(shared_data, tmp_path, name, *extra):
 
 
 def weights(run_dir, name="last.pt"):
-    return torch.load(Path(run_dir) / name, map_location="cpu", weights_only=False)
+    return torch.load(Path(run_dir) / name, map_location="cpu", weights_only=True)
 
 
 def test_train_writes_every_artefact_and_report_renders(shared_data, tmp_path, capsys):

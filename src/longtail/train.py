@@ -32,6 +32,7 @@ from longtail.data.augment import LARGE_IMAGE_AUGMENTS, RANDAUGMENT_PAD, build_e
 from longtail.data.mixup import mix, mixed_loss, mixup_epoch
 from longtail.data.sampling import batches_per_epoch, class_balanced_batches, epoch_batches
 from longtail.evaluation import autocast_context, evaluate_model, predict, report_markdown, resolve_precision
+from longtail.safe_load import UnsafeFileError, load_tensors
 
 
 class TrainingDiverged(RuntimeError):
@@ -125,8 +126,8 @@ def atomic_save(obj, path: Path) -> None:
 def read_checkpoint(path: Path, map_location) -> dict:
     """A checkpoint written by `longtail train`; a damaged or foreign file is a ValueError naming it."""
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except OSError:
+        ckpt = load_tensors(path, map_location)
+    except (OSError, UnsafeFileError):
         raise
     except Exception as exc:  # torch.load's errors for a bad file vary: zip, pickle, EOF, unknown classes
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -5,7 +5,8 @@
 
 Backbones map images to (B, feature_dim) features; the classifier head comes from
 `longtail.heads.build_head`. `pretrained=path` loads a backbone state dict; for the ImageNet-style
-networks the names are torchvision's, so torchvision's ImageNet `.pth` files load directly.
+networks (IMAGENET_BACKBONES) the names are torchvision's, so torchvision's ImageNet `.pth` files load
+directly; normalise their inputs with PRETRAINED_MEAN / PRETRAINED_STD.
 """
 from __future__ import annotations
 
@@ -16,12 +17,24 @@ import torch
 from torch import nn
 
 from ..heads import LinearHead, build_head
-from .resnet import ResNet, resnet10, resnet50, resnet152, resnext50_32x4d
+from ..safe_load import UnsafeFileError, load_tensors
+from .resnet import (
+    PRETRAINED_MEAN,
+    PRETRAINED_STD,
+    ResNet,
+    resnet10,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+    resnext50_32x4d,
+)
 from .resnet_cifar import CifarResNet, resnet32
 from .small import MLP, ConvNet, convnet, mlp
 
 __all__ = ["Classifier", "build_model", "available_models", "register_model", "load_backbone_weights",
-           "CifarResNet", "ResNet", "ConvNet", "MLP"]
+           "IMAGENET_BACKBONES", "PRETRAINED_MEAN", "PRETRAINED_STD", "CifarResNet", "ResNet", "ConvNet", "MLP"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -37,8 +50,12 @@ def register_model(name: str, fn: Callable[..., nn.Module] | None = None):
     return deco(fn) if fn is not None else deco
 
 
-for _name, _fn in [("resnet32", resnet32), ("resnet10", resnet10), ("resnet50", resnet50),
-                   ("resnet152", resnet152), ("resnext50_32x4d", resnext50_32x4d), ("convnet", convnet), ("mlp", mlp)]:
+# the backbones whose parameter names and shapes are torchvision's: its ImageNet weights load into them
+IMAGENET_BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d")
+
+for _name, _fn in [("resnet32", resnet32), ("resnet10", resnet10), ("resnet18", resnet18), ("resnet34", resnet34),
+                   ("resnet50", resnet50), ("resnet101", resnet101), ("resnet152", resnet152),
+                   ("resnext50_32x4d", resnext50_32x4d), ("convnet", convnet), ("mlp", mlp)]:
     register_model(_name, _fn)
 
 
@@ -65,12 +82,19 @@ class Classifier(nn.Module):
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     """Load a state dict into a backbone, strictly. Accepts a bare state dict or one under the key
     'state_dict' / 'model'; strips 'module.' (DDP) and 'backbone.' prefixes; ignores the
-    classifier ('fc.*', 'head.*', 'linear.*'). Any other missing or unexpected name, or a shape
-    mismatch, raises a ValueError that lists them."""
+    classifier ('fc.*', 'head.*', 'linear.*'). Batch-norm 'num_batches_tracked' counters may be
+    absent (torchvision's ResNet-18 to 152 files predate them): the backbone keeps its own. Any other
+    missing or unexpected name, or a shape mismatch, raises a ValueError that lists them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = load_tensors(path)
+    except UnsafeFileError:
+        raise
+    except Exception as exc:  # torch.load's errors for a bad file vary: zip, pickle, EOF
+        raise ValueError(f"pretrained weights {path} are not a readable .pt file (truncated or damaged?): "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if key in state and isinstance(state[key], dict):
@@ -87,6 +111,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
             continue
         clean[k] = v
     own = backbone.state_dict()
+    for k in own:
+        if k.endswith(".num_batches_tracked") and k not in clean:
+            clean[k] = own[k]
     missing = sorted(set(own) - set(clean))
     unexpected = sorted(set(clean) - set(own))
     shapes = sorted(f"{k}: file {tuple(clean[k].shape)} vs model {tuple(own[k].shape)}"
