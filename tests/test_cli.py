@@ -117,11 +117,11 @@ def test_list_run_resumed_mid_epoch_crops_and_trains_as_the_uninterrupted_one(im
     with pytest.raises(train_mod.TrainingInterrupted):
         train_mod.train(cfg("cut"))
     monkeypatch.setattr(train_mod, "autocast_context", real_autocast)
-    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["state"]
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["state"]
     assert state["epoch"] == 1 and 0 < state["step"] < 4  # stopped mid epoch 2
     train_mod.train(train_mod.resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
-    a = torch.load(whole / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model"]
+    a = torch.load(whole / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
@@ -222,5 +222,5 @@ def test_torchrun_two_processes_end_to_end(image_lists, tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["checkpoints"]["last"]["raw"]["num_samples"] == sum(COUNTS["test"])
     assert json.loads((run / "environment.json").read_text())["world_size"] == 2
-    ck = torch.load(run / "last.pt", weights_only=False)
+    ck = torch.load(run / "last.pt", weights_only=True)
     assert ck["loss"]["theta"].sum() > 0 and len(ck["rng"]) == 2 and ck["world_size"] == 2

@@ -42,8 +42,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), _config(tmp_path, "ddp"), str(tmp_path / "ddp")), nprocs=2, join=True)
     ddp = tmp_path / "ddp"
 
-    a = torch.load(single / "last.pt", weights_only=False)
-    b = torch.load(ddp / "last.pt", weights_only=False)
+    a = torch.load(single / "last.pt", weights_only=True)
+    b = torch.load(ddp / "last.pt", weights_only=True)
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     # GALA statistics: increments summed over ranks = one process seeing the whole global batch (float
@@ -86,7 +86,7 @@ def test_distributed_predict_counts_every_sample_once(tmp_path):
     n = 11  # not divisible by the world size: rank 0 gets 6 samples, rank 1 gets 5
     out = tmp_path / "pred.pt"
     mp.spawn(_predict_worker, args=(2, _free_port(), n, str(out)), nprocs=2, join=True)
-    got = torch.load(out, weights_only=False)
+    got = torch.load(out, weights_only=True)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     model.load_state_dict(got["model"])
     with torch.no_grad():
@@ -106,9 +106,9 @@ def test_a_second_stage_on_two_gloo_ranks_matches_one_process(tmp_path):
     single = train(config_from_dict(second))
     mp.spawn(_worker, args=(2, _free_port(), {**second, "run_name": "ddp"}, str(tmp_path / "ddp")), nprocs=2,
              join=True)
-    start = torch.load(first / "best.pt", weights_only=False)["model"]
-    a = torch.load(single / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["model"]
+    start = torch.load(first / "best.pt", weights_only=True)["model"]
+    a = torch.load(single / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["model"]
     for key, value in a.items():
         torch.testing.assert_close(b[key], value, rtol=1e-5, atol=1e-6, msg=key)
         if key.startswith("backbone."):
@@ -151,7 +151,7 @@ def test_a_stop_request_to_one_rank_stops_every_rank_together(tmp_path):
     # both ranks stop before the final evaluation, neither waits in a collective for the other
     assert all(e.startswith("interrupted: interrupted during the final evaluation") for e in ended), ended
     assert not (run / "results.json").exists()
-    assert torch.load(run / "last.pt", weights_only=False)["state"]["epoch"] == 2
+    assert torch.load(run / "last.pt", weights_only=True)["state"]["epoch"] == 2
     mp.spawn(_resume_worker, args=(2, _free_port(), str(run)), nprocs=2, join=True)
     assert json.loads((run / "results.json").read_text())["checkpoints"]["last"]["raw"]["num_samples"] == 500
 
@@ -190,8 +190,8 @@ def test_every_rank_validates_and_tests_the_model_the_checkpoints_hold(tmp_path)
     cfg["optim"]["epochs"] = 1
     run = tmp_path / "ddp"
     mp.spawn(_bn_worker, args=(2, _free_port(), cfg, str(run), str(tmp_path / "state")), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"state.{rank}", weights_only=False) for rank in (0, 1)]
-    saved = {name: torch.load(run / f"{name}.pt", weights_only=False)["model"] for name in ("last", "best")}
+    ranks = [torch.load(tmp_path / f"state.{rank}", weights_only=True) for rank in (0, 1)]
+    saved = {name: torch.load(run / f"{name}.pt", weights_only=True)["model"] for name in ("last", "best")}
     assert any("running_mean" in k for k in saved["last"])
     for which in ("last", "best"):
         for key, value in saved[which].items():
