@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import sys
 import time
@@ -116,11 +117,21 @@ def atomic_save(obj, path: Path) -> None:
     """torch.save through write_replacing; a failed write says what is intact and how to continue."""
     try:
         write_replacing(path, lambda tmp: torch.save(obj, tmp))
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        # torch's writer reports a full disk as a RuntimeError ("unexpected pos ..."), not an OSError
+        if isinstance(exc, RuntimeError) and not _is_write_failure(exc):
+            raise
+        reason = getattr(exc, "strerror", None) or "the file system refused the write"
         prev = f"the previous {path.name} is intact" if path.exists() else "no earlier checkpoint existed"
-        raise CheckpointWriteError(f"could not write checkpoint {path} ({exc.strerror or exc}); {prev}. "
-                                   "Free disk space, then continue with `longtail train --resume "
-                                   f"{path.parent}`") from exc
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise CheckpointWriteError(f"could not write checkpoint {path} ({reason}; {free:.0f} MiB free there); "
+                                   f"{prev}. Free disk space, then continue with `longtail train --resume "
+                                   f"{path.parent}`") from None
+
+
+def _is_write_failure(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return "PytorchStreamWriter" in text or "unexpected pos" in text or "write" in text.lower()
 
 
 def read_checkpoint(path: Path, map_location) -> dict:
