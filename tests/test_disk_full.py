@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_run_safety import digits_config
 
 from longtail import cli
-from test_run_safety import digits_config
 
 SAVE_LIMITED = textwrap.dedent("""
     import resource, signal, sys
