@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from longtail.data import load_benchmark
-from longtail.data.cifar import extract_archive, load_cifar
+from longtail.data.cifar import extract_folder, load_cifar
 from longtail.data.imbalance import (
     balanced_validation_indices,
     limit_per_class,
@@ -165,8 +165,52 @@ def test_unsafe_archive_is_refused(tmp_path, kind):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(ValueError, match="refusing to extract"):
-        extract_archive(archive, dest)
+        extract_folder(archive, dest, "cifar-10-batches-py")
     assert not (tmp_path / "evil").exists() and list(dest.iterdir()) == []
+
+
+def test_extraction_touches_nothing_but_the_dataset_folder(tmp_path):
+    # the archive holds a top-level folder named like one of the user's, and a stray file
+    src = tmp_path / "src"
+    arrays = _write_fake_cifar10(src / "cifar-10-batches-py")
+    (src / "precious").mkdir()
+    (src / "precious" / "from_archive.txt").write_text("archive")
+    (src / "stray.txt").write_text("archive")
+    root = tmp_path / "root"
+    (root / "precious").mkdir(parents=True)
+    (root / "precious" / "keep.txt").write_text("mine")
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name in ("cifar-10-batches-py", "precious", "stray.txt"):
+            tar.add(src / name, arcname=name)
+    te = load_cifar(root, "cifar10", "test", verify=False)
+    assert te.labels.tolist() == arrays["test_batch"][1]
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz", "precious"]
+    assert [p.name for p in (root / "precious").iterdir()] == ["keep.txt"]
+    assert (root / "precious" / "keep.txt").read_text() == "mine"
+
+
+def test_a_local_archive_is_checked_like_a_download(tmp_path):
+    archive, _ = _make_archive(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    os.replace(archive, root / archive.name)
+    with pytest.raises(ValueError, match=r"checksum mismatch for .*cifar-10-python.tar.gz.*nothing was extracted"):
+        load_cifar(root, "cifar10", "test")  # not the official archive
+    assert [p.name for p in root.iterdir()] == ["cifar-10-python.tar.gz"]
+    md5 = hashlib.md5((root / archive.name).read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match=r"checksum mismatch for .*test_batch"):  # the archive passed, its pickles not
+        load_cifar(root, "cifar10", "test", archive_md5=md5)
+
+
+def test_an_incomplete_dataset_folder_is_never_replaced(tmp_path):
+    archive, _ = _make_archive(tmp_path)
+    root = tmp_path / "root"
+    (root / "cifar-10-batches-py").mkdir(parents=True)
+    (root / "cifar-10-batches-py" / "notes.txt").write_text("mine")
+    os.replace(archive, root / archive.name)
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py is missing .*move that folder away first"):
+        load_cifar(root, "cifar10", "test", verify=False)
+    assert [p.name for p in (root / "cifar-10-batches-py").iterdir()] == ["notes.txt"]
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ Layout accepted under ``root`` (any one of these):
 
 - ``root/cifar-100-python/{train,test,meta}`` or ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``
 - ``root`` itself being that folder;
-- ``root/cifar-100-python.tar.gz`` / ``root/cifar-10-python.tar.gz`` (the official archive), which is
-  extracted into ``root`` on first use;
+- ``root/cifar-100-python.tar.gz`` / ``root/cifar-10-python.tar.gz`` (the official archive): on first
+  use its MD5 is checked and its dataset folder, nothing else, is unpacked into ``root``;
 - nothing at all with ``download=True``: the official archive is fetched into ``root``, its MD5 checked,
   then extracted.
 
@@ -40,7 +40,7 @@ __all__ = [
     "load_cifar",
     "find_cifar_dir",
     "download_cifar",
-    "extract_archive",
+    "extract_folder",
     "md5_bytes",
     "md5_file",
 ]
@@ -152,8 +152,10 @@ def _layout_help(info: _Info, root: Path) -> str:
 
 
 def find_cifar_dir(root: str | os.PathLike, dataset: str = "cifar100", *, download: bool = False,
-                   url: str | None = None, archive_md5: str | None = None) -> Path:
-    """Return the folder holding the pickle files, extracting or downloading the archive if needed."""
+                   url: str | None = None, archive_md5: str | None = None, verify: bool = True) -> Path:
+    """Return the folder holding the pickle files, extracting or downloading the archive if needed.
+    An archive found in ``root`` is checked against ``archive_md5`` (default: the official one) when
+    ``verify`` is on, as a downloaded one always is."""
     info = _info(dataset)
     root = Path(root).expanduser()
     required = [n for n, _ in info.train_files + info.test_files] + [info.meta_file[0]]
@@ -164,22 +166,33 @@ def find_cifar_dir(root: str | os.PathLike, dataset: str = "cifar100", *, downlo
     for candidate in (root / info.folder, root):
         if complete(candidate):
             return candidate
+    partial = root / info.folder
+    if partial.is_dir():  # not ours to replace: the user may be filling it by hand
+        missing = [n for n in required if not (partial / n).is_file()]
+        raise FileNotFoundError(f"{partial} is missing {', '.join(missing)}; {_layout_help(info, root)}. "
+                                f"To unpack {info.archive} there instead, move that folder away first")
     archive = root / info.archive
     if not archive.is_file() and download:
         archive = download_cifar(root, dataset, url=url, md5=archive_md5)
+    elif archive.is_file() and verify:
+        _check_archive_md5(archive, archive_md5 or info.archive_md5)
     if archive.is_file():
-        extract_archive(archive, root)
+        extract_folder(archive, root, info.folder)
         if complete(root / info.folder):
             return root / info.folder
         raise FileNotFoundError(
             f"the archive {archive} did not contain the expected files; {_layout_help(info, root)}. "
             "Delete the archive and download it again."
         )
-    partial = root / info.folder
-    if partial.is_dir():
-        missing = [n for n in required if not (partial / n).is_file()]
-        raise FileNotFoundError(f"{partial} is missing {', '.join(missing)}; {_layout_help(info, root)}")
     raise FileNotFoundError(f"CIFAR data not found under {root}: {_layout_help(info, root)}")
+
+
+def _check_archive_md5(archive: Path, md5: str) -> None:
+    got = md5_file(archive)
+    if got != md5.lower():
+        raise ValueError(f"checksum mismatch for {archive}: md5 {got}, expected {md5.lower()}. The archive is corrupt "
+                         "or not the official file; nothing was extracted. Replace it with the official one (or set "
+                         "data.verify=false for a copy you trust)")
 
 
 # --------------------------------------------------------------------------- download / extract
@@ -239,13 +252,18 @@ def _safe_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
     return members
 
 
-def extract_archive(archive: str | os.PathLike, root: str | os.PathLike) -> None:
-    """Extract a .tar.gz into ``root`` safely: plain files and folders only, nothing outside ``root``.
+def extract_folder(archive: str | os.PathLike, root: str | os.PathLike, folder: str) -> Path:
+    """Extract the top-level ``folder`` of a .tar.gz into ``root`` safely, and nothing else.
 
-    Extraction happens in a temporary folder inside ``root``; top-level entries are moved into place
-    afterwards, so a failed extraction leaves no half-written data folder.
+    Plain files and folders only, nothing outside the extraction folder. The archive is unpacked into
+    a temporary folder beside the target, and only ``folder`` is moved into place: whatever else
+    ``root`` holds, or the archive holds beside ``folder``, is left alone. An existing ``root/folder``
+    is never replaced (FileExistsError). Returns ``root / folder``.
     """
     archive, root = Path(archive), Path(root)
+    target = root / folder
+    if target.exists():
+        raise FileExistsError(f"{target} exists already; move it away to unpack {archive.name} there")
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
     try:
         try:
@@ -257,16 +275,12 @@ def extract_archive(archive: str | os.PathLike, root: str | os.PathLike) -> None
                     tar.extractall(tmp, members=members)
         except (tarfile.TarError, EOFError, OSError) as e:
             raise ValueError(f"cannot extract {archive}: {e}. The archive is corrupt or truncated; delete it and download again") from e
-        for entry in tmp.iterdir():
-            dst = root / entry.name
-            if dst.exists():
-                if dst.is_dir():
-                    shutil.rmtree(dst)
-                else:
-                    dst.unlink()
-            os.replace(entry, dst)
+        if not (tmp / folder).is_dir():
+            raise ValueError(f"{archive} holds no top-level folder {folder}/; it is not the expected archive")
+        os.replace(tmp / folder, target)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # only what this extraction wrote
+    return target
 
 
 # --------------------------------------------------------------------------- reading
@@ -354,7 +368,7 @@ def load_cifar(root: str | os.PathLike, dataset: str = "cifar100", split: str = 
     info = _info(dataset)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    folder = find_cifar_dir(root, dataset, download=download, url=url, archive_md5=archive_md5)
+    folder = find_cifar_dir(root, dataset, download=download, url=url, archive_md5=archive_md5, verify=verify)
     files = info.train_files if split == "train" else info.test_files
     datas, labels = [], []
     for name, md5 in files:
