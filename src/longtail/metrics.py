@@ -10,6 +10,11 @@ Functional forms plus one accumulator, in the spirit of torchmetrics:
         acc.update(model(x), y)
     res = acc.compute(train_counts)                   # same dict on every DDP rank
 
+Shifted test priors (SPEC section 4, test-agnostic protocol)::
+
+    priors = shifted_priors(train_counts)             # {"forward-50": q, ..., "uniform": q, ..., "backward-50": q}
+    acc = weighted_accuracy(logits, targets, priors["backward-10"])   # sum_j q_j * acc_j, percent
+
 Units: every accuracy (top-1, per-class, many/medium/few) and the calibration error are
 returned in PERCENT (0..100), as long-tail papers report them. Anything undefined (no samples,
 a class absent from the targets, an empty shot group) is None in dicts and NaN in tensors;
@@ -30,6 +35,8 @@ __all__ = [
     "expected_calibration_error",
     "mean_confidence",
     "evaluate",
+    "shifted_priors",
+    "weighted_accuracy",
     "EvalAccumulator",
     "Accumulator",
 ]
@@ -234,6 +241,86 @@ def evaluate(logits: torch.Tensor, targets: torch.Tensor, train_counts=None, man
         "per_class": _nan_to_none(pc),
         "num_samples": int(logits.shape[0]),
     }
+
+
+def _ratio_name(ratio: float) -> str:
+    return f"{ratio:g}"  # 50.0 -> "50", 2.5 -> "2.5"
+
+
+def shifted_priors(class_counts, ratios=(50, 25, 10, 5, 2)) -> dict[str, torch.Tensor]:
+    """The shifted test priors of the test-agnostic protocol (SADE, Zhang et al. 2022).
+
+    With r_j the rank of class j in the TRAINING counts (0 = most frequent; equal counts keep
+    class-index order) and C classes, forward-R has class sizes n_max * R^(-r_j / (C-1)) and
+    backward-R has n_max * R^(-(C-1-r_j) / (C-1)) (the ranks reversed); uniform is 1/C. Each
+    prior is returned normalised, q_j = size_j / sum_k size_k (n_max cancels), as a float64
+    (C,) CPU tensor summing to 1.
+
+    Keys, in order: "forward-R" for R in `ratios` as given, "uniform", then "backward-R" for R
+    in reverse order, so that with descending `ratios` the dict runs from the most head-heavy
+    to the most tail-heavy prior. Every ratio must be finite and >= 1 (R = 1 is uniform). With
+    a single class every prior is [1].
+    """
+    counts = check_class_vector(class_counts, "class_counts", allow_zero=True)
+    if isinstance(ratios, (int, float)):
+        raise ValueError(f"ratios must be a sequence of imbalance factors, e.g. ({ratios},), got a single number")
+    ratio_list = []
+    for r in ratios:
+        try:
+            r = float(r)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"ratios must be numbers >= 1, got {r!r}") from exc
+        if not (r >= 1 and r != float("inf")):  # also rejects NaN
+            raise ValueError(f"ratios must be finite and >= 1 (imbalance factors of the test set), got {r}")
+        ratio_list.append(r)
+    names = [_ratio_name(r) for r in ratio_list]
+    if len(set(names)) != len(names):
+        raise ValueError(f"ratios contain a repeated value: {list(ratios)}")
+    c = counts.numel()
+    order = torch.sort(-counts, stable=True).indices  # most frequent first, ties by class index
+    rank = torch.empty(c, dtype=torch.float64)
+    rank[order] = torch.arange(c, dtype=torch.float64)
+    span = max(c - 1, 1)
+
+    def prior(ratio: float, ranks: torch.Tensor) -> torch.Tensor:
+        sizes = torch.tensor(ratio, dtype=torch.float64).pow(-ranks / span)
+        return sizes / sizes.sum()
+
+    out = {f"forward-{n}": prior(r, rank) for r, n in zip(ratio_list, names)}
+    out["uniform"] = torch.full((c,), 1.0 / c, dtype=torch.float64)
+    for r, n in zip(reversed(ratio_list), reversed(names)):
+        out[f"backward-{n}"] = prior(r, (c - 1) - rank)
+    return out
+
+
+def weighted_accuracy(logits_or_predictions: torch.Tensor, targets: torch.Tensor, prior) -> float:
+    """Class-weighted top-1 accuracy in percent: sum_j q_j * acc_j, q = prior / sum(prior).
+
+    acc_j is the accuracy on the samples of class j in `targets`; `logits_or_predictions` is
+    (N, C) scores (argmax taken) or (N,) labels, C = len(prior). This is the accuracy expected
+    on a test set whose class proportions are q, drawn from the given one (and exactly the
+    accuracy of a set in which each class's samples are replicated in proportion q_j / N_j).
+    Under a uniform prior it is the mean per-class accuracy. A class of weight 0 may be absent
+    from `targets`; a class of positive weight must be present (its accuracy is needed).
+    """
+    q = check_class_vector(prior, "prior", allow_zero=True)
+    if not bool((q > 0).any()):
+        raise ValueError("prior is all zeros: it must give each class's weight (at least one positive)")
+    c = q.numel()
+    if isinstance(logits_or_predictions, torch.Tensor) and logits_or_predictions.dim() == 2 \
+            and logits_or_predictions.shape[1] != c:
+        raise ValueError(f"logits_or_predictions has {logits_or_predictions.shape[1]} columns but prior has {c} "
+                         "entries (one per class)")
+    preds = _as_preds(logits_or_predictions, "logits_or_predictions")
+    targets = _check_targets(targets, preds.shape[0], c)
+    acc = per_class_accuracy(preds, targets, c)
+    missing = ((q > 0) & torch.isnan(acc)).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(f"classes {missing[:5]} have positive weight in prior but no sample in targets: "
+                         "give them weight 0 or evaluate on a set that contains them")
+    q = q / q.sum()
+    used = q > 0
+    return float((q[used] * acc[used]).sum())
 
 
 # ----------------------------------------------------------------------------- accumulator

@@ -5,6 +5,8 @@
 - Post-hoc logit adjustment: argmax_j z_ij - tau * log pi_j.
 - tau-normalisation of classifier weights: w_j / |w_j|^tau.
 - `search_tau`: pick tau by validation top-1.
+- Correction toward a target prior q: argmax_j z_ij - tau * log pi_j + log q_j (`to_prior`).
+- `estimate_prior`: the test prior q estimated from unlabelled predictions by EM.
 
 The honest protocol takes both the marginal and tau from the validation set::
 
@@ -30,7 +32,8 @@ from longtail.checks import check_class_vector
 from longtail.dtypes import working_dtype
 from longtail.metrics import _check_logits, _check_targets
 
-__all__ = ["class_marginal", "rebalance", "adjust", "tau_normalize", "default_taus", "search_tau"]
+__all__ = ["class_marginal", "rebalance", "adjust", "to_prior", "estimate_prior", "tau_normalize", "default_taus",
+           "search_tau"]
 
 
 def _wide_dtype(t: torch.Tensor) -> torch.dtype:
@@ -102,6 +105,104 @@ def adjust(logits: torch.Tensor, class_counts, tau: float) -> torch.Tensor:
     log_pi = (counts / counts.sum()).log()
     dt = working_dtype(logits.dtype)  # half-precision scores would round away small adjustments
     return logits.to(dt) - (tau * log_pi).to(dt).to(logits.device)
+
+
+def to_prior(logits: torch.Tensor, class_counts, target_prior, tau: float = 1.0) -> torch.Tensor:
+    """Logit adjustment toward a target prior: scores z_ij - tau * log pi_j + log q_j.
+
+    pi = counts / sum(counts) is the training prior, q = target_prior / sum(target_prior) the
+    prior the predictions are meant for (every entry positive: its log is taken). With tau = 1
+    and softmax(z) calibrated to pi, softmax of the scores is the Bayes posterior under q. With
+    q uniform the scores are `adjust(logits, class_counts, tau)` minus the constant log C, so
+    the predictions are post-hoc logit adjustment's. Returns a new (N, C) tensor of at least
+    float32; only its argmax is meaningful unless tau = 1 and the model is calibrated.
+    """
+    scores = adjust(logits, class_counts, tau)
+    q = _check_positive_vector(target_prior, "target_prior", scores.shape[1])
+    log_q = (q / q.sum()).log()
+    return scores + log_q.to(scores.dtype).to(scores.device)
+
+
+def _check_probs(probs) -> torch.Tensor:
+    probs = _check_logits(probs, "probs")
+    if probs.shape[0] == 0:
+        raise ValueError("probs has no rows: the prior cannot be estimated without samples")
+    if bool((probs < 0).any()):
+        raise ValueError("probs contain negative entries: pass probabilities (softmax of the logits), not logits")
+    # Stored probabilities sum to 1 only to about their dtype's epsilon.
+    atol = max(1e-4, 4 * torch.finfo(probs.dtype).eps)
+    row_sums = probs.to(_wide_dtype(probs)).sum(dim=1)
+    bad = ((row_sums - 1).abs() > atol).nonzero().flatten()
+    if bad.numel():
+        raise ValueError(f"probs rows {bad[:5].tolist()} do not sum to 1: pass probabilities (softmax of the logits)")
+    return probs
+
+
+def _check_sample_weights(weights, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    try:
+        w = torch.as_tensor(weights, dtype=torch.float64).detach()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"weights must be a 1-D sequence of non-negative numbers, got {weights!r}") from exc
+    if w.dim() != 1 or w.numel() != n:
+        raise ValueError(f"weights must have one entry per row of probs ({n}), got shape {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("weights must all be non-negative and finite")
+    if not bool((w > 0).any()):
+        raise ValueError("weights are all zero: at least one sample must count")
+    return w.to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def estimate_prior(probs: torch.Tensor, train_prior, weights=None, tol: float = 1e-6,
+                   max_iter: int = 1000) -> tuple[torch.Tensor, int]:
+    """Estimate the class prior of an unlabelled set by EM (Saerens, Latinne & Decaestecker 2002).
+
+    `probs` (N, C) are posteriors p_ij of a model calibrated to the prior pi = `train_prior`
+    (normalised; entries positive). Starting from q^0 = pi, iteration t = 1, 2, ... computes
+
+        E-step: p'_ij = p_ij * q^(t-1)_j / pi_j / sum_k (p_ik * q^(t-1)_k / pi_k)
+        M-step: q^t_j = sum_i w_i * p'_ij / sum_i w_i      (w_i = 1 unless `weights` is given)
+
+    and stops after the first iteration with max_j |q^t_j - q^(t-1)_j| < tol, or after
+    `max_iter` iterations. `weights` (N,) are non-negative sample weights (an integer weight
+    counts a sample that many times: the result equals EM on the set with each row replicated);
+    a shifted test set is represented by weighting the balanced test set's samples by their
+    class's target weight. Computed in float64 (float32 on MPS) on the device of `probs`.
+
+    Returns (q, iterations): q a float64 CPU (C,) tensor summing to 1, iterations the number
+    of EM iterations run (0 if max_iter = 0; equal to max_iter when the tolerance was not
+    met, or was met only at the last iteration).
+    """
+    probs = _check_probs(probs)
+    n, c = probs.shape
+    tol = float(tol)
+    if not (tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be positive and finite, got {tol}")
+    if int(max_iter) != max_iter or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter}")
+    dt = _wide_dtype(probs)
+    pi = _check_positive_vector(train_prior, "train_prior", c)
+    pi = (pi / pi.sum()).to(device=probs.device, dtype=dt)
+    p = probs.to(dt)
+    p = p / p.sum(dim=1, keepdim=True)  # remove the rounding of stored probabilities
+    if weights is None:
+        w = torch.full((n,), 1.0 / n, dtype=dt, device=probs.device)
+    else:
+        w = _check_sample_weights(weights, n, probs.device, dt)
+        keep = w > 0  # rows of weight 0 do not enter the M-step
+        p, w = p[keep], w[keep] / w[keep].sum()
+    ratio_base = p / pi  # p_ij / pi_j, fixed across iterations
+    q = pi.clone()
+    iterations = 0
+    for iterations in range(1, int(max_iter) + 1):
+        post = ratio_base * q
+        post = post / post.sum(dim=1, keepdim=True)
+        q_new = w @ post
+        delta = float((q_new - q).abs().max())
+        q = q_new
+        if delta < tol:
+            break
+    return q.to(device="cpu", dtype=torch.float64), iterations
 
 
 @torch.no_grad()
