@@ -18,8 +18,9 @@ class ALA(LongTailLoss):
 
     cosine_head = True
 
-    def __init__(self, class_counts, scale: float = 30.0, normalise_qf: bool = True, check_values: bool = True):
-        super().__init__(class_counts, check_values=check_values)
+    def __init__(self, class_counts, scale: float = 30.0, normalise_qf: bool = True, check_values: bool = True,
+                 label_smoothing: float = 0.0):
+        super().__init__(class_counts, check_values=check_values, label_smoothing=label_smoothing)
         self.scale = check_param("scale", scale, positive=True)
         self.normalise_qf = bool(normalise_qf)
         n = self.class_counts.double()

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,14 @@ def check_cosine_logits(logits: torch.Tensor, scale: float) -> None:
                          f"scale={scale:g})), not a linear layer's logits")
 
 
+def check_label_smoothing(value) -> float:
+    """Return the label-smoothing eps as a float in [0, 1), or raise ValueError naming it."""
+    eps = check_param("label_smoothing", value, non_negative=True)
+    if eps >= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1) (1 would ignore the labels), got {value!r}")
+    return eps
+
+
 def class_balanced_weights(class_counts, beta: float = 0.9999) -> torch.Tensor:
     """Class-balanced weights (Cui et al.): w_j = (1 - beta) / (1 - beta^n_j), normalised to sum to C."""
     counts = check_class_counts(class_counts)
@@ -101,16 +110,25 @@ class LongTailLoss(nn.Module):
     Subclasses implement `compute(logits, target)`. Class weights (for DRW or `cb`) can be
     switched on or off at any time with `set_class_weights`; they enter the cross-entropy as
     PyTorch's `weight=` does (weighted mean: sum_i w_{y_i} l_i / sum_i w_{y_i}).
+
+    `label_smoothing` eps makes each sample's CE term l_i = (1 - eps) * CE_i + eps * mean_j(-log p_ij)
+    (Szegedy et al. 2016), on whatever logits the loss passes to `cross_entropy`; a loss offers it as a
+    constructor parameter where its per-sample term is that CE.
+
+    Inside `with loss.frozen():` training calls leave the loss's state (GALA's statistics) unchanged.
     """
 
-    def __init__(self, class_counts: Sequence[float] | torch.Tensor, check_values: bool = True):
+    def __init__(self, class_counts: Sequence[float] | torch.Tensor, check_values: bool = True,
+                 label_smoothing: float = 0.0):
         super().__init__()
         counts = check_class_counts(class_counts)
         self.num_classes = counts.numel()
         self.check_values = check_values
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.register_buffer("class_counts", counts.float(), persistent=False)
         self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=True)
         self.weighted = False
+        self.updates_state = True  # False inside `frozen()`
 
     def set_class_weights(self, weights: torch.Tensor | Sequence[float] | None) -> None:
         """Switch per-class weights on (a length-C positive vector) or off (None)."""
@@ -133,10 +151,30 @@ class LongTailLoss(nn.Module):
         # `weighted` is derived from the restored buffer: weights that are not all ones are switched on
         self.weighted = bool((self.class_weights != 1).any())
 
+    @contextmanager
+    def frozen(self) -> Iterator[LongTailLoss]:
+        """Within, training calls compute as usual but update no state: SAM's first (ascent) pass, so that
+        a step adds its batch to GALA's statistics once. Losses without state are unaffected."""
+        before = self.updates_state
+        self.updates_state = False
+        try:
+            yield self
+        finally:
+            self.updates_state = before
+
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """CE with the current class weights (if switched on)."""
+        """CE with the current class weights (if switched on) and label smoothing (if set)."""
         weight = self.class_weights.to(logits.dtype) if self.weighted else None
-        return F.cross_entropy(logits, target, weight=weight, reduction=reduction)
+        if weight is None or not self.label_smoothing:
+            return F.cross_entropy(logits, target, weight=weight, reduction=reduction,
+                                   label_smoothing=self.label_smoothing)
+        # F.cross_entropy would weight the smoothing part of row i by each class's own w_j; here the
+        # whole smoothed term l_i takes w_{y_i}, as every other per-sample term does.
+        sample_weight = weight[target]
+        weighted = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing) * sample_weight
+        if reduction == "none":
+            return weighted
+        return weighted.sum() if reduction == "sum" else weighted.sum() / sample_weight.sum()
 
     # ALA, LDAM and GCL read cos as logits / scale: their logits must come from a cosine head
     cosine_head = False
@@ -167,4 +205,5 @@ class LongTailLoss(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, weighted={self.weighted}"
+        smoothing = f", label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+        return f"num_classes={self.num_classes}, weighted={self.weighted}{smoothing}"

@@ -8,7 +8,7 @@ from longtail.losses.base import LongTailLoss, check_param, class_balanced_weigh
 
 
 class CrossEntropy(LongTailLoss):
-    """Plain cross-entropy on z ("ce")."""
+    """Plain cross-entropy on z ("ce"), optionally label-smoothed (the base's `label_smoothing`)."""
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.cross_entropy(at_least_float32(logits), target)
@@ -35,8 +35,8 @@ class Focal(LongTailLoss):
 class ClassBalancedCE(LongTailLoss):
     """Cross-entropy weighted by class-balanced weights (Cui et al.), switched on from construction ("cb")."""
 
-    def __init__(self, class_counts, beta: float = 0.9999, check_values: bool = True):
-        super().__init__(class_counts, check_values=check_values)
+    def __init__(self, class_counts, beta: float = 0.9999, check_values: bool = True, label_smoothing: float = 0.0):
+        super().__init__(class_counts, check_values=check_values, label_smoothing=label_smoothing)
         self.beta = check_param("beta", beta)
         self.set_class_weights(class_balanced_weights(self.class_counts, self.beta))
 

@@ -47,6 +47,8 @@ Implementation notes:
 - Arithmetic is float32 (float64 inputs stay float64) even under bf16/fp16 autocast.
 - In eval mode the loss is still the adjusted CE with the current statistics (no update);
   predictions at evaluation use the plain logits z, which this loss never alters.
+- Two passes over one batch (SAM): the first inside ``with loss.frozen():`` updates nothing, so
+  both passes adjust with the same statistics and the second adds the batch, once.
 """
 from __future__ import annotations
 
@@ -207,8 +209,9 @@ class GALA(LongTailLoss):
                 loss = per_sample.mean()
                 nll = per_sample
             # after the loss: this batch is used from the next step on. Only in a training step: not in
-            # eval(), and not under no_grad (a validation pass with the criterion left in train mode)
-            if self.training and torch.is_grad_enabled():
+            # eval(), not under no_grad (a validation pass with the criterion left in train mode), and
+            # not inside frozen() (SAM's ascent pass: the step's batch is added once, by its second pass)
+            if self.training and torch.is_grad_enabled() and self.updates_state:
                 self._update(adjusted, target, nll)
         return loss
 

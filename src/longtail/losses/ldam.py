@@ -15,8 +15,9 @@ class LDAM(LongTailLoss):
 
     cosine_head = True
 
-    def __init__(self, class_counts, max_margin: float = 0.5, scale: float = 30.0, check_values: bool = True):
-        super().__init__(class_counts, check_values=check_values)
+    def __init__(self, class_counts, max_margin: float = 0.5, scale: float = 30.0, check_values: bool = True,
+                 label_smoothing: float = 0.0):
+        super().__init__(class_counts, check_values=check_values, label_smoothing=label_smoothing)
         self.max_margin = check_param("max_margin", max_margin, positive=True)
         self.scale = check_param("scale", scale, positive=True)
         m = self.class_counts.double().pow(-0.25)
