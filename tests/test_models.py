@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from longtail.heads import CosineHead, LinearHead
-from longtail.models import Classifier, available_models, build_model
+from longtail.models import (
+    IMAGENET_BACKBONES,
+    PRETRAINED_MEAN,
+    PRETRAINED_STD,
+    Classifier,
+    available_models,
+    build_model,
+)
 
 
 def n_params(m):
@@ -49,7 +56,9 @@ def imagenet_resnet_count(block, layers, num_classes, groups=1, width_per_group=
 
 
 def test_registry_lists_all_models():
-    assert set(available_models()) >= {"resnet32", "resnet10", "resnet50", "resnet152", "resnext50_32x4d", "convnet"}
+    assert set(available_models()) >= {"resnet32", "resnet10", "resnet18", "resnet34", "resnet50", "resnet101",
+                                       "resnet152", "resnext50_32x4d", "convnet"}
+    assert set(IMAGENET_BACKBONES) <= set(available_models())
     with pytest.raises(ValueError, match="unknown model"):
         build_model("vit_huge", 10)
 
@@ -67,7 +76,10 @@ def test_resnet32_parameter_count_and_forward():
 
 @pytest.mark.parametrize("name,block,layers,kw,published", [
     ("resnet10", "basic", (1, 1, 1, 1), {}, None),
+    ("resnet18", "basic", (2, 2, 2, 2), {}, 11_689_512),
+    ("resnet34", "basic", (3, 4, 6, 3), {}, 21_797_672),
     ("resnet50", "bottleneck", (3, 4, 6, 3), {}, 25_557_032),
+    ("resnet101", "bottleneck", (3, 4, 23, 3), {}, 44_549_160),
     ("resnet152", "bottleneck", (3, 8, 36, 3), {}, 60_192_808),
     ("resnext50_32x4d", "bottleneck", (3, 4, 6, 3), {"groups": 32, "width_per_group": 4}, 25_028_904),
 ])
@@ -185,3 +197,92 @@ def test_mlp_matches_an_independent_computation_and_has_no_batchnorm():
     h = torch.relu(pooled @ lin[0].weight.T + lin[0].bias)
     h = torch.relu(h @ lin[1].weight.T + lin[1].bias)
     torch.testing.assert_close(m(x), h @ lin[2].weight.T + lin[2].bias)
+
+
+# torchvision's layouts, written out here from its resnet.py: block kind, blocks per stage, groups, width per group
+TORCHVISION_LAYOUTS = {
+    "resnet10": ("basic", (1, 1, 1, 1), 1, 64),
+    "resnet18": ("basic", (2, 2, 2, 2), 1, 64),
+    "resnet34": ("basic", (3, 4, 6, 3), 1, 64),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), 1, 64),
+    "resnet101": ("bottleneck", (3, 4, 23, 3), 1, 64),
+    "resnet152": ("bottleneck", (3, 8, 36, 3), 1, 64),
+    "resnext50_32x4d": ("bottleneck", (3, 4, 6, 3), 32, 4),
+}
+
+
+def torchvision_file_shapes(name, counters):
+    """{name: shape} of a torchvision ImageNet state dict for this layout, fc included. ``counters``:
+    whether batch norms carry num_batches_tracked (the files of ResNet-18 to 152 predate it)."""
+    block, layers, groups, width_per_group = TORCHVISION_LAYOUTS[name]
+    shapes = {}
+
+    def bn(prefix, c):
+        shapes.update({f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
+                       f"{prefix}.running_var": (c,)})
+        if counters:
+            shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    shapes["conv1.weight"] = (64, 3, 7, 7)
+    bn("bn1", 64)
+    cin = 64
+    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), 1):
+        for b in range(blocks):
+            p = f"layer{stage}.{b}"
+            if block == "basic":
+                out = planes
+                shapes[f"{p}.conv1.weight"] = (planes, cin, 3, 3)
+                bn(f"{p}.bn1", planes)
+                shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+                bn(f"{p}.bn2", planes)
+            else:
+                width, out = int(planes * width_per_group / 64) * groups, planes * 4
+                shapes[f"{p}.conv1.weight"] = (width, cin, 1, 1)
+                bn(f"{p}.bn1", width)
+                shapes[f"{p}.conv2.weight"] = (width, width // groups, 3, 3)
+                bn(f"{p}.bn2", width)
+                shapes[f"{p}.conv3.weight"] = (out, width, 1, 1)
+                bn(f"{p}.bn3", out)
+            if b == 0 and (stage > 1 or cin != out):
+                shapes[f"{p}.downsample.0.weight"] = (out, cin, 1, 1)
+                bn(f"{p}.downsample.1", out)
+            cin = out
+    shapes["fc.weight"], shapes["fc.bias"] = (1000, cin), (1000,)
+    return shapes
+
+
+def torchvision_file(name, counters, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randint(0, 1000, shape, generator=gen) if k.endswith("num_batches_tracked")
+            else torch.randn(shape, generator=gen) for k, shape in torchvision_file_shapes(name, counters).items()}
+
+
+@pytest.mark.parametrize("name", IMAGENET_BACKBONES)
+def test_torchvision_imagenet_layout_loads_into_every_imagenet_backbone(tmp_path, name):
+    # the published ResNet-18..152 files have no num_batches_tracked; newer ones (ResNeXt) have it
+    counters = name in ("resnet10", "resnext50_32x4d")
+    state = torchvision_file(name, counters)
+    torch.save(state, tmp_path / f"{name}.pth")
+    model = build_model(name, 5, pretrained=str(tmp_path / f"{name}.pth"))
+    loaded = model.backbone.state_dict()
+    assert {k for k in loaded if not k.endswith("tracked")} == {k for k in state if not k.startswith("fc.")
+                                                                and not k.endswith("tracked")}
+    for k, v in loaded.items():
+        # a counter the file lacks stays the new model's own: 0
+        assert torch.equal(v, state[k] if k in state else torch.tensor(0)), k
+    assert model.head.weight.shape == (5, state["fc.weight"].shape[1])
+
+
+def test_torchvision_file_with_a_missing_tensor_or_wrong_depth_fails_clearly(tmp_path):
+    state = torchvision_file("resnet18", counters=False)
+    del state["layer3.1.bn2.running_var"]
+    torch.save(state, tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match=r"do not match backbone ResNet.*missing: layer3\.1\.bn2\.running_var"):
+        build_model("resnet18", 5, pretrained=str(tmp_path / "r18.pth"))
+    torch.save(torchvision_file("resnet18", counters=False), tmp_path / "r18_ok.pth")
+    with pytest.raises(ValueError, match=r"missing: layer1\.2\.bn1\.bias"):  # a ResNet-18 file into a ResNet-34
+        build_model("resnet34", 5, pretrained=str(tmp_path / "r18_ok.pth"))
+
+
+def test_pretrained_normalisation_is_torchvisions_imagenet_statistics():
+    assert PRETRAINED_MEAN == (0.485, 0.456, 0.406) and PRETRAINED_STD == (0.229, 0.224, 0.225)

@@ -6,12 +6,17 @@ torchvision ImageNet checkpoint loads with `build_model(..., pretrained=path)` (
 dropped: the classifier is our head). Init follows torchvision: kaiming-normal (fan_out, relu) for
 convs, batch norm weight 1 and bias 0.
 ResNet-10 is the BasicBlock [1, 1, 1, 1] network used by the decoupling (cRT / tau-norm) code for
-ImageNet-LT.
+ImageNet-LT; ResNet-18/34/50/101/152 and ResNeXt-50 32x4d are torchvision's layouts.
+Images fed to torchvision's ImageNet weights are normalised with PRETRAINED_MEAN / PRETRAINED_STD.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+# the per-channel normalisation torchvision's ImageNet weights were trained with (RGB, on [0, 1])
+PRETRAINED_MEAN = (0.485, 0.456, 0.406)
+PRETRAINED_STD = (0.229, 0.224, 0.225)
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -110,8 +115,20 @@ def resnet10(in_channels: int = 3) -> ResNet:
     return ResNet(BasicBlock, (1, 1, 1, 1), in_channels)
 
 
+def resnet18(in_channels: int = 3) -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels)
+
+
+def resnet34(in_channels: int = 3) -> ResNet:
+    return ResNet(BasicBlock, (3, 4, 6, 3), in_channels)
+
+
 def resnet50(in_channels: int = 3) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), in_channels)
+
+
+def resnet101(in_channels: int = 3) -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 23, 3), in_channels)
 
 
 def resnet152(in_channels: int = 3) -> ResNet:
