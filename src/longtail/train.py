@@ -34,6 +34,7 @@ from longtail.data.mixup import mix, mixed_loss, mixup_epoch
 from longtail.data.sampling import batches_per_epoch, class_balanced_batches, epoch_batches
 from longtail.evaluation import autocast_context, evaluate_model, predict, report_markdown, resolve_precision
 from longtail.safe_load import UnsafeFileError, load_tensors
+from longtail.threads import RateWatch, default_threads
 
 
 class TrainingDiverged(RuntimeError):
@@ -296,8 +297,9 @@ def seed_everything(seed: int) -> None:
 def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) -> Path:
     """Train per `cfg`; returns the run folder. With `resume`, continue the run in `run_dir`."""
     rt = distributed.init_runtime(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or (default_threads() if rt.device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     main = rt.is_main
     if cfg.optim.batch_size % rt.world_size:
         raise ValueError(f"optim.batch_size {cfg.optim.batch_size} (global) must be divisible by the "
@@ -437,6 +439,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     old_handlers, log = {}, None
     best_state = None
     progress = Progress(cfg.progress, main)
+    watch = RateWatch(torch.get_num_threads(), str(run_dir)) if rt.device.type == "cpu" and main else None
     start_epoch = state["epoch"]
     try:  # from here on, the finally puts the signal handlers back and closes the log
         old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -483,6 +486,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
             nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)  # any bad loss since the last check
             checked = shown = start_step  # the last step whose loss was checked / shown in the progress line
             t0 = time.perf_counter()
+            if watch:
+                watch.restart()
             step = start_step
             for x, y in source:
                 x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
@@ -514,6 +519,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                     hits = lam * hits + (1.0 - lam) * (pred == y[perm])
                 correct += hits.sum()
                 seen += len(y)
+                if watch:
+                    watch.update(len(y))
                 if step % check_every and step != len(batches):
                     continue
                 if check_every > 1:
