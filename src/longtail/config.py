@@ -110,6 +110,8 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     every: int = 1  # evaluate on validation every N epochs (and on the last)
+    # false: the test split is never read (while choosing settings); results hold validation figures only
+    test: bool = True
     track_test: bool = True  # also evaluate test at the same cadence, only to report the best-on-test figure
     published_pr_tau: float = 1.0  # the paper's transductive PR tau for this dataset, reported beside ours
     tau_grid: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])
@@ -487,7 +489,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 # device, compile_mode changes only how the same computation runs (reduce-overhead replays it as CUDA
 # graphs), so a GPU run made with it is a seed of the same setting as CPU runs made without.
 RUNTIME_KEYS = ("seed", "run_name", "out_dir", "threads", "progress", "tensorboard", "device", "compile_mode",
-                "eval.batch_size", "data.workers", "data.root", "data.download", "data.verify", "check_every",
+                "eval.batch_size", "eval.test", "data.workers", "data.root", "data.download", "data.verify", "check_every",
                 "loss.check_values")
 # Keys that, like the seed, differ between the seeds of one setting: a second stage starts from
 # the first-stage run of its own seed.

@@ -555,7 +555,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                     state["best_val"], state["best_val_epoch"] = val_top1, epoch + 1
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                     checkpoint(epoch + 1, 0, "best.pt")
-                if cfg.eval.track_test:
+                if cfg.eval.track_test and cfg.eval.test:
                     test_top1 = _top1(predict(model, bench.test, eval_tf, rt.device, precision,
                                               cfg.eval.batch_size, cfg.channels_last, cfg.data.workers))
                     record["test_acc_for_best_on_test_figure"] = test_top1
@@ -678,6 +678,11 @@ def final_evaluation(cfg: Config, run_dir: Path, model, bench, rt, eval_tf, stat
                                    if state["best_test_epoch"] else None),
                "environment": made_on(run_dir, rt, cfg, precision),
                "checkpoints": {}}
+    if not cfg.eval.test:  # validation figures only (best_val above): the test split is never read
+        results["test_evaluated"] = False
+        if rt.is_main:
+            write_replacing(run_dir / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
+        return results
     # The model in memory is the last state; the best-on-validation weights were kept in memory when
     # found (every rank has them: validation accuracy is gathered), or come from best.pt after a resume.
     results["checkpoints"]["last"] = evaluate_model(model, bench, cfg, rt.device, eval_tf, precision)
