@@ -1,4 +1,8 @@
+import hashlib
+import json
 import statistics
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -13,18 +17,46 @@ from longtail.report import (
     write_csv,
 )
 
+# A run's stored experiment settings, as results.json keeps them (the GALA CIFAR recipe); a run's
+# own are these with its changes.
+SETTINGS = {"data.name": "cifar100-lt", "data.imb_factor": 100.0, "data.val_per_class": 20, "data.val_seed": 0,
+            "data.val_shortfall": "move", "data.train_list": None, "data.val_list": None, "data.test_list": None,
+            "data.augment": "autoaugment", "data.limit_per_class": None, "data.limit_eval_per_class": None,
+            "model.name": "resnet32", "loss.name": "gala", "optim.lr": 0.1, "optim.batch_size": 64,
+            "optim.schedule": "cosine", "optim.weight_decay": 5e-4, "optim.warmup_epochs": 2, "optim.drop_last": True}
+ABSENT = object()  # a key without effect in a run's settings (not stored)
 
-def _run(seed, top1, config=None, method="gala-reference", model="resnet32", ckpts=("best_val", "last")):
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _settings(changes=None, model="resnet32") -> dict:
+    merged = {**SETTINGS, "model.name": model, **(changes or {})}
+    return {k: v for k, v in merged.items() if v is not ABSENT}
+
+
+def _run(seed, top1, settings=None, method="gala-reference", model="resnet32", ckpts=("best_val", "last"),
+         first_stage=None):
+    """A synthetic results.json: `settings` changes the stored settings, `first_stage` ({key: value}
+    changes) makes it a second stage whose first stage stored those settings."""
     variant = {"top1": top1, "many": top1 + 10, "medium": top1, "few": top1 - 10}
-    return {"dataset": "cifar100-lt", "imb_factor": 100, "method": method, "seed": seed, "setting": "stored",
-            "config": {"model": {"name": model}, "seed": seed, **(config or {})}, "_dir": f"run-{top1}-{seed}",
-            "best_test_epoch": {"epoch": 3, "top1": top1 + 1}, "train_time_s": 3600.0 * (1 + seed),
-            "checkpoints": {c: {"raw": variant, "pr": variant, "pr_transductive": variant,
-                                "la": {"top1": top1 + 0.5}} for c in ckpts}}
+    stored = _settings(settings, model)
+    run = {"dataset": stored["data.name"], "imb_factor": 100, "method": method, "seed": seed,
+           "settings": stored, "_dir": f"run-{top1}-{seed}",
+           "best_test_epoch": {"epoch": 3, "top1": top1 + 1}, "train_time_s": 3600.0 * (1 + seed),
+           "checkpoints": {c: {"raw": variant, "pr": variant, "pr_transductive": variant,
+                               "la": {"top1": top1 + 0.5}} for c in ckpts}}
+    together = dict(stored)
+    if first_stage is not None:
+        run["first_stage"] = {"method": "gcl", "seed": seed, "settings": _settings(first_stage)}
+        together.update({f"first_stage.{k}": v for k, v in run["first_stage"]["settings"].items()})
+    run["setting"] = fingerprint(together)
+    return run
 
 
 def test_seeds_of_one_setting_are_averaged_and_other_settings_kept_apart():
-    rows = summarize([_run(0, 50.0), _run(1, 52.0), _run(0, 40.0, config={"optim": {"lr": 0.05}}),
+    rows = summarize([_run(0, 50.0), _run(1, 52.0), _run(0, 40.0, settings={"optim.lr": 0.05}),
                       _run(0, 45.0, model="resnext50_32x4d")])
     assert len(rows) == 3
     by = {r["raw.top1"]: r for r in rows}
@@ -65,24 +97,65 @@ def test_training_time_unit_follows_the_longest_run_in_the_table():
     assert f"| {30 / 3600:.2f} | 39.1 |" in table and "| 2.00 | 52.1 (+PR 52.3) |" in table
 
 
-def test_a_run_saved_before_a_config_key_existed_is_read_as_its_version_ran():
-    # longtail 0.1.0 saved no data.autoaugment_shear and sheared with nearest sampling
-    old = _run(0, 50.0, config={"data": {"augment": "autoaugment"}})
-    new_nearest = _run(1, 52.0, config={"data": {"augment": "autoaugment", "autoaugment_shear": "nearest"}})
-    bicubic = _run(2, 49.0, config={"data": {"augment": "autoaugment", "autoaugment_shear": "bicubic"}})
-    rows = summarize([old, new_nearest, bicubic])
-    assert sorted((r["seeds"], r["seed_list"]) for r in rows) == [(1, [2]), (2, [0, 1])]
-    # the two settings of one method are told apart by the config value that differs, and only by it
+def test_runs_group_by_the_setting_they_stored_and_are_told_apart_by_their_stored_settings():
+    nearest = _run(0, 50.0, settings={"data.autoaugment_shear": "nearest"})
+    bicubic = [_run(s, 49.0 + s, settings={"data.autoaugment_shear": "bicubic"}) for s in (0, 1)]
+    rows = summarize([nearest, *bicubic])
+    assert sorted((r["seeds"], r["seed_list"]) for r in rows) == [(1, [0]), (2, [0, 1])]
+    # the two settings of one method are told apart by the stored value that differs, and only by it
     assert sorted(r["differs"] for r in rows) == ["data.autoaugment_shear=bicubic", "data.autoaugment_shear=nearest"]
-    assert "| gala-reference [data.autoaugment_shear=bicubic] | resnet32 | 1 | 49.00 |" in markdown_table(rows)
-    # without AutoAugment the shear key means nothing: old and new crop+flip runs are seeds of one setting
-    ce = [_run(0, 38.0, method="ce", config={"data": {"augment": "crop_flip"}}),
-          _run(1, 39.0, method="ce", config={"data": {"augment": "crop_flip", "autoaugment_shear": "bicubic"}})]
-    (row,) = summarize(ce)
-    assert row["seeds"] == 2 and row["differs"] == ""
-    # results without a loadable config keep the fingerprint they were saved with
-    bare = [dict(_run(s, 50.0 + s), config=None, setting="same") for s in (0, 1)]
-    assert summarize(bare)[0]["seeds"] == 2
+    assert "| gala-reference [data.autoaugment_shear=nearest] | resnet32 | 1 | 50.00 |" in markdown_table(rows)
+    # the fingerprint a run stored decides its row: equal settings under another fingerprint are another row
+    other = dict(_run(2, 51.0, settings={"data.autoaugment_shear": "bicubic"}), setting="0123456789")
+    assert sorted(r["seed_list"] for r in summarize([*bicubic, other])) == [[0, 1], [2]]
+    # a key a run did not store (no effect there) is named only where it is stored
+    cosine = _run(0, 50.0)
+    step = _run(0, 42.0, settings={"optim.schedule": "step", "optim.milestones": [160, 180]})
+    assert sorted(r["differs"] for r in summarize([cosine, step])) == [
+        "optim.milestones=[160, 180], optim.schedule=step", "optim.schedule=cosine"]
+
+
+def test_a_second_stage_is_told_apart_by_its_first_stages_stored_settings():
+    runs = [_run(s, 47.0 + s, method="gcl-crt", first_stage={"loss.noise_mul": 0.5}) for s in (0, 1)]
+    runs.append(_run(0, 46.0, method="gcl-crt", first_stage={"loss.noise_mul": 0.3}))
+    rows = summarize(runs)
+    assert sorted((r["seeds"], r["differs"]) for r in rows) == [(1, "first_stage.loss.noise_mul=0.3"),
+                                                                 (2, "first_stage.loss.noise_mul=0.5")]
+    assert "| gcl-crt [first_stage.loss.noise_mul=0.5] | resnet32 | 2 |" in markdown_table(rows)
+
+
+def test_report_reads_what_runs_stored_without_loading_configs_or_losses():
+    code = ("import sys; from longtail.report import summarize; "
+            f"rows = summarize([{_run(0, 50.0)!r}, {_run(1, 52.0)!r}]); assert rows[0]['seeds'] == 2; "
+            "print(sorted(m for m in sys.modules if m.startswith('longtail')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['longtail', 'longtail.report']"
+
+
+def test_runs_without_test_figures_are_left_out_with_a_warning(capsys):
+    validation_only = dict(_run(2, 60.0), checkpoints={}, test_evaluated=False, best_test_epoch=None)
+    rows = summarize([_run(0, 50.0), _run(1, 52.0), validation_only])
+    assert [r["seed_list"] for r in rows] == [[0, 1]]
+    assert capsys.readouterr().err == "warning: skipped run-60.0-2: validation only (eval.test=false), no test figures\n"
+    # a run recorded with its best_val figures alone is left out of a table of last epochs
+    recorded = _run(2, 49.0, ckpts=("best_val",))
+    assert summarize([_run(0, 50.0), recorded], checkpoint="last")[0]["seed_list"] == [0]
+    assert "skipped run-49.0-2: no 'last' checkpoint figures (it holds best_val)" in capsys.readouterr().err
+    assert summarize([_run(0, 50.0), recorded])[0]["seed_list"] == [0, 2]
+    # nothing left to table: an error that says so
+    with pytest.raises(ValueError, match="no run given has 'best_val' test figures; `--checkpoint last`"):
+        summarize([validation_only, _run(0, 50.0, ckpts=("last",))])
+
+
+def test_a_figure_a_run_recorded_as_null_is_averaged_over_the_seeds_that_have_it():
+    runs = [_run(0, 50.0), _run(1, 52.0), _run(2, 54.0)]
+    runs[2]["checkpoints"]["best_val"]["pr_transductive"] = {"top1": 55.0, "many": None}
+    runs[2]["checkpoints"]["best_val"]["la"] = None
+    (row,) = summarize(runs)
+    assert row["pr_transductive.top1"] == f"{statistics.mean([50.0, 52.0, 55.0]):.2f} ± {statistics.stdev([50.0, 52.0, 55.0]):.2f}"
+    assert row["pr_transductive.many"] == f"{61.0:.2f} ± {statistics.stdev([60.0, 62.0]):.2f}"
+    assert row["la.top1"] == f"{51.5:.2f} ± {statistics.stdev([50.5, 52.5]):.2f}"
+    assert "| 51.50 ± 1.41 (n=2) |" in markdown_table([row])
 
 
 @pytest.mark.parametrize("dataset, imb, method, figure", [
@@ -103,7 +176,7 @@ def test_published_figures_follow_spec_section_6(dataset, imb, method, figure):
 
 
 def test_the_table_shows_the_published_figure_unless_told_otherwise():
-    rows = summarize([_run(0, 50.0), _run(0, 38.0, method="ce", config={"loss": {"name": "ce"}})])
+    rows = summarize([_run(0, 50.0), _run(0, 38.0, method="ce", settings={"loss.name": "ce"})])
     table = markdown_table(rows)
     assert "| cifar100-lt IF100 | gala-reference | resnet32 | 1 | 50.00 |" in table
     gala_line = next(ln for ln in table.splitlines() if "| gala-reference |" in ln)
@@ -115,8 +188,8 @@ def test_the_table_shows_the_published_figure_unless_told_otherwise():
 
 
 def test_the_summary_chart_names_each_bar_as_the_table_tells_the_rows_apart(tmp_path):
-    bicubic, nearest = ({"data": {"augment": "autoaugment", "autoaugment_shear": s}} for s in ("bicubic", "nearest"))
-    rows = summarize([_run(0, 50.0, config=bicubic), _run(1, 52.0, config=bicubic), _run(0, 49.0, config=nearest),
+    bicubic, nearest = ({"data.autoaugment_shear": s} for s in ("bicubic", "nearest"))
+    rows = summarize([_run(0, 50.0, settings=bicubic), _run(1, 52.0, settings=bicubic), _run(0, 49.0, settings=nearest),
                       _run(0, 38.0, method="ce")])
     labels = summary_labels(rows)
     assert len(set(labels)) == len(rows)  # two gala-reference settings, each named
@@ -136,17 +209,16 @@ def test_the_summary_chart_names_each_bar_as_the_table_tells_the_rows_apart(tmp_
     from PIL import Image
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 400
-    # rows told apart by several config values (two recipes) get a line per value: one long line
+    # rows told apart by several settings (two recipes) get a line per setting: one long line
     # ran off the chart sideways, tight_layout gave up ("Tight layout not applied") and clipped it
-    recipes = ({"data": {"augment": a}, "optim": {"batch_size": b, "schedule": sc, "weight_decay": wd,
-                                                  "warmup_epochs": w, "drop_last": d}}
-               for a, b, sc, wd, w, d in (("autoaugment", 64, "cosine", 5e-4, 2, True),
-                                          ("crop_flip", 128, "step", 2e-4, 5, False)))
-    rows = summarize([_run(0, 50.0, config=c) for c in recipes])
-    # the shear has no effect without AutoAugment, the milestones none on a cosine schedule: only the
-    # row where each acts names it (nearest: saved without the key, as longtail 0.1.0 ran)
+    ldam = {"data.augment": "crop_flip", "optim.batch_size": 128, "optim.schedule": "step", "optim.weight_decay": 2e-4,
+            "optim.warmup_epochs": 5, "optim.drop_last": False, "optim.milestones": [160, 180],
+            "optim.step_factors": [0.01, 0.0001]}
+    rows = summarize([_run(0, 50.0), _run(0, 42.0, settings=ldam)])
+    # the milestones have no effect on a cosine schedule, so that run did not store them: only the
+    # row where they act names them
     assert sorted(summary_labels(rows)) == [
-        "gala-reference\ndata.augment=autoaugment\ndata.autoaugment_shear=nearest\noptim.batch_size=64\n"
+        "gala-reference\ndata.augment=autoaugment\noptim.batch_size=64\n"
         "optim.drop_last=True\noptim.schedule=cosine\noptim.warmup_epochs=2\noptim.weight_decay=0.0005",
         "gala-reference\ndata.augment=crop_flip\noptim.batch_size=128\noptim.drop_last=False\n"
         "optim.milestones=[160, 180]\noptim.schedule=step\noptim.step_factors=[0.01, 0.0001]\n"
@@ -240,13 +312,13 @@ def test_paired_table_differences_are_taken_seed_by_seed_over_shared_seeds():
 def test_paired_table_pairs_within_a_setting_and_names_settings_without_the_baseline():
     from longtail.report import paired_table
 
-    def at(imb, seed, top1, method="gala-reference", model="resnet32", config=None):
-        run = _run(seed, top1, method=method, model=model, config=config)
+    def at(imb, seed, top1, method="gala-reference", model="resnet32", settings=None):
+        run = _run(seed, top1, method=method, model=model, settings=settings)
         run["imb_factor"] = imb
         return run
 
     runs = [at(100, 0, 40.0, "ce"), at(100, 0, 50.0), at(100, 0, 45.0, model="resnext50_32x4d"),
-            at(10, 0, 60.0), at(10, 0, 56.0, "ce"), at(10, 0, 57.0, "ce", config={"optim": {"lr": 0.05}})]
+            at(10, 0, 60.0), at(10, 0, 56.0, "ce"), at(10, 0, 57.0, "ce", settings={"optim.lr": 0.05})]
     table = paired_table(summarize(runs[:4]), "ce")
     # GALA at IF100 on resnet32 pairs with that CE; the ResNeXt row has no CE of its model, nor IF10
     assert f"| cifar100-lt IF100 resnet32 | gala-reference | 0 | {50.0 - 40.0:+.2f} (n=1) |" in table
@@ -434,8 +506,8 @@ def test_paired_table_does_not_pair_runs_that_saw_other_images():
     from longtail.report import paired_table
 
     runs = [_run(0, 40.0, method="ce"), _run(1, 41.0, method="ce"), _run(0, 50.0), _run(1, 52.0),
-            _run(0, 47.0, method="la", config={"data": {"val_seed": 3}}),
-            _run(0, 46.0, method="bs", config={"data": {"val_per_class": 0}})]
+            _run(0, 47.0, method="la", settings={"data.val_seed": 3}),
+            _run(0, 46.0, method="bs", settings={"data.val_per_class": 0})]
     table = paired_table(summarize(runs), "ce")
     assert f"| cifar100-lt IF100 | gala-reference | 0 1 | {10.5:+.2f} ± {statistics.stdev([10.0, 11.0]):.2f} (n=2) |" in table
     # another validation split takes other images out of training: no seed-by-seed difference for it
@@ -449,8 +521,8 @@ def test_paired_table_pairs_list_runs_whatever_path_their_lists_were_given_by():
     from longtail.report import paired_table
 
     def on_lists(seed, top1, method, train_list, test_list="ImageNet_LT_test.txt"):
-        run = _run(seed, top1, method=method, config={"data": {"name": "imagenet-lt", "train_list": train_list,
-                                                                "test_list": test_list, "val_list": None}})
+        run = _run(seed, top1, method=method, settings={"data.name": "imagenet-lt", "data.train_list": train_list,
+                                                        "data.test_list": test_list, "data.val_list": None})
         run["dataset"], run["imb_factor"] = "imagenet-lt", None
         return run
 
@@ -464,6 +536,6 @@ def test_paired_table_pairs_list_runs_whatever_path_their_lists_were_given_by():
     assert "| gala-reference |" not in table
     assert "gala-reference (data.test_list=ImageNet_LT_val.txt vs ImageNet_LT_test.txt)" in table
     # without a validation split, its seed and shortfall rule choose no image
-    split = [_run(0, 40.0, method="ce", config={"data": {"val_per_class": 0, "val_seed": 0}}),
-             _run(0, 50.0, config={"data": {"val_per_class": 0, "val_seed": 5}})]
+    split = [_run(0, 40.0, method="ce", settings={"data.val_per_class": 0, "data.val_seed": 0}),
+             _run(0, 50.0, settings={"data.val_per_class": 0, "data.val_seed": 5})]
     assert f"| gala-reference | 0 | {10.0:+.2f} (n=1) |" in paired_table(summarize(split), "ce")

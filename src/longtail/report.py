@@ -100,47 +100,28 @@ def _nothing_found(given: Path, skipped: int) -> str:
             "finishes; `longtail train --resume RUN` finishes an interrupted run)")
 
 
-def _setting(result: dict) -> str:
-    """The run's setting fingerprint, recomputed from its saved settings (_flat_config), so runs
-    saved by different longtail versions compare by what they ran (keys a run predates take the
-    value its version behaved with: config.LEGACY_VALUES), not by the fingerprint each version
-    computed. A second stage's seeds start from different runs (model.init_from is not a setting):
-    they are one setting when their first stages are, whose settings _flat_config includes."""
-    from longtail.config import settings_fingerprint
-
-    flat = _flat_config(result)
-    return settings_fingerprint(flat) if flat else result.get("setting", "")  # unreadable: the one it carries
-
-
-def _flat_config(result: dict) -> dict:
-    """The run's experiment settings (config.experiment_settings) from its saved config, with its
-    first stage's as "first_stage.<key>" for a second stage ({} if unloadable)."""
-    from longtail.config import ConfigError, experiment_settings, saved_config_from_dict
-
-    try:
-        flat = experiment_settings(saved_config_from_dict(result["config"]))
-    except (KeyError, TypeError, ConfigError):
-        return {}
-    try:  # a second stage is also set apart by its first stage's settings
-        first = experiment_settings(saved_config_from_dict(result["first_stage"]["config"]))
-    except (KeyError, TypeError, ConfigError):
-        return flat
+def _settings(result: dict) -> dict:
+    """The run's stored experiment settings ({"section.key": value}: all but the seed, runtime keys and
+    keys without effect), with its first stage's as "first_stage.<key>" for a second stage ({} if the
+    run stored none)."""
+    flat = dict(result.get("settings") or {})
+    first = (result.get("first_stage") or {}).get("settings") or {}
     return {**flat, **{f"first_stage.{k}": v for k, v in first.items()}}
 
 
 def _label_differences(rows: list[dict], first_runs: list[dict]) -> None:
-    """Where one method appears in several settings, name the config keys that set them apart."""
+    """Where one method appears in several settings, name the settings keys that set them apart."""
     by_method = defaultdict(list)
     for row, run in zip(rows, first_runs):
-        by_method[(row["dataset"], row["imb_factor"], row["method"], row["model"])].append((row, _flat_config(run)))
+        by_method[(row["dataset"], row["imb_factor"], row["method"], row["model"])].append((row, _settings(run)))
     for members in by_method.values():
         if len(members) < 2:
             continue
         known = [f for _, f in members if f]
         keys = sorted({k for f in known for k in f if len({repr(g.get(k)) for g in known}) > 1})
         for row, flat in members:
-            # a key missing from a run's settings has no effect there (e.g. the AutoAugment shear without AutoAugment)
-            row["differs_values"] = [f"{k}={flat[k]}" for k in keys if k in flat] if flat else ["config not readable"]
+            # a key missing from a run's settings has no effect there (e.g. the milestones of a cosine schedule)
+            row["differs_values"] = [f"{k}={flat[k]}" for k in keys if k in flat] if flat else ["settings not stored"]
             row["differs"] = ", ".join(row["differs_values"])
 
 
@@ -179,7 +160,7 @@ def _data_identity(flat: dict) -> dict:
 
 
 def _data_differences(mine: dict, theirs: dict) -> list[str]:
-    """The data settings two rows disagree on (none where either config is unreadable)."""
+    """The data settings two rows disagree on (none where either run stored no settings)."""
     if not (mine and theirs):
         return []
     # a key only one side has (a validation seed where the other has no split) differs through the one
@@ -188,31 +169,59 @@ def _data_differences(mine: dict, theirs: dict) -> list[str]:
     return [k for k in keys if not (k in LIST_KEYS and (mine[k] is None or theirs[k] is None)) and mine[k] != theirs[k]]
 
 
-def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
-    """One row per setting (runs whose configs differ only in seed and runtime keys): metrics as
-    mean ± std over its seeds. Where a method appears in several settings, row["differs_values"] lists
-    the config values ("key=value") that set each apart, and row["differs"] joins them (shown beside
-    the method in the markdown table)."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _with_test_figures(results: list[dict], checkpoint: str) -> list[dict]:
+    """The runs that have test figures at `checkpoint`; the others are left out with a warning: runs
+    made with eval.test=false (validation only) and runs without that checkpoint (no validation split,
+    or a run whose files were lost and whose best_val figures alone were recorded)."""
+    kept = []
     for r in results:
-        model = (r.get("config") or {}).get("model", {}).get("name", "")
-        # runs of one setting (same config but the seed, see longtail.config.setting_key) are seeds
-        groups[(r["dataset"], r.get("imb_factor"), r["method"], model, _setting(r))].append(r)
+        where = r.get("_dir", r.get("run", r["method"]))
+        if r.get("test_evaluated") is False:
+            _warn(f"skipped {where}: validation only (eval.test=false), no test figures")
+        elif checkpoint not in r["checkpoints"]:
+            _warn(f"skipped {where}: no {checkpoint!r} checkpoint figures (it holds "
+                  f"{', '.join(r['checkpoints']) or 'none'})")
+        else:
+            kept.append(r)
+    if results and not kept:
+        raise ValueError(f"no run given has {checkpoint!r} test figures"
+                         + ("; `--checkpoint last` tables the last epoch of runs trained without a validation split"
+                            if checkpoint == "best_val" else ""))
+    return kept
+
+
+def _row_order(key: tuple) -> tuple:
+    """Rows by dataset, imbalance factor as a number (10 before 100), method, model, setting."""
+    dataset, imb, *rest = key
+    return (str(dataset), float(imb or 0), *map(str, rest))
+
+
+def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
+    """One row per setting (the runs that store one "setting" fingerprint: their stored settings
+    agree but for the seed and runtime keys): metrics as mean ± std over its seeds, each over the
+    seeds that have it. Where a method appears in several settings, row["differs_values"] lists the
+    stored settings ("key=value", a second stage's first-stage ones as "first_stage.key") that set
+    each apart, and row["differs"] joins them (shown beside the method in the markdown table). Runs
+    without test figures at `checkpoint` are left out with a warning (_with_test_figures)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in _with_test_figures(results, checkpoint):
+        model = (r.get("settings") or {}).get("model.name", "")
+        groups[(r["dataset"], r.get("imb_factor"), r["method"], model, r.get("setting", ""))].append(r)
     rows, first_runs = [], []
-    for (dataset, imb, method, model, setting), runs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (dataset, imb, method, model, setting), runs in sorted(groups.items(), key=lambda kv: _row_order(kv[0])):
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"runs {', '.join(r['_dir'] for r in runs)} repeat a seed of one setting "
                              f"({method}, seeds {sorted(seeds)}): the same experiment run twice (two demos, say), "
                              "or one folder given twice; name the folders to report so that each seed is one run")
         runs = sorted(runs, key=lambda r: r["seed"])  # row["values"] lists follow row["seed_list"]
-        missing = [r["_dir"] for r in runs if checkpoint not in r["checkpoints"]]
-        if missing:
-            raise ValueError(f"{', '.join(missing)} have no {checkpoint!r} checkpoint results (no validation split?); "
-                             "use --checkpoint last for them")
 
         def pick(variant, metric, runs=runs):  # bound now: defined in the loop
-            return [r["checkpoints"][checkpoint].get(variant, {}).get(metric) for r in runs]
+            return [(r["checkpoints"][checkpoint].get(variant) or {}).get(metric) for r in runs]
 
         row = {"dataset": dataset, "imb_factor": imb, "method": method, "model": model, "setting": setting,
                "seeds": len(runs), "seed_list": sorted(seeds), "checkpoint": checkpoint, "differs": "",
@@ -224,8 +233,7 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
         for key, values in row["values"].items():
             row[key] = _mean_std(values)
         row["train_seconds"] = [r["train_time_s"] for r in runs if r.get("train_time_s") is not None]
-        flat = _flat_config(runs[0])
-        row["data"] = _data_identity(flat) if flat else {}  # {}: config not readable
+        row["data"] = _data_identity(runs[0]["settings"]) if runs[0].get("settings") else {}  # {}: none stored
         rows.append(row)
         first_runs.append(runs[0])
     _label_differences(rows, first_runs)
@@ -272,7 +280,7 @@ def _method_label(row: dict) -> str:
 
 def summary_labels(rows: list[dict]) -> list[str]:
     """One name per bar of the summary chart, as the table tells the rows apart: the method, the
-    config values that set it apart from its other settings, the model where several appear, and
+    stored settings that set it apart from the method's other rows, the model where several appear, and
     the dataset (with its imbalance factor) where the rows span several."""
     several_settings = len({_setting_name(r) for r in rows}) > 1
     several_models = len({r.get("model") for r in rows}) > 1
@@ -281,7 +289,7 @@ def summary_labels(rows: list[dict]) -> list[str]:
         parts = ([_setting_name(r)] if several_settings else []) + [r["method"]]
         if several_models:
             parts.append(str(r.get("model")))
-        parts.extend(r.get("differs_values", []))  # a line per config value: one long line runs off the chart
+        parts.extend(r.get("differs_values", []))  # a line per setting: one long line runs off the chart
         labels.append("\n".join(parts))
     return labels
 
@@ -482,7 +490,7 @@ def plot_summary(rows: list[dict], path) -> Path:
     """Bar chart of top-1 (raw and +PR) per row of the table, with the std over seeds as error bars."""
     path = Path(path)
     labels = bar_labels(rows)
-    # a bar named by several config values gets a tall label: set such labels upright, a line per
+    # a bar named by several settings gets a tall label: set such labels upright, a line per
     # value side by side, and make the figure taller by the longest line so the bars keep their room
     most_lines = max(label.count("\n") + 1 for label in labels)
     upright = most_lines > 3
@@ -508,7 +516,7 @@ def plot_summary(rows: list[dict], path) -> Path:
     ax.set_ylabel("test top-1 (%)")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the bars
     fig.tight_layout()
-    # "tight" grows the image to hold tall tick labels (rows told apart by several config values),
+    # "tight" grows the image to hold tall tick labels (rows told apart by several settings),
     # which tight_layout alone cannot fit into the figure size and would clip
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
