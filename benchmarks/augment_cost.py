@@ -1,6 +1,6 @@
 """Cost of each batched augmentation kind against a ResNet-32 training step, on CPU.
 
-    python benchmarks/augment_cost.py [--threads 2] [--batch 64] [--out benchmarks/augment_cost.txt]
+    python benchmarks/augment_cost.py [--threads 2] [--batch 64] [--out FILE]
 
 Times a batch of 64 uint8 32x32 CIFAR-sized images through build_train_augment(kind) and one
 ResNet-32 (100 classes) SGD step (forward + backward + step) in fp32 and in bf16 autocast with

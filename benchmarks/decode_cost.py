@@ -6,7 +6,7 @@ Places-LT, iNaturalist), on synthetic JPEGs of typical ImageNet size:
 - random_resized: torchvision's RandomResizedCrop(224) from the whole decoded image (the default
   for the "imagenet" recipe; the device then only flips and jitters).
 
-    python benchmarks/decode_cost.py [--images 64] [--reps 3] [--out benchmarks/decode_cost.txt]
+    python benchmarks/decode_cost.py [--images 64] [--reps 3] [--out FILE]
 """
 from __future__ import annotations
 

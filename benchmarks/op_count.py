@@ -1,7 +1,7 @@
 """How many device operations (aten ops: on a GPU, roughly one kernel launch each) one training
 batch costs in each part of the CIFAR GALA step, counted on CPU with a dispatch mode.
 
-    python benchmarks/op_count.py [--batch 64] [--out benchmarks/op_count.txt]
+    python benchmarks/op_count.py [--batch 64] [--out FILE]
 
 On a GPU, ResNet-32 at batch 64 is launch-bound: with compile_mode=reduce-overhead the network's
 forward and backward replay as one CUDA graph, so what stays eager (the augmentation, the loss,

@@ -2,7 +2,7 @@
 second on this CPU? It decides how benchmarks/reproduce_cifar.py fills the machine (--parallel).
 
     python benchmarks/parallel_runs.py [--config configs/cifar100_lt_if100_gala_reference.yaml]
-        [--epochs 2] [--threads 2] [--out benchmarks/parallel_runs.txt]
+        [--epochs 2] [--threads 2] [--out FILE]
 
 Real `longtail train` runs of the CIFAR-100-LT IF100 recipe (torch.compile on, as the queue runs
 them), first one run with --threads threads, then --threads runs side by side with 1 thread each.

@@ -1,7 +1,7 @@
 """Is bf16 faster than fp32 for ResNet-32 training on this CPU? Model step only (no data, no loss
 beyond cross-entropy), so precision and memory format are the only differences.
 
-    python benchmarks/precision_probe.py [--threads 2] [--steps 8] [--out benchmarks/precision_probe.txt]
+    python benchmarks/precision_probe.py [--threads 2] [--steps 8] [--out FILE]
 
 Paths, each at batch 64 and 128: fp32 and bf16 autocast, contiguous and channels_last, and the
 whole model in bf16 (weights too; not a training recipe, only an upper bound on what bf16 kernels

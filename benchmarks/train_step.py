@@ -1,7 +1,7 @@
 """Images/s of the CIFAR-100-LT ResNet-32 GALA training step: the released code's path vs ours.
 
     python benchmarks/train_step.py [--data-root ../shared/data] [--no-verify] [--device cpu|cuda] [--threads 2]
-        [--workers 2] [--steps 10] [--warmup 3] [--check] [--profile] [--out benchmarks/train_step_cpu.txt]
+        [--workers 2] [--steps 10] [--warmup 3] [--check] [--profile] [--out FILE]
 
 One process, the real CIFAR-100-LT IF100 training images (longtail.data.load_benchmark), batch 64,
 SGD (momentum 0.9, weight decay 5e-4), the GALA recipe's augmentation (random crop 32 pad 4, flip,
