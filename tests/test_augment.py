@@ -281,6 +281,11 @@ def _rotate_with_fill(img, magnitude):
     return Image.composite(rot, Image.new("RGBA", rot.size, (128,) * 4), rot).convert(img.mode)
 
 
+def nearest_shear(x, m, axis):
+    """The nearest warp (`affine`) on a shear matrix: input x = x + m y (axis 0) or y = m x + y (axis 1)."""
+    return AA.affine(x, AA._shear_matrix(torch.full((x.shape[0],), float(m), dtype=torch.float64), axis), 128.0)
+
+
 # (name, our op, PIL reference) at fixed magnitudes/signs, as DeepVoltaire's SubPolicy applies them.
 PIL_CASES = [
     ("translateX+", lambda x: AA.translate_x(x, 150 / 331 * 32), lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 150 / 331 * 32, 0, 1, 0), fillcolor=FILL)),
@@ -291,8 +296,9 @@ PIL_CASES = [
        (lambda m, ax: lambda im: im.transform(im.size, Image.AFFINE, (1, m, 0, 0, 1, 0) if ax == "X" else
                                               (1, 0, 0, m, 1, 0), Image.BICUBIC, fillcolor=FILL))(m, ax))
       for ax in "XY" for m in (0.3, -0.3 * 8 / 9, 0.3 / 9, -0.1)],
-    ("shearX-nearest", lambda x: AA.shear_x(x, 0.3, interpolation="nearest"), lambda im: im.transform(im.size, Image.AFFINE, (1, 0.3, 0, 0, 1, 0), Image.NEAREST, fillcolor=FILL)),
-    ("shearY-nearest", lambda x: AA.shear_y(x, -0.3 * 8 / 9, interpolation="nearest"), lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0, -0.3 * 8 / 9, 1, 0), Image.NEAREST, fillcolor=FILL)),
+    # PIL's nearest warp on a shear matrix (RandAugment's shears use it)
+    ("shearX-nearest", lambda x: nearest_shear(x, 0.3, 0), lambda im: im.transform(im.size, Image.AFFINE, (1, 0.3, 0, 0, 1, 0), Image.NEAREST, fillcolor=FILL)),
+    ("shearY-nearest", lambda x: nearest_shear(x, -0.3 * 8 / 9, 1), lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0, -0.3 * 8 / 9, 1, 0), Image.NEAREST, fillcolor=FILL)),
     ("rotate", lambda x: AA.rotate(x, 30 * 2 / 9), lambda im: _rotate_with_fill(im, 30 * 2 / 9)),
     ("color-", lambda x: AA.color(x, 1 - 0.9 * 7 / 9), lambda im: ImageEnhance.Color(im).enhance(1 - 0.9 * 7 / 9)),
     ("color+", lambda x: AA.color(x, 1.9), lambda im: ImageEnhance.Color(im).enhance(1.9)),
@@ -340,11 +346,11 @@ def test_nearest_warps_take_pils_source_pixel_on_noise_images(h, w):
         assert torch.equal(AA.rotate(x, float(d)), expected), f"rotate {d}"
         assert torch.equal(AA.rotate(x.float(), float(d)), expected.float()), f"rotate {d} (float)"
     for m in (0.3, -0.17, 0.03):
-        for axis, op in ((0, AA.shear_x), (1, AA.shear_y)):
+        for axis in (0, 1):
             coeffs = (1, m, 0, 0, 1, 0) if axis == 0 else (1, 0, 0, m, 1, 0)
             expected = pil_apply(x, lambda im, c=coeffs: im.transform(im.size, Image.AFFINE, c, Image.NEAREST,
                                                                        fillcolor=FILL))
-            assert torch.equal(op(x, m, interpolation="nearest"), expected), f"shear {axis} {m}"
+            assert torch.equal(nearest_shear(x, m, axis), expected), f"shear {axis} {m}"
     assert AA.rotate(x[:0], 10.0).shape == (0, 3, h, w)  # an empty batch is returned as it is
     for t in (150 / 331 * w * 5 / 9, -7.25):
         expected = pil_apply(x, lambda im, t=t: im.transform(im.size, Image.AFFINE, (1, 0, t, 0, 1, 0), fillcolor=FILL))
@@ -485,17 +491,3 @@ def test_color_jitter_matches_per_image_formulas():
             img = np.clip(img, 0, 1)
         np.testing.assert_allclose(y[i].numpy(), img, atol=1e-5)
 
-
-def test_autoaugment_shear_is_bicubic_by_default_and_nearest_on_request():
-    x = smooth_images(256, seed=2)  # the policy shears only in 2 of its 25 sub-policies (ShearY)
-    default = AA.autoaugment_cifar10(x, torch.Generator().manual_seed(3))
-    assert torch.equal(default, AA.autoaugment_cifar10(x, torch.Generator().manual_seed(3), shear="bicubic"))
-    nearest = AA.autoaugment_cifar10(x, torch.Generator().manual_seed(3), shear="nearest")
-    differ = [i for i in range(256) if not torch.equal(default[i], nearest[i])]
-    assert 0 < len(differ) < 30  # only the images that drew a shear
-    with pytest.raises(ValueError, match="shear interpolation must be one of"):
-        AA.autoaugment_cifar10(x, shear="bilinear")
-    with pytest.raises(ValueError, match="shear interpolation must be one of"):
-        AA.shear_x(x, 0.1, interpolation="box")
-    with pytest.raises(ValueError, match="shear interpolation must be one of"):
-        A.build_train_augment("autoaugment", MEAN, STD, 32, shear="linear")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from longtail.config import DataConfig
 from longtail.data import load_benchmark
 from longtail.data.cifar import extract_folder, load_cifar
 from longtail.data.imbalance import (
@@ -137,7 +138,7 @@ def test_missing_folder_message(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing train, test"):
         load_cifar(tmp_path, "cifar100")
     with pytest.raises(FileNotFoundError, match=r"data\.root"):
-        load_benchmark("cifar100-lt", tmp_path / "nowhere")
+        load_benchmark(DataConfig(name="cifar100-lt", root=str(tmp_path / "nowhere")))
 
 
 def test_archive_in_root_is_extracted(tmp_path):
@@ -406,7 +407,7 @@ def test_real_lt_selection_equals_ldam(c100, imb):
 @pytest.mark.slow
 def test_real_benchmark_cifar100_lt(c100, shared_data):
     tr, te = c100
-    b = load_benchmark("cifar100-lt", shared_data, imb_factor=100, val_per_class=20)
+    b = load_benchmark(DataConfig(name="cifar100-lt", root=str(shared_data), imb_factor=100, val_per_class=20))
     labels = tr.labels.numpy()
     lt = _ldam_select(labels.tolist(), _ldam_counts(500, 100, 0.01))
     head = lt[labels[lt] == 0]
@@ -423,7 +424,8 @@ def test_real_benchmark_cifar100_lt(c100, shared_data):
     assert b.mean == (0.4914, 0.4822, 0.4465) and b.std == (0.2023, 0.1994, 0.2010) and b.image_size == 32
     assert b.num_classes == 100 and b.class_names == tr.class_names and len(b.train) == 10827
 
-    tiny = load_benchmark("cifar100-lt", shared_data, limit_per_class=3, limit_eval_per_class=2, val_per_class=0)
+    tiny = load_benchmark(DataConfig(name="cifar100-lt", root=str(shared_data), limit_per_class=3, limit_eval_per_class=2,
+                                     val_per_class=0))
     assert tiny.val is None
     assert tiny.class_counts == [min(3, n) for n in lt_counts(500, 100, 100)]
     assert np.array_equal(tiny.train.source_indices.numpy(), limit_per_class(labels, lt, 3))  # exact subset

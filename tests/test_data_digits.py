@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from longtail.config import ConfigError, DataConfig, config_from_dict
 from longtail.data import load_benchmark
 from longtail.data.digits import digits_images, load_digits_lt
 
@@ -50,38 +51,48 @@ def test_fixed_by_seed():
         load_digits_lt(test_per_class=170)
 
 
+def digits(**kw):
+    """The digits benchmark at the demo's imbalance and validation size (DataConfig's defaults are CIFAR's)."""
+    return load_benchmark(DataConfig(**{"name": "digits-lt", "imb_factor": 20, "val_per_class": 10, **kw}))
+
+
 def test_digits_benchmark():
-    b = load_benchmark("digits-lt", root="/ignored/path")
+    b = digits(root="/ignored/path")
     assert b.num_classes == 10 and b.image_size == 8 and b.class_names == [str(i) for i in range(10)]
     assert b.class_counts == [114, 81, 58, 41, 30, 21, 15, 11, 7, 5] and len(b.train) == 383
     assert (len(b.val), len(b.test)) == (100, 500)
+    assert b.channels == 1
     x = b.train.images.float() / 255
     assert b.mean == pytest.approx((x.mean().item(),)) and b.std == pytest.approx((x.std().item(),))
     assert b.train.images.shape == (383, 1, 8, 8) and b.train.images.dtype == torch.uint8
     moved = b.test.to("cpu")
     assert torch.equal(moved.images, b.test.images) and len(moved) == 500
-    tiny = load_benchmark("digits-lt", limit_per_class=6, limit_eval_per_class=3)
+    tiny = digits(limit_per_class=6, limit_eval_per_class=3)
     assert tiny.class_counts == [6, 6, 6, 6, 6, 6, 6, 6, 6, 5] and len(tiny.test) == 30
     # the cap keeps the first images of the full split
     assert torch.equal(tiny.train.source_indices[:6], b.train.source_indices[:6])
-    assert load_benchmark("digits-lt", imb_factor=10).class_counts[-1] == math.floor(114 / 10)
+    assert digits(imb_factor=10).class_counts[-1] == math.floor(114 / 10)
 
 
-def test_split_seed_arguments():
-    base = load_benchmark("digits-lt")
-    a = load_benchmark("digits-lt", seed=1)
-    b = load_benchmark("digits-lt", val_seed=1)
-    c = load_benchmark("digits-lt", seed=5, val_seed=1)  # val_seed wins
-    for x in (b, c):
-        assert torch.equal(a.val.source_indices, x.val.source_indices)
+def test_split_seed():
+    base = digits()
+    a, b = digits(val_seed=1), digits(val_seed=1)
+    assert torch.equal(a.val.source_indices, b.val.source_indices)
+    assert torch.equal(a.val.source_indices, load_digits_lt(imb_factor=20, val_per_class=10, seed=1).val_idx)
     assert not torch.equal(a.val.source_indices, base.val.source_indices)
     assert a.class_counts == base.class_counts
 
 
-@pytest.mark.parametrize("kw, name", [(dict(seed=-1), "seed"), (dict(val_seed=-3), "val_seed"),
-                                      (dict(lt_seed=-1), "lt_seed"), (dict(lt_seed=2**32), "lt_seed"),
-                                      (dict(seed=1.5), "seed")])
-def test_bad_split_seeds_are_named(kw, name):
+@pytest.mark.parametrize("value, message", [(-3, r"must be >= 0, got -3"), (2**32, r"must be < 4294967296, got "),
+                                            (1.5, r"must be an integer, got 1.5")])
+def test_bad_split_seeds_are_named(value, message):
     # a negative seed once surfaced as numpy's bare "expected non-negative integer"
-    with pytest.raises(ValueError, match=rf"^{name} must be an integer in \[0, 2\*\*32\), got "):
-        load_benchmark("digits-lt", **kw)
+    with pytest.raises(ConfigError, match=rf"^data\.val_seed {message}"):
+        config_from_dict({"data": {"name": "digits-lt", "val_seed": value}})
+
+
+@pytest.mark.parametrize("removed", ["seed", "lt_seed"])
+def test_removed_seed_keys_are_refused(removed):
+    # the CIFAR-LT subset is always the community's and the split's seed is val_seed: no other seed is read
+    with pytest.raises(ConfigError, match=rf"unknown key 'data\.{removed}'"):
+        config_from_dict({"data": {"name": "digits-lt", removed: 1}})

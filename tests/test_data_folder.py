@@ -196,7 +196,7 @@ def test_written_lists_round_trip_through_read_list_and_list_dataset(tmp_path):
         paths, labels = read_list(written[name])
         assert list(zip(paths, labels.tolist())) == items
     assert read_classes(written["classes"]) == scan.classes == ["dog", "süß cat"]
-    ds = ListDataset(root, written["train"], num_classes=2, train=False, image_size=8, resize=8)
+    ds = ListDataset(root, written["train"], num_classes=2, image_size=8, resize=8)
     for i, (p, label) in enumerate(split.train):
         img, y = ds[i]
         assert y == label and torch.equal(img, decode_image(root / p, 8, 8))
@@ -229,3 +229,31 @@ def test_check_folder_lists_every_problem_with_class_names(tmp_path):
     clean = check_folder(tmp_path)
     assert clean.ok and clean.summary().endswith("OK") and not clean.unreadable and clean.decoded
     assert "cat: train 3, test 1" in clean.summary()
+
+
+def test_folder_benchmark_splits_once_and_a_run_reads_its_split_back(flat, tmp_path):
+    from longtail.config import DataConfig
+    from longtail.data import data_fingerprint, load_benchmark
+
+    root, counts = flat
+    data = DataConfig(name="folder", root=str(root), val_per_class=5, test_fraction=0.2, val_seed=3, image_size=8,
+                      resize=8, augment="crop_flip")
+    b = load_benchmark(data)
+    scan = scan_folder(root)
+    split = split_folder(scan, 5, 0.2, seed=3)
+    assert b.name == "folder" and b.class_names == scan.classes == ["head", "mid", "one", "tail"]
+    assert b.split_lists == {"train": split.train, "val": split.val, "test": split.test, "classes": scan.classes}
+    for ds, items in ((b.train, split.train), (b.val, split.val), (b.test, split.test)):
+        assert list(zip(ds.paths, ds.labels.tolist())) == items
+    assert b.class_counts == [sum(1 for _, c in split.train if c == k) for k in range(4)]
+    assert b.train[0][0].shape == (3, 8, 8) and not b.train.crops_on_load and not b.augment.cropped
+    assert any(n.startswith("class 'one' (1 images) gives 0 validation") for n in b.notes), b.notes
+    # a run folder holding the split's lists: read back, even after the folder gained a class
+    run = tmp_path / "run"
+    write_split_lists(run, scan.classes, split.train, split.val, split.test)
+    make_classes(root, {"late": 12})
+    again = load_benchmark(data, lists_dir=run)
+    assert again.class_names == b.class_names and again.split_lists["train"] == split.train
+    assert data_fingerprint(again) == data_fingerprint(b)
+    fresh = load_benchmark(data)  # split afresh, the new class included
+    assert fresh.num_classes == 5 and data_fingerprint(fresh) != data_fingerprint(b)

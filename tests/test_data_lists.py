@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from longtail import distributed
+from longtail.config import DataConfig
 from longtail.data import load_benchmark
 from longtail.data.augment import random_resized_crop_boxes
 from longtail.data.listfile import (
@@ -20,7 +21,13 @@ from longtail.data.listfile import (
     decode_random_resized,
     read_list,
 )
-from longtail.train import EpochBatches, crop_keyed_batches
+from longtail.data.loader import EpochBatches, crop_keyed_batches
+
+
+def bench(name, root, **kw):
+    """load_benchmark on the DataConfig these keys make (paths given as text, as a config holds them)."""
+    kw = {k: (str(v) if k.endswith("_list") and v is not None else v) for k, v in kw.items()}
+    return load_benchmark(DataConfig(name=name, root=None if root is None else str(root), **kw))
 
 
 def _save(path, arr, fmt=None):
@@ -112,17 +119,18 @@ def test_read_list_missing_file(tmp_path):
         read_list(tmp_path / "nope.txt")
 
 
-def test_list_dataset_train_and_eval_shapes(image_folder, tmp_path):
+def test_list_dataset_shapes(image_folder, tmp_path):
+    # items are image_size square whichever way they are cropped
     root, entries = image_folder
     lst = _write_list(tmp_path / "train.txt", entries)
-    tr = ListDataset(root, lst, num_classes=3, train=True, image_size=12, resize=16)
-    ev = ListDataset(root, lst, num_classes=3, train=False, image_size=12, resize=16)
-    assert len(tr) == len(entries) and tr.class_counts == [4, 4, 2] and tr.paths == [p for p, _ in entries]
-    for i in range(len(tr)):
-        x, y = tr[i]
-        assert x.dtype == torch.uint8 and x.shape == (3, 16, 16) and y == entries[i][1]
-        x, _ = ev[i]
-        assert x.shape == (3, 12, 12)
+    ev = ListDataset(root, lst, num_classes=3, image_size=12, resize=16)
+    rr = ListDataset(root, lst, num_classes=3, image_size=12, resize=16, crop="random_resized")
+    assert len(ev) == len(entries) and ev.class_counts == [4, 4, 2] and ev.paths == [p for p, _ in entries]
+    for i in range(len(ev)):
+        x, y = ev[i]
+        assert x.dtype == torch.uint8 and x.shape == (3, 12, 12) and y == entries[i][1]
+        x, y = rr[i]
+        assert x.dtype == torch.uint8 and x.shape == (3, 12, 12) and y == entries[i][1]
     g, _ = ev[len(entries) - 1]  # grayscale becomes 3 equal channels
     assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
 
@@ -132,12 +140,9 @@ def test_list_dataset_centre_crop_is_exact(tmp_path):
     arr = np.random.default_rng(1).integers(0, 256, size=(20, 31, 3), dtype=np.uint8)  # h=20, w=31
     _save(tmp_path / "a.png", arr)
     lst = _write_list(tmp_path / "l.txt", [("a.png", 0)])
-    x, _ = ListDataset(tmp_path, lst, train=False, image_size=14, resize=20)[0]
+    x, _ = ListDataset(tmp_path, lst, image_size=14, resize=20)[0]
     top, left = round((20 - 14) / 2), round((31 - 14) / 2)
     assert torch.equal(x, torch.from_numpy(arr[top:top + 14, left:left + 14]).permute(2, 0, 1))
-    x, _ = ListDataset(tmp_path, lst, train=True, image_size=14, resize=20)[0]
-    left = round((31 - 20) / 2)
-    assert torch.equal(x, torch.from_numpy(arr[:, left:left + 20]).permute(2, 0, 1))
 
 
 def test_list_dataset_resizes_short_side(tmp_path):
@@ -147,7 +152,7 @@ def test_list_dataset_resizes_short_side(tmp_path):
     _save(tmp_path / "ramp.png", ramp)
     _save(tmp_path / "flat.png", np.full((37, 53, 3), 77, np.uint8))
     lst = _write_list(tmp_path / "l.txt", [("ramp.png", 0), ("flat.png", 1)])
-    ds = ListDataset(tmp_path, lst, train=False, image_size=16, resize=20)
+    ds = ListDataset(tmp_path, lst, image_size=16, resize=20)
     x, _ = ds[0]
     row = x[0, 8].int()
     assert (row[1:] > row[:-1]).all() and (x[:, 0] == x[:, 10]).all()
@@ -203,13 +208,13 @@ def test_reflect_padding_before_the_crop_as_the_gala_release_pads(tmp_path):
         ref = Image.fromarray(padded[top:top + h, left:left + w]).resize((12, 12), Image.BILINEAR)
         assert torch.equal(x, torch.from_numpy(np.asarray(ref).copy()).permute(2, 0, 1)), k
     lst = _write_list(tmp_path / "l.txt", [("a.png", 0)])
-    ds = ListDataset(tmp_path, lst, train=True, image_size=12, resize=16, crop="random_resized", pad=4)
+    ds = ListDataset(tmp_path, lst, image_size=12, resize=16, crop="random_resized", pad=4)
     assert torch.equal(ds[(0, (5,))][0], decode_random_resized(tmp_path / "a.png", 12, crop_generator((5,)), pad=4))
     assert "reflect pad 4" in repr(ds)
     with pytest.raises(ValueError, match="goes with the random resized crop"):
-        ListDataset(tmp_path, lst, train=True, image_size=12, resize=16, crop="square", pad=4)
+        ListDataset(tmp_path, lst, image_size=12, resize=16, crop="centre", pad=4)
     with pytest.raises(ValueError, match="goes with the random resized crop"):
-        ListDataset(tmp_path, lst, train=True, image_size=12, resize=16, crop="random_resized", pad=-1)
+        ListDataset(tmp_path, lst, image_size=12, resize=16, crop="random_resized", pad=-1)
     _save(tmp_path / "thin.png", arr[:4])
     with pytest.raises(ValueError, match="cannot reflect-pad a 30x4 image by 4"):
         decode_random_resized(tmp_path / "thin.png", 12, crop_generator((0,)), pad=4)
@@ -218,8 +223,8 @@ def test_reflect_padding_before_the_crop_as_the_gala_release_pads(tmp_path):
 def test_list_dataset_crops_on_load_by_key(image_folder, tmp_path):
     root, entries = image_folder
     lst = _write_list(tmp_path / "l.txt", entries)
-    ds = ListDataset(root, lst, num_classes=3, train=True, image_size=12, resize=16, crop="random_resized")
-    assert ds.crops_on_load and ds.out_size == 12 and "random resized crop on load" in repr(ds)
+    ds = ListDataset(root, lst, num_classes=3, image_size=12, resize=16, crop="random_resized")
+    assert ds.crops_on_load and "random resized crop on load" in repr(ds)
     x, y = ds[(2, (0, 1, 0, 5, 3))]
     assert x.shape == (3, 12, 12) and y == entries[2][1]
     assert torch.equal(x, ds[(2, (0, 1, 0, 5, 3))][0])
@@ -229,27 +234,30 @@ def test_list_dataset_crops_on_load_by_key(image_folder, tmp_path):
     # keys that a word-splitting seed would run together stay apart
     a, b = crop_generator((5 + 2**32, 0, 0, 0)), crop_generator((5, 1, 0, 0, 0))
     assert not torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=b))
-    # evaluation sets never crop at random
-    ev = ListDataset(root, lst, num_classes=3, train=False, image_size=12, resize=16, crop="random_resized")
+    # the centre crop (evaluation sets, and training under the recipes that crop on the device) ignores the key
+    ev = ListDataset(root, lst, num_classes=3, image_size=12, resize=16)
     assert not ev.crops_on_load and torch.equal(ev[(2, (7,))][0], ev[2][0])
-    with pytest.raises(ValueError, match="crop must be 'square' or 'random_resized'"):
-        ListDataset(root, lst, crop="centre")
+    with pytest.raises(ValueError, match="crop must be 'centre' or 'random_resized', got 'square'"):
+        ListDataset(root, lst, crop="square")
 
 
-@pytest.mark.parametrize("overrides, crops_on_load, train_size", [
-    ([], True, 8), (["data.train_crop=square"], False, 10), (["data.augment=crop_flip"], False, 10)])
-def test_training_data_crops_on_load_only_for_the_imagenet_recipe_on_whole_images(image_folder, tmp_path, overrides,
-                                                                                crops_on_load, train_size):
+@pytest.mark.parametrize("overrides, crops_on_load", [
+    ([], True), (["data.augment=imagenet_randaugment"], True), (["data.augment=crop_flip"], False)])
+def test_training_data_crops_on_load_only_for_the_imagenet_recipes_on_whole_images(image_folder, tmp_path, overrides,
+                                                                                 crops_on_load):
     from longtail.config import apply_overrides, config_from_dict
-    from longtail.train import load_data
 
     root, entries = image_folder
     tr = _write_list(tmp_path / "train.txt", entries)
     cfg = config_from_dict({"data": {"name": "lists", "root": str(root), "train_list": str(tr), "test_list": str(tr),
                                      "augment": "imagenet", "image_size": 8, "resize": 10}})
     cfg = config_from_dict(apply_overrides(cfg.to_dict(), overrides))
-    bench = load_data(cfg)
-    assert bench.train.crops_on_load is crops_on_load and bench.train[0][0].shape == (3, train_size, train_size)
+    b = load_benchmark(cfg.data)
+    assert b.train.crops_on_load is crops_on_load and b.train[0][0].shape == (3, 8, 8)
+    # the device part of the recipe knows whether the crop was taken on decoding (else it takes its own)
+    assert b.augment.cropped is crops_on_load
+    assert b.train.pad == (4 if cfg.data.augment == "imagenet_randaugment" else 0)
+    assert not b.test.crops_on_load and b.test[0][0].shape == (3, 8, 8)
 
 
 def test_crop_keys_do_not_depend_on_where_an_epoch_resumed():
@@ -265,7 +273,7 @@ def test_list_dataset_errors_name_the_file(image_folder, tmp_path):
     root, entries = image_folder
     (root / "trunc.jpg").write_bytes((root / "class 0/img_1.jpg").read_bytes()[:200])
     lst = _write_list(tmp_path / "l.txt", [("trunc.jpg", 0), ("gone.jpg", 0)])
-    ds = ListDataset(root, lst, train=False, image_size=8, resize=8)
+    ds = ListDataset(root, lst, image_size=8, resize=8)
     with pytest.raises(OSError, match=r"trunc\.jpg"):
         ds[0]
     with pytest.raises(FileNotFoundError, match=r"gone\.jpg.*data\.root"):
@@ -275,7 +283,7 @@ def test_list_dataset_errors_name_the_file(image_folder, tmp_path):
 def test_list_dataset_limit_and_dataloader_workers(image_folder, tmp_path):
     root, entries = image_folder
     lst = _write_list(tmp_path / "l.txt", entries)
-    ds = ListDataset(root, lst, num_classes=3, train=True, image_size=8, resize=10, limit_per_class=2)
+    ds = ListDataset(root, lst, num_classes=3, image_size=8, resize=10, limit_per_class=2)
     expected = []
     seen = Counter()
     for p, c in entries:
@@ -305,8 +313,7 @@ def test_one_training_loader_serves_each_epochs_batches_with_persistent_workers(
 
 def test_loader_workers_start_from_forkserver_only_under_a_process_group(image_folder, tmp_path, monkeypatch):
     root, entries = image_folder
-    ds = ListDataset(root, _write_list(tmp_path / "l.txt", entries), num_classes=3, train=False,
-                     image_size=8, resize=10)
+    ds = ListDataset(root, _write_list(tmp_path / "l.txt", entries), num_classes=3, image_size=8, resize=10)
     assert distributed.loader_context(2) is None  # one process: the DataLoader default (fork)
     monkeypatch.setattr(distributed, "is_active", lambda: True)
     assert distributed.loader_context(0) is None  # no workers, nothing to start
@@ -403,23 +410,27 @@ def test_lists_benchmark(image_folder, tmp_path):
     root, entries = image_folder
     tr = _write_list(tmp_path / "train.txt", entries)
     te = _write_list(tmp_path / "test.txt", entries[:5])
-    b = load_benchmark("lists", root, train_list=tr, test_list=te, image_size=8, resize=10)
+    b = bench("lists", root, train_list=tr, test_list=te, image_size=8, resize=10, augment="crop_flip")
     assert b.num_classes == 3 and b.class_counts == [4, 4, 2] and b.val is None and len(b.test) == 5
-    assert b.train[0][0].shape == (3, 10, 10) and b.test[0][0].shape == (3, 8, 8)
-    cropping = load_benchmark("lists", root, train_list=tr, test_list=te, image_size=8, resize=10,
-                              train_crop="random_resized")
-    assert cropping.train.crops_on_load and cropping.train[0][0].shape == (3, 8, 8)
+    assert b.class_names == ["0", "1", "2"] and b.channels == 3
+    # training decodes like evaluation unless the recipe crops on decoding
+    assert not b.train.crops_on_load and not b.augment.cropped
+    assert b.train[0][0].shape == (3, 8, 8) and b.test[0][0].shape == (3, 8, 8)
+    assert torch.equal(b.train[0][0], b.test[0][0])
+    cropping = bench("lists", root, train_list=tr, test_list=te, image_size=8, resize=10, augment="imagenet")
+    assert cropping.train.crops_on_load and cropping.augment.cropped and cropping.train[0][0].shape == (3, 8, 8)
+    assert not cropping.test.crops_on_load
     assert b.mean == (0.485, 0.456, 0.406) and b.std == (0.229, 0.224, 0.225)
-    b = load_benchmark("lists", root, train_list=tr, val_list=te, test_list=te, limit_per_class=1)
+    b = bench("lists", root, train_list=tr, val_list=te, test_list=te, limit_per_class=1)
     assert b.class_counts == [1, 1, 1] and len(b.val) == 5
     gap = _write_list(tmp_path / "gap.txt", [(p, 2 * c) for p, c in entries])
     with pytest.raises(ValueError, match=r"gap\.txt: 2 of 5 classes have no training images \(first: \[1, 3\]\)"):
-        load_benchmark("lists", root, train_list=gap, test_list=te)
+        bench("lists", root, train_list=gap, test_list=te)
     with pytest.raises(ValueError, match=r"data\.test_list"):
-        load_benchmark("lists", root, train_list=tr)
+        bench("lists", root, train_list=tr)
     bad = _write_list(tmp_path / "bad_test.txt", [(entries[0][0], 3)])  # class 3 does not exist in training
     with pytest.raises(ValueError, match=r"bad_test\.txt:1: label 3 must be in \[0, 3\)"):
-        load_benchmark("lists", root, train_list=tr, test_list=bad)
+        bench("lists", root, train_list=tr, test_list=bad)
 
 
 def test_a_folder_given_for_a_list_without_a_standard_name_says_so(image_folder, tmp_path):
@@ -433,10 +444,10 @@ def test_a_folder_given_for_a_list_without_a_standard_name_says_so(image_folder,
     for kw, kind in ((dict(train_list=lists, test_list=te), "train"), (dict(train_list=tr, test_list=lists), "test"),
                      (dict(train_list=tr, val_list=lists, test_list=te), "val")):
         with pytest.raises(FileNotFoundError, match=rf"^lists {kind} list: {lists} is a folder.*data\.{kind}_list="):
-            load_benchmark("lists", root, **kw)
+            bench("lists", root, **kw)
     (tmp_path / "iNaturalist18_train.txt").write_text("x.jpg 0\n")
     with pytest.raises(FileNotFoundError, match=r"iNaturalist 2018 val list: .* is a folder.*no standard val list"):
-        load_benchmark("inat2018", tmp_path, train_list=tmp_path, val_list=lists, test_list=te)
+        bench("inat2018", tmp_path, train_list=tmp_path, val_list=lists, test_list=te)
 
 
 def test_list_arguments_expand_the_home_folder(image_folder, tmp_path, monkeypatch):
@@ -446,13 +457,13 @@ def test_list_arguments_expand_the_home_folder(image_folder, tmp_path, monkeypat
     _write_list(home / "splits" / "train.txt", entries)
     _write_list(home / "splits" / "test.txt", entries[:5])
     monkeypatch.setenv("HOME", str(home))
-    b = load_benchmark("lists", root, train_list="~/splits/train.txt", test_list="~/splits/test.txt")
+    b = bench("lists", root, train_list="~/splits/train.txt", test_list="~/splits/test.txt")
     assert b.class_counts == [4, 4, 2]
     (home / "Places_LT_train.txt").write_text("".join(f"{p} {c}\n" for p, c in entries))
     (home / "Places_LT_test.txt").write_text("".join(f"{p} {c}\n" for p, c in entries))
     (home / "Places_LT_val.txt").write_text("".join(f"{p} {c}\n" for p, c in entries))
     with pytest.raises(ValueError, match=r"Places_LT_train\.txt: 362 of 365 classes have no training images"):
-        load_benchmark("places-lt", root, train_list="~")  # the folder "~" is searched, not taken for a file
+        bench("places-lt", root, train_list="~")  # the folder "~" is searched, not taken for a file
 
 
 # --------------------------------------------------------------------------- the real split lists
@@ -500,28 +511,29 @@ def _best_of(repeats, fn):
 @pytest.mark.slow
 def test_real_places_lt_benchmark(shared_data, tmp_path):
     splits = shared_data / "splits"
-    b = load_benchmark("places-lt", tmp_path, train_list=splits)
+    b = bench("places-lt", tmp_path, train_list=splits, augment="imagenet", image_size=224)
     expected = json.loads((splits / "Places_LT" / "Places_LT_train_class_counts.json").read_text())
     assert b.num_classes == 365 and b.class_counts == expected and sum(b.class_counts) == 62500
     assert (len(b.train), len(b.val), len(b.test)) == (62500, 7300, 36500)
-    assert b.train.train and not b.test.train and b.image_size == 224
-    tiny = load_benchmark("places-lt", tmp_path, train_list=splits, limit_per_class=10, limit_eval_per_class=2)
+    assert b.train.crops_on_load and not b.val.crops_on_load and not b.test.crops_on_load and b.image_size == 224
+    tiny = bench("places-lt", tmp_path, train_list=splits, limit_per_class=10, limit_eval_per_class=2)
     assert tiny.class_counts == [min(10, c) for c in expected] and len(tiny.test) == 730
 
 
 @pytest.mark.slow
-def test_real_missing_train_lists_and_root(shared_data, tmp_path):
+def test_real_missing_train_lists_and_root(shared_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("LONGTAIL_DATA", raising=False)  # else an unset data.root is read from it
     splits = shared_data / "splits"
     with pytest.raises(FileNotFoundError, match=r"ImageNet-LT train list ImageNet_LT_train\.txt not found"):
-        load_benchmark("imagenet-lt", tmp_path, train_list=splits)
+        bench("imagenet-lt", tmp_path, train_list=splits)
     with pytest.raises(FileNotFoundError, match=r"iNaturalist18_train\.txt not found.*data\.train_list"):
-        load_benchmark("inat2018", tmp_path, val_list=splits)
+        bench("inat2018", tmp_path, val_list=splits)
     with pytest.raises(FileNotFoundError, match=r"image root not set.*data\.root"):
-        load_benchmark("places-lt", None, train_list=splits)
+        bench("places-lt", None, train_list=splits)
     with pytest.raises(FileNotFoundError, match=r"is not a folder.*data\.root"):
-        load_benchmark("places-lt", tmp_path / "nope", train_list=splits)
+        bench("places-lt", tmp_path / "nope", train_list=splits)
     # iNaturalist: tested on its official val list, no validation set by default
     (tmp_path / "iNaturalist18_train.txt").write_text(
         "".join(f"train_val2018/x/{c}.jpg {c}\n" for c in range(8142)))
-    b = load_benchmark("inat2018", tmp_path, test_list=splits)
+    b = bench("inat2018", tmp_path, test_list=splits)
     assert b.val is None and len(b.test) == 24426 and b.num_classes == 8142 and b.class_counts == [1] * 8142

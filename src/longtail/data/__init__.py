@@ -1,22 +1,32 @@
 """Long-tailed benchmarks behind one entry point, :func:`load_benchmark`.
 
-Small datasets (CIFAR-LT, digits) come back as :class:`TensorSplit` (one uint8 tensor, to be moved
-to the training device and augmented there in batches); large ones (ImageNet-LT, Places-LT,
-iNaturalist 2018, your own list files) as :class:`~longtail.data.listfile.ListDataset` for a
-DataLoader. Every benchmark's ``class_counts`` are the TRAINING counts per class.
+    bench = load_benchmark(cfg.data)        # a longtail.config.DataConfig
+    loader = TrainLoader(bench, ...)        # longtail.data.loader: `for x, y in loader.epoch(...)`
+
+A benchmark owns its data and how it is augmented: small datasets (CIFAR-LT, digits) are one uint8
+tensor (:class:`TensorSplit`), moved to the training device and augmented there in batches; image
+files (ImageNet-LT, Places-LT, iNaturalist 2018, your own list files or image folder) are
+:class:`~longtail.data.listfile.ListDataset` decoded by DataLoader workers, which also take the
+random resized crop as they decode under the large-image recipes. Which of the two happens is
+decided here once: ``bench.augment`` is the device part of the recipe, built to match. Every
+benchmark's ``class_counts`` are the TRAINING counts per class.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .augment import LARGE_IMAGE_AUGMENTS, RANDAUGMENT_PAD, EvalTransform, TrainAugment
 from .cifar import CifarSplit, download_cifar, find_cifar_dir, load_cifar
 from .digits import load_digits_lt
+from .folder import read_classes, scan_folder, split_folder
 from .imbalance import (
     balanced_validation_indices,
     limit_per_class,
@@ -26,35 +36,20 @@ from .imbalance import (
 )
 from .listfile import ListDataset, ListReport, check_list, class_counts_from_list, read_list
 
+if TYPE_CHECKING:
+    from longtail.config import DataConfig
+
 __all__ = [
-    "BENCHMARKS",
-    "Benchmark",
-    "TensorSplit",
-    "load_benchmark",
-    "CIFAR_MEAN",
-    "CIFAR_STD",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "LIST_BENCHMARKS",
+    "BENCHMARKS", "LIST_DATASETS", "Benchmark", "TensorSplit", "load_benchmark", "data_fingerprint",
+    "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD", "LIST_BENCHMARKS",
     # re-exports
-    "CifarSplit",
-    "load_cifar",
-    "find_cifar_dir",
-    "download_cifar",
-    "lt_counts",
-    "select_lt_indices",
-    "balanced_validation_indices",
-    "split_validation",
-    "limit_per_class",
-    "read_list",
-    "class_counts_from_list",
-    "ListDataset",
-    "ListReport",
-    "check_list",
-    "load_digits_lt",
+    "CifarSplit", "load_cifar", "find_cifar_dir", "download_cifar", "lt_counts", "select_lt_indices",
+    "balanced_validation_indices", "split_validation", "limit_per_class", "read_list", "class_counts_from_list",
+    "ListDataset", "ListReport", "check_list", "load_digits_lt",
 ]
 
-BENCHMARKS = ("cifar10-lt", "cifar100-lt", "imagenet-lt", "places-lt", "inat2018", "digits-lt", "lists")
+BENCHMARKS = ("cifar10-lt", "cifar100-lt", "imagenet-lt", "places-lt", "inat2018", "digits-lt", "lists", "folder")
+LIST_DATASETS = ("imagenet-lt", "places-lt", "inat2018", "lists", "folder")  # image files, decoded by workers
 
 # SPEC section 5 (the GALA recipe's normalisation, used for both CIFARs).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -94,7 +89,19 @@ class Benchmark:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     image_size: int
-    class_names: list[str] | None = None
+    class_names: list[str]
+    augment: TrainAugment | None = None  # the training recipe's device part (after any crop on decoding)
+    notes: list[str] = field(default_factory=list)  # what a run should say about its data
+    # an image folder's split, {"train"/"val"/"test": [(path, label)], "classes": [...]}, for the run folder
+    split_lists: dict | None = None
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1]) if isinstance(self.train, TensorSplit) else 3
+
+    @property
+    def eval_transform(self) -> EvalTransform:
+        return EvalTransform(self.mean, self.std)
 
 
 # name -> (display name, folder in a splits directory, train/val/test list names, classes,
@@ -145,32 +152,30 @@ def _find_list(kind: str, given, default_name: str | None, subfolder: str, searc
     )
 
 
-def _cifar_benchmark(name, root, imb_factor, val_per_class, val_seed, lt_seed, download, verify,
-                     limit, limit_eval, val_shortfall) -> Benchmark:
-    dataset = "cifar10" if name == "cifar10-lt" else "cifar100"
+
+
+def _cifar_benchmark(d: DataConfig, root: Path) -> Benchmark:
+    dataset = "cifar10" if d.name == "cifar10-lt" else "cifar100"
     C, n_max = (10, 5000) if dataset == "cifar10" else (100, 500)
-    root = Path(root) if root is not None else Path("data")
     try:
-        tr = load_cifar(root, dataset, "train", download=download, verify=verify)
+        tr = load_cifar(root, dataset, "train", download=d.download, verify=d.verify)
     except FileNotFoundError as e:
-        where = "" if root.is_absolute() else f", relative to the working folder {Path.cwd()}"
-        raise FileNotFoundError(f"{e}. Set data.root to the folder that holds the data (now {root}{where})") from None
-    te = load_cifar(root, dataset, "test", verify=verify)
-    counts = lt_counts(n_max, C, imb_factor)
-    lt_idx = select_lt_indices(tr.labels, counts, seed=lt_seed)
+        now = f"now {root}" if d.root or os.environ.get("LONGTAIL_DATA") else f"unset, so {root.resolve()}"
+        raise FileNotFoundError(f"{e}. Set data.root (or the environment variable LONGTAIL_DATA) to the folder that "
+                                f"holds the data ({now})") from None
+    te = load_cifar(root, dataset, "test", verify=d.verify)
+    # the community's subset: LDAM-DRW's selection with numpy's legacy seed 0 (SPEC section 1)
+    lt_idx = select_lt_indices(tr.labels, lt_counts(n_max, C, d.imb_factor), seed=0)
     val = None
-    if val_per_class > 0:
-        lt_idx, val_idx, _ = split_validation(tr.labels, lt_idx, val_per_class, seed=val_seed, num_classes=C,
-                                              shortfall=val_shortfall)
-        val = _take(tr, limit_per_class(tr.labels, val_idx, limit_eval))
-    train_idx = limit_per_class(tr.labels, lt_idx, limit)
-    test_idx = limit_per_class(te.labels, np.arange(len(te)), limit_eval)
-    train = _take(tr, train_idx)
-    return Benchmark(
-        name=name, num_classes=C, class_counts=np.bincount(tr.labels.numpy()[train_idx], minlength=C).tolist(),
-        train=train, val=val, test=_take(te, test_idx), mean=CIFAR_MEAN, std=CIFAR_STD, image_size=32,
-        class_names=tr.class_names,
-    )
+    if d.val_per_class > 0:
+        lt_idx, val_idx, _ = split_validation(tr.labels, lt_idx, d.val_per_class, seed=d.val_seed, num_classes=C,
+                                              shortfall=d.val_shortfall)
+        val = _take(tr, limit_per_class(tr.labels, val_idx, d.limit_eval_per_class))
+    train_idx = limit_per_class(tr.labels, lt_idx, d.limit_per_class)
+    test_idx = limit_per_class(te.labels, np.arange(len(te)), d.limit_eval_per_class)
+    return Benchmark(name=d.name, num_classes=C, train=_take(tr, train_idx), val=val, test=_take(te, test_idx),
+                     class_counts=np.bincount(tr.labels.numpy()[train_idx], minlength=C).tolist(),
+                     mean=CIFAR_MEAN, std=CIFAR_STD, image_size=32, class_names=tr.class_names)
 
 
 def _take(split: CifarSplit, idx: np.ndarray) -> TensorSplit:
@@ -178,128 +183,155 @@ def _take(split: CifarSplit, idx: np.ndarray) -> TensorSplit:
     return TensorSplit(split.images[t].contiguous(), split.labels[t].contiguous(), t)
 
 
-def _digits_benchmark(imb_factor, val_per_class, seed, limit, limit_eval) -> Benchmark:
-    d = load_digits_lt(imb_factor=imb_factor, val_per_class=val_per_class, seed=seed)
+def _digits_benchmark(d: DataConfig) -> Benchmark:
+    digits = load_digits_lt(imb_factor=d.imb_factor, val_per_class=d.val_per_class, seed=d.val_seed)
 
     def split(images, labels, idx, k):
         keep = torch.from_numpy(limit_per_class(labels, np.arange(len(labels)), k))
         return TensorSplit(images[keep], labels[keep], idx[keep])
 
-    train = split(d.train_images, d.train_labels, d.train_idx, limit)
-    val = split(d.val_images, d.val_labels, d.val_idx, limit_eval) if len(d.val_labels) else None
-    x = d.train_images.float() / 255.0
-    return Benchmark(
-        name="digits-lt", num_classes=10, class_counts=np.bincount(train.labels.numpy(), minlength=10).tolist(),
-        train=train, val=val, test=split(d.test_images, d.test_labels, d.test_idx, limit_eval),
-        mean=(float(x.mean()),), std=(float(x.std()),), image_size=8, class_names=[str(i) for i in range(10)],
-    )
+    train = split(digits.train_images, digits.train_labels, digits.train_idx, d.limit_per_class)
+    val = (split(digits.val_images, digits.val_labels, digits.val_idx, d.limit_eval_per_class)
+           if len(digits.val_labels) else None)
+    x = digits.train_images.float() / 255.0
+    return Benchmark(name="digits-lt", num_classes=10, class_counts=np.bincount(train.labels.numpy(), minlength=10).tolist(),
+                     train=train, val=val, test=split(digits.test_images, digits.test_labels, digits.test_idx,
+                                                      d.limit_eval_per_class),
+                     mean=(float(x.mean()),), std=(float(x.std()),), image_size=8, class_names=[str(i) for i in range(10)])
 
 
-def _list_benchmark(name, root, train_list, val_list, test_list, image_size, resize, limit, limit_eval,
-                    train_crop, train_pad) -> Benchmark:
-    if name == "lists":
-        display, subfolder, (tr_name, va_name, te_name), C, what = "lists", "", (None, None, None), None, \
-            "the images your list files refer to"
-    else:
-        display, subfolder, (tr_name, va_name, te_name), C, what = LIST_BENCHMARKS[name]
-    if root is None or not Path(root).expanduser().is_dir():
+def _image_root(d: DataConfig, root: Path | None, what: str) -> Path:
+    if root is None or not root.is_dir():
         where = "not set" if root is None else f"{root} is not a folder"
-        raise FileNotFoundError(
-            f"{display} image root {where}: set data.root to the folder that holds {what} "
-            f"(command line: data.root=/path/to/images); the paths in the list files are relative to it"
-        )
-    root = Path(root).expanduser()
-    dirs = [d for d in (Path(a).expanduser() for a in (train_list, val_list, test_list) if a is not None) if d.is_dir()]
-    dirs += [root, root / "splits"]
-    if name == "lists":
-        for kind, arg in (("train", train_list), ("test", test_list)):
-            if arg is None:
-                raise ValueError(f"benchmark 'lists' needs data.{kind}_list=/path/to/{kind}.txt ('relative/path label' lines)")
-    tr_path = _find_list("train", train_list, tr_name, subfolder, dirs, display)
-    # An explicit val list is used even where the benchmark has none by default (iNaturalist).
-    va_path = _find_list("val", val_list, va_name, subfolder, dirs, display) if (val_list or va_name) else None
-    te_path = _find_list("test", test_list, te_name, subfolder, dirs, display)
-    train = ListDataset(root, tr_path, C, train=True, image_size=image_size, resize=resize, limit_per_class=limit,
-                        crop=train_crop, pad=train_pad)
-    C = train.num_classes
+        raise FileNotFoundError(f"{d.name} image root {where}: set data.root (or LONGTAIL_DATA) to the folder that "
+                                f"holds {what} (command line: data.root=/path/to/images)")
+    return root
+
+
+def _file_splits(d: DataConfig, root: Path, train, val, test, num_classes: int | None, where: str):
+    """ListDatasets for the three splits; the training one crops as it decodes under the large-image
+    recipes (the released GALA one reflect-pads 4 pixels first)."""
+    crop = "random_resized" if d.augment in LARGE_IMAGE_AUGMENTS else "centre"
+    pad = RANDAUGMENT_PAD if d.augment == "imagenet_randaugment" else 0
+    train = ListDataset(root, train, num_classes, d.image_size, d.resize, limit_per_class=d.limit_per_class,
+                        crop=crop, pad=pad)
     counts = train.class_counts
     empty = [c for c, n in enumerate(counts) if n == 0]
     if empty:
-        raise ValueError(
-            f"{tr_path}: {len(empty)} of {C} classes have no training images (first: {empty[:10]}); "
-            "labels must be 0..C-1 with every class present — renumber the labels"
-        )
-    kw = dict(train=False, image_size=image_size, resize=resize, limit_per_class=limit_eval)
-    val = ListDataset(root, va_path, C, **kw) if va_path is not None else None
-    test = ListDataset(root, te_path, C, **kw)
-    return Benchmark(name=name, num_classes=C, class_counts=counts, train=train, val=val, test=test,
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=image_size)
+        raise ValueError(f"{where}: {len(empty)} of {len(counts)} classes have no training images (first: {empty[:10]}); "
+                         "labels must be 0..C-1 with every class present: renumber the labels")
+    kw = dict(num_classes=train.num_classes, image_size=d.image_size, resize=d.resize,
+              limit_per_class=d.limit_eval_per_class)
+    return train, (ListDataset(root, val, **kw) if val is not None else None), ListDataset(root, test, **kw)
 
 
-def load_benchmark(name: str, root: str | os.PathLike | None = None, *, imb_factor: float | None = None,
-                   val_per_class: int | None = None, seed: int = 0, download: bool = False,
-                   train_list=None, val_list=None, test_list=None, image_size: int = 224, resize: int = 256,
-                   limit_per_class: int | None = None, limit_eval_per_class: int | None = None,
-                   val_seed: int | None = None, lt_seed: int = 0, val_shortfall: str = "move",
-                   verify: bool = True, train_crop: str = "square", train_pad: int = 0) -> Benchmark:
-    """Build a benchmark by name (one of :data:`BENCHMARKS`).
+def _list_benchmark(d: DataConfig, root: Path | None) -> Benchmark:
+    if d.name == "lists":
+        display, subfolder, (tr_name, va_name, te_name), C, what = (
+            "lists", "", (None, None, None), None, "the images your list files refer to")
+        for kind in ("train", "test"):
+            if getattr(d, f"{kind}_list") is None:
+                raise ValueError(f"data.name=lists needs data.{kind}_list=/path/to/{kind}.txt ('relative/path label' lines)")
+    else:
+        display, subfolder, (tr_name, va_name, te_name), C, what = LIST_BENCHMARKS[d.name]
+    root = _image_root(d, root, what)
+    given = (d.train_list, d.val_list, d.test_list)
+    dirs = [p for p in (Path(a).expanduser() for a in given if a is not None) if p.is_dir()] + [root, root / "splits"]
+    tr_path = _find_list("train", d.train_list, tr_name, subfolder, dirs, display)
+    # an explicit val list is used even where the benchmark has none by default (iNaturalist)
+    va_path = _find_list("val", d.val_list, va_name, subfolder, dirs, display) if (d.val_list or va_name) else None
+    te_path = _find_list("test", d.test_list, te_name, subfolder, dirs, display)
+    train, val, test = _file_splits(d, root, tr_path, va_path, te_path, C, str(tr_path))
+    return Benchmark(name=d.name, num_classes=train.num_classes, class_counts=train.class_counts, train=train, val=val,
+                     test=test, mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=d.image_size,
+                     class_names=[str(c) for c in range(train.num_classes)])
+
+
+SPLIT_FILES = ("train.txt", "val.txt", "test.txt", "classes.txt")
+
+
+def _folder_benchmark(d: DataConfig, root: Path | None, lists_dir: Path | None) -> Benchmark:
+    """An image folder: split here (seeded, stratified) or already split into train/val/test; a run
+    folder holding the split's lists (`lists_dir`) is read back instead, so a resumed or re-evaluated
+    run sees the same images."""
+    root = _image_root(d, root, "one sub-folder of images per class")
+    notes = []
+    if lists_dir is not None and (lists_dir / "classes.txt").is_file():
+        classes = read_classes(lists_dir / "classes.txt")
+        parts = [read_list(lists_dir / name, len(classes)) for name in SPLIT_FILES[:3]]
+        train, val, test = ([(p, int(c)) for p, c in zip(*part)] or None for part in parts)
+    else:
+        scan = scan_folder(root)
+        split = split_folder(scan, d.val_per_class, d.test_fraction, d.val_seed)
+        classes, train, val, test = scan.classes, split.train, split.val or None, split.test
+        notes += [f"class {c.name!r} ({c.images} images) gives {c.val} validation and {c.test} test images"
+                  for c in split.too_small]
+        notes += [f"skipped {path}: {why}" for path, why in scan.skipped]
+    if test is None:
+        raise ValueError(f"{root}: no test images (every class is too small to give one); add images, or split the "
+                         "folder yourself into train/ and test/")
+    tr, va, te = _file_splits(d, root, train, val, test, len(classes), str(root))
+    return Benchmark(name="folder", num_classes=len(classes), class_counts=tr.class_counts, train=tr, val=va, test=te,
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=d.image_size, class_names=list(classes),
+                     notes=notes, split_lists={"train": train, "val": val or [], "test": test, "classes": classes})
+
+
+def load_benchmark(data: DataConfig, *, lists_dir: str | os.PathLike | None = None,
+                   normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Benchmark:
+    """The benchmark `data` (a longtail.config.DataConfig) describes, with its training augmentation.
 
     cifar10-lt / cifar100-lt: ``root`` holds ``cifar-10-batches-py/`` / ``cifar-100-python/`` (or the
-      official archive; default ``./data``; ``download=True`` fetches and verifies it). Train: the
-      community's IF-``imb_factor`` subset (LDAM-DRW selection with ``lt_seed``, default 0 = the
-      published subset). Val: ``val_per_class`` images per class from the training images left out
-      of the subset, fixed by ``seed``/``val_seed`` (default 0) so it is the same for every training seed;
-      ``val_per_class=0`` gives no validation set (and the exact published training subset).
-      The head class keeps all its images in the subset, so it has none left over:
-      ``val_shortfall="move"`` (default) moves the missing ones (the last of its selection) from
-      training to validation, so CIFAR-100-LT IF100 trains on 10,827 images (class 0: 480) with
-      validation balanced and disjoint; ``"error"`` refuses instead (see
-      :func:`~longtail.data.imbalance.split_validation`). Test: the official test set. Tensors, 32x32.
-    imagenet-lt / places-lt / inat2018: ``root`` is the image root the list paths are relative to.
-      ``train_list``/``val_list``/``test_list`` are list files, or folders holding the standard
-      names (e.g. ``Places_LT_train.txt``, directly or in a ``Places_LT/`` subfolder); when not given,
-      the standard names are looked up in any folder passed for another list, then in ``root`` and
-      ``root/splits``. iNaturalist 2018 is tested on its official val list and has no validation set
-      unless ``val_list`` is given. ListDatasets: eval items (3, image_size, image_size); train
-      items (3, resize, resize) with ``train_crop="square"``, or with ``"random_resized"`` (what
-      training with the "imagenet" augmentation uses) RandomResizedCrop(image_size) from the
-      whole image as each is decoded, (3, image_size, image_size); ``train_pad`` > 0 reflect-pads
-      the image by that many pixels before that crop (4 in the "imagenet_randaugment" recipe).
+      official archive; ``download`` fetches and verifies it). Train: the community's IF-``imb_factor``
+      subset; validation: ``val_per_class`` images per class from the training images left out of
+      it, fixed by ``val_seed`` (``val_shortfall`` says what happens to the head class, which has none
+      left over); test: the official test set. Tensors, 32x32.
+    imagenet-lt / places-lt / inat2018: ``root`` is the image root the list paths are relative to;
+      the standard lists are found in folders passed as ``*_list``, in ``root`` or ``root/splits``.
+      iNaturalist 2018 is tested on its official val list and has no validation set unless
+      ``val_list`` is given.
     lists: your own ``train_list`` and ``test_list`` (``val_list`` optional); classes = max label + 1.
+    folder: ``root`` holds one sub-folder of images per class, or train/, val/, test/ with class
+      sub-folders (longtail.data.folder); ``lists_dir`` is a run folder holding the split it made.
     digits-lt: the embedded scikit-learn digits (root ignored), 50 test images per class.
 
-    ``imb_factor`` / ``val_per_class`` default (None) to the benchmark's own: 100 / 20 for CIFAR,
-    20 / 10 for digits; the list benchmarks have their imbalance fixed by the lists.
-
-    ``limit_per_class`` / ``limit_eval_per_class`` keep only the first k images per class of the
-    training / validation and test sets (tiny runs; ``class_counts`` reflect the cap).
-    ``seed`` / ``val_seed`` (an alias that wins when given) fix the validation split (and the digits
-    splits), default 0. Keep them fixed across training seeds: the data must not change between
-    runs that are compared. The CIFAR-LT training subset depends only on ``lt_seed`` (default 0, the
-    published one). ``verify`` checks the CIFAR files' official MD5s.
+    ``root`` unset: the environment variable LONGTAIL_DATA, else ./data. ``limit_per_class`` /
+    ``limit_eval_per_class`` keep only the first k images per class of the training / validation and
+    test sets. ``normalisation`` (mean, std) replaces the benchmark's own, e.g. the statistics a
+    pretrained backbone was trained with.
     """
-    key = name.lower()
-    if key not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
-    for arg, v in (("limit_per_class", limit_per_class), ("limit_eval_per_class", limit_eval_per_class)):
-        if v is not None and v < 1:
-            raise ValueError(f"{arg} must be >= 1 or None, got {v}")
-    is_digits = key == "digits-lt"
-    if imb_factor is None:
-        imb_factor = 20 if is_digits else 100
-    if val_per_class is None:
-        val_per_class = 10 if is_digits else 20
-    if val_per_class < 0:
-        raise ValueError(f"val_per_class must be >= 0, got {val_per_class}")
-    for arg, v in (("seed", seed), ("val_seed", val_seed), ("lt_seed", lt_seed)):
-        # numpy's legacy seeding (the LT subset) takes 0 <= seed < 2**32, as the config does
-        if v is not None and not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < 2**32):
-            raise ValueError(f"{arg} must be an integer in [0, 2**32), got {v!r}")
-    split_seed = seed if val_seed is None else val_seed
-    if key in ("cifar10-lt", "cifar100-lt"):
-        return _cifar_benchmark(key, root, imb_factor, val_per_class, split_seed, lt_seed, download, verify,
-                                limit_per_class, limit_eval_per_class, val_shortfall)
-    if key == "digits-lt":
-        return _digits_benchmark(imb_factor, val_per_class, split_seed, limit_per_class, limit_eval_per_class)
-    return _list_benchmark(key, root, train_list, val_list, test_list, image_size, resize,
-                           limit_per_class, limit_eval_per_class, train_crop, train_pad)
+    root = data.root or os.environ.get("LONGTAIL_DATA")
+    root = Path(root).expanduser() if root else None
+    if data.name in ("cifar10-lt", "cifar100-lt"):
+        bench = _cifar_benchmark(data, root or Path("data"))
+    elif data.name == "digits-lt":
+        bench = _digits_benchmark(data)
+    elif data.name == "folder":
+        bench = _folder_benchmark(data, root, Path(lists_dir) if lists_dir is not None else None)
+    elif data.name in LIST_DATASETS:
+        bench = _list_benchmark(data, root)
+    else:
+        raise ValueError(f"unknown benchmark {data.name!r}; choose one of {', '.join(BENCHMARKS)}")
+    if normalisation is not None:
+        bench.mean, bench.std = (tuple(map(float, v)) for v in normalisation)
+    # image files take the large-image recipes' random resized crop as they are decoded (_file_splits)
+    cropped = data.name in LIST_DATASETS and data.augment in LARGE_IMAGE_AUGMENTS
+    bench.augment = TrainAugment(data.augment, bench.mean, bench.std, data.image_size, cropped=cropped)
+    return bench
+
+
+def data_fingerprint(bench: Benchmark, test: bool = True) -> str:
+    """A hash of what a run trains, validates and (with `test`) tests on: the images' bytes for
+    tensors, the listed paths and labels for image files (whose bytes would take long to read).
+    Equal data, equal fingerprint, wherever its folder is."""
+    h = hashlib.sha256(f"{bench.name} {bench.num_classes} {bench.class_counts}".encode())
+    for split in (bench.train, bench.val, bench.test if test else None):
+        if split is None:
+            h.update(b"none")
+        elif isinstance(split, TensorSplit):
+            h.update(split.images.cpu().contiguous().numpy().tobytes())
+            h.update(split.labels.cpu().numpy().tobytes())
+        else:
+            h.update(split._blob.tobytes())
+            h.update(split._offsets.tobytes())
+            h.update(split.labels.numpy().tobytes())
+    return h.hexdigest()[:16]

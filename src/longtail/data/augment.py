@@ -31,12 +31,10 @@ from torch import Tensor
 from .autoaugment import (  # noqa: F401  (re-exported: the individual operations are public here too)
     CIFAR10_POLICY,
     OPS,
-    SHEAR_INTERPOLATIONS,
     affine,
     autoaugment_cifar10,
     autocontrast,
     brightness,
-    check_shear_interpolation,
     color,
     contrast,
     equalize,
@@ -59,7 +57,7 @@ __all__ = [
     "random_crop_flip", "hflip", "cutout", "random_cutout", "resized_crop", "random_resized_crop",
     "color_jitter", "autoaugment_cifar10", "CIFAR10_POLICY", "OPS", "affine", "autocontrast",
     "brightness", "color", "contrast", "equalize", "invert", "posterize", "rotate", "sharpness",
-    "shear_x", "shear_y", "solarize", "translate_x", "translate_y", "SHEAR_INTERPOLATIONS",
+    "shear_x", "shear_y", "solarize", "translate_x", "translate_y",
 ]
 
 AUGMENTS = ("none", "crop_flip", "autoaugment", "imagenet", "imagenet_randaugment")
@@ -293,15 +291,14 @@ class TrainAugment:
     """Callable (uint8 batch, generator) -> normalised float32 batch; see build_train_augment."""
 
     def __init__(self, kind: str, mean, std, image_size: int, sync_free: bool | None = None,
-                 shear: str = "bicubic", cropped: bool = False):
+                 cropped: bool = False):
         if kind not in AUGMENTS:
             raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTS}")
         if cropped and kind not in LARGE_IMAGE_AUGMENTS:
             raise ValueError(f"cropped=True (images cropped as they were decoded) goes with {' or '.join(map(repr, LARGE_IMAGE_AUGMENTS))}, "
                              f"not {kind!r}")
-        check_shear_interpolation(shear)
         self.kind, self.mean, self.std, self.image_size = kind, tuple(mean), tuple(std), int(image_size)
-        self.sync_free, self.shear, self.cropped = sync_free, shear, cropped
+        self.sync_free, self.cropped = sync_free, cropped
         self.pad = self.image_size // 8
         # RandAugment fills what its geometric ops uncover with the mean colour, as released
         self.fill = tuple(min(255, round(255 * m)) for m in self.mean)
@@ -337,28 +334,26 @@ class TrainAugment:
             return normalize(x, self.mean, self.std)
         y = random_crop_flip(x, self.pad, size, generator)
         if self.kind == "autoaugment":
-            y = autoaugment_cifar10(y.float(), generator, sync_free=self.sync_free, shear=self.shear)
+            y = autoaugment_cifar10(y.float(), generator, sync_free=self.sync_free)
             # Cutout zeroes after ToTensor: 0 in [0, 1] space is 0 here too, before Normalize.
             y = random_cutout(y, generator, length=max(1, size // 2))  # 16 for 32x32
         return normalize(y, self.mean, self.std)
 
     def __repr__(self) -> str:
         return (f"TrainAugment(kind={self.kind!r}, image_size={self.image_size}, mean={self.mean}, std={self.std}"
-                + (f", shear={self.shear!r}" if self.kind == "autoaugment" else "")
                 + (", cropped=True)" if self.cropped else ")"))
 
 
 def build_train_augment(kind: str, mean, std, image_size: int, sync_free: bool | None = None,
-                        shear: str = "bicubic", cropped: bool = False) -> Callable[[Tensor, torch.Generator | None], Tensor]:
+                        cropped: bool = False) -> Callable[[Tensor, torch.Generator | None], Tensor]:
     """Batched training augmentation: uint8 (B, C, H, W) -> float32 normalised (B, C, S, S).
 
     `sync_free` picks how per-image random ops are applied (same result either way): None = by
     device, grouped on CPU (least arithmetic), sync-free on GPU (no device-to-host reads).
-    `shear`: AutoAugment's ShearX/Y sampling, "bicubic" as released or "nearest".
     `cropped`: the batch was random-resized-cropped as it was decoded ("imagenet" and
     "imagenet_randaugment" on list datasets; the latter padded first).
     """
-    return TrainAugment(kind, mean, std, image_size, sync_free, shear, cropped)
+    return TrainAugment(kind, mean, std, image_size, sync_free, cropped)
 
 
 class EvalTransform:

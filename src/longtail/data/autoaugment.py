@@ -9,8 +9,7 @@ own result: no host syncs), on whatever device the batch lives on.
 Every operation takes images on the 0..255 scale, shape (N, C, H, W), uint8 or floating point, and
 returns the input dtype. Results are quantised as PIL quantises them (integer valued), so uint8 and
 float inputs give the same numbers. Per-image parameters are 1-D tensors of length N (or scalars).
-Every operation reproduces PIL's numbers exactly, the policy's bicubic shear included
-(`shear="nearest"` gives longtail 0.1.0's nearest-sampled shear instead).
+Every operation reproduces PIL's numbers exactly, the policy's bicubic shear included.
 """
 from __future__ import annotations
 
@@ -110,19 +109,10 @@ def _bc(v: Tensor) -> Tensor:
 # sampling the policy's shears use)
 # ---------------------------------------------------------------------------------------------------
 
-SHEAR_INTERPOLATIONS = ("bicubic", "nearest")
-
-
 def sync_free_default(device: torch.device | str) -> bool:
     """Per-image random ops apply sync-free (every op on the whole batch) on accelerators, where
     arithmetic is cheap and a host sync stalls the queue; grouped on the CPU, where work is dear."""
     return torch.device(device).type != "cpu"
-
-
-def check_shear_interpolation(value: str) -> str:
-    if value not in SHEAR_INTERPOLATIONS:
-        raise ValueError(f"shear interpolation must be one of {SHEAR_INTERPOLATIONS}, got {value!r}")
-    return value
 
 
 def _geometry_dtype(device: torch.device) -> torch.dtype:
@@ -273,21 +263,15 @@ def _shear_bicubic(x: Tensor, m: Tensor, axis: int, fill: float) -> Tensor:
     return _restore(out.contiguous(), x)
 
 
-def _shear(x: Tensor, m, axis: int, fill: float, interpolation: str) -> Tensor:
-    if check_shear_interpolation(interpolation) == "bicubic":
-        return _shear_bicubic(x, torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]), axis, fill)
-    return affine(x, _shear_matrix(_as_geometry_param(m, x.shape[0], x), axis), fill)
+def shear_x(x: Tensor, m, fill: float = 128.0) -> Tensor:
+    """PIL transform (1, m, 0, 0, 1, 0), bicubic as the CIFAR-10 policy's shear (bit-exact): input
+    x = x + m y (shear about the top-left corner)."""
+    return _shear_bicubic(x, torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]), 0, fill)
 
 
-def shear_x(x: Tensor, m, fill: float = 128.0, interpolation: str = "bicubic") -> Tensor:
-    """PIL transform (1, m, 0, 0, 1, 0): input x = x + m y (shear about the top-left corner).
-    Bicubic as the CIFAR-10 policy's shear (bit-exact), or nearest."""
-    return _shear(x, m, 0, fill, interpolation)
-
-
-def shear_y(x: Tensor, m, fill: float = 128.0, interpolation: str = "bicubic") -> Tensor:
-    """PIL transform (1, 0, 0, m, 1, 0): input y = m x + y."""
-    return _shear(x, m, 1, fill, interpolation)
+def shear_y(x: Tensor, m, fill: float = 128.0) -> Tensor:
+    """PIL transform (1, 0, 0, m, 1, 0), bicubic: input y = m x + y."""
+    return _shear_bicubic(x, torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]), 1, fill)
 
 
 def translate_x(x: Tensor, pixels, fill: float = 128.0) -> Tensor:
@@ -437,12 +421,11 @@ def _apply_op(op: int, xs: Tensor, mag: Tensor, sign: Tensor) -> Tensor:
 
 
 def _geometric_matrices(op: Tensor, mag: Tensor, sign: Tensor, h: int, w: int) -> Tensor:
-    """(N, 2, 3) affine matrices for the geometric ops 0-4 (identity for any other op id)."""
+    """(N, 2, 3) affine matrices for translate and rotate, ops 2-4 (identity for any other op id; the
+    shears, 0 and 1, are bicubic: `_shear_bicubic`)."""
     dt = _geometry_dtype(op.device)
     sm, m = (mag * sign).to(dt), mag.to(dt)
     a = identity_affine(op.shape[0], op.device, dt)
-    a = torch.where((op == 0).view(-1, 1, 1), _shear_matrix(sm, 0), a)
-    a = torch.where((op == 1).view(-1, 1, 1), _shear_matrix(sm, 1), a)
     a = torch.where((op == 2).view(-1, 1, 1), _translate_matrix(sm * w, 0), a)
     a = torch.where((op == 3).view(-1, 1, 1), _translate_matrix(sm * h, 1), a)
     # DeepVoltaire's rotate has no random sign: always counter-clockwise.
@@ -484,12 +467,11 @@ def apply_by_group(out: Tensor, key: Tensor, groups, run, sync_free: bool) -> Te
 
 
 def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fill: float = 128.0,
-                        sync_free: bool | None = None, shear: str = "bicubic") -> Tensor:
+                        sync_free: bool | None = None) -> Tensor:
     """CIFAR10Policy on a batch: a sub-policy per image, each op with its probability and magnitude.
 
     x: (N, C, H, W) on the 0..255 scale, uint8 or float. Returns the input dtype (integer valued).
-    `shear`: "bicubic" as the released policy (PIL's bicubic, bit-exact) or "nearest" (it then
-    shares the translate/rotate warp; longtail 0.1.0 used it, and one reproduction run did).
+    The shears are bicubic as in the released policy (PIL's bicubic, bit-exact).
     Two ways to apply a slot's ops, with the same result:
     - grouped (default on CPU): one batched call per operation present in the batch, on just the
       images that drew it (the five geometric operations share one gather of source pixels). Least work,
@@ -502,7 +484,6 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
     dev = x.device
     if sync_free is None:
         sync_free = sync_free_default(dev)
-    check_shear_interpolation(shear)
     out = _float(x).clone()
     ops_t, probs_t, mags_t = _policy_tables(dev)
     pol = torch.randint(len(CIFAR10_POLICY), (n,), generator=generator, device=dev)
@@ -512,13 +493,12 @@ def autoaugment_cifar10(x: Tensor, generator: torch.Generator | None = None, fil
         op = ops_t[pol, slot]
         mag = mags_t[pol, slot]
         op = torch.where(u[:, slot] < probs_t[pol, slot], op, torch.full_like(op, -1))
-        # Group ids: 0 = the geometric ops sharing one nearest warp (translate, rotate, and shear
-        # when nearest), 1 = bicubic shear, 5.. = the op itself, -1 = no op in this slot.
+        # Group ids: 0 = translate and rotate, sharing one nearest warp, 1 = bicubic shear, 5.. = the
+        # op itself, -1 = no op in this slot.
         key = torch.where(op < 5, torch.full_like(op, 0), op)
-        if shear == "bicubic":
-            key = torch.where(op < 2, torch.full_like(op, 1), key)
+        key = torch.where(op < 2, torch.full_like(op, 1), key)
         key = torch.where(op < 0, torch.full_like(op, -1), key)
-        groups = ((0, 1) if shear == "bicubic" else (0,)) + tuple(range(5, len(OPS)))
+        groups = (0, 1) + tuple(range(5, len(OPS)))
         mag_s, sign_s = mag, sign[:, slot]
 
         def run(g: int, xs: Tensor, idx: Tensor | None) -> Tensor:

@@ -212,42 +212,45 @@ def decode_random_resized(path: str | os.PathLike, size: int, generator: torch.G
 
 
 class ListDataset(torch.utils.data.Dataset):
-    """Images listed in a list file, decoded with Pillow; items are ``(uint8 (3, S, S) tensor, label)``.
+    """Images listed in a list file, decoded with Pillow; items are ``(uint8 (3, S, S) tensor, label)``
+    with S = ``image_size``.
 
-    train=True, crop="random_resized" (the "imagenet" recipe): RandomResizedCrop(image_size) from
-    the whole image, as torchvision takes it (S = image_size); with ``pad`` > 0 from the image
-    reflect-padded by that many pixels (the "imagenet_randaugment" recipe pads 4). Index with ``(i, key)``: the crop
-    comes from ``crop_generator(key)``, so it is the same in any worker and after a resume (the
-    trainer keys it by seed, epoch, rank, step and position); a bare ``i`` keys it by ``(i,)``.
-    Flip and colour jitter follow, batched on the device.
-    train=True, crop="square": short side to ``resize``, centre crop ``resize`` x ``resize``
-    (S = resize), for recipes that crop on the device.
-    train=False: short side to ``resize``, centre crop ``image_size`` (S = image_size), the standard
-    evaluation transform.
+    crop="centre" (evaluation, and training recipes that augment on the device): short side to
+    ``resize``, centre crop ``image_size``, the standard evaluation transform.
+    crop="random_resized" (training with the "imagenet" recipes): RandomResizedCrop(image_size) from
+    the whole image, as torchvision takes it; with ``pad`` > 0 from the image reflect-padded by that
+    many pixels (the "imagenet_randaugment" recipe pads 4). Index with ``(i, key)``: the crop comes
+    from ``crop_generator(key)``, so it is the same in any worker and after a resume (the loader keys
+    it by seed, epoch, rank, step and position); a bare ``i`` keys it by ``(i,)``. Flip and colour
+    jitter follow, batched on the device.
 
+    ``list_file`` may also be the (relative path, label) pairs themselves (an image folder's split).
     ``limit_per_class`` keeps only the first k listed images of each class (tiny runs).
     Paths are stored in one numpy byte buffer rather than a list of Python strings, so DataLoader
     workers do not copy them page by page through reference counting.
     """
 
-    def __init__(self, root: str | os.PathLike, list_file: str | os.PathLike, num_classes: int | None = None,
-                 train: bool = True, image_size: int = 224, resize: int = 256, *,
-                 limit_per_class: int | None = None, crop: str = "square", pad: int = 0):
-        if resize < image_size:
+    def __init__(self, root: str | os.PathLike, list_file: str | os.PathLike | list[tuple[str, int]],
+                 num_classes: int | None = None, image_size: int = 224, resize: int = 256, *,
+                 limit_per_class: int | None = None, crop: str = "centre", pad: int = 0):
+        if crop not in ("centre", "random_resized"):
+            raise ValueError(f"crop must be 'centre' or 'random_resized', got {crop!r}")
+        if crop == "centre" and resize < image_size:
             raise ValueError(f"resize ({resize}) must be >= image_size ({image_size})")
-        if crop not in ("square", "random_resized"):
-            raise ValueError(f"crop must be 'square' or 'random_resized', got {crop!r}")
         self.root = Path(root)
-        self.list_file = Path(list_file)
-        self.train = train
-        self.crops_on_load = train and crop == "random_resized"
+        self.crops_on_load = crop == "random_resized"
         if pad < 0 or (pad and not self.crops_on_load):
             raise ValueError(f"pad={pad}: a reflect padding (>= 0) goes with the random resized crop on loading "
-                             "(train=True, crop='random_resized')")
+                             "(crop='random_resized')")
         self.pad = int(pad)
         self.image_size = image_size
         self.resize = resize
-        paths, labels = read_list(self.list_file, num_classes)
+        if isinstance(list_file, list):  # (path, label) pairs already read, e.g. an image folder's split
+            self.list_file = Path(root)
+            paths, labels = [p for p, _ in list_file], np.array([c for _, c in list_file], dtype=np.int64)
+        else:
+            self.list_file = Path(list_file)
+            paths, labels = read_list(self.list_file, num_classes)
         if not paths:
             raise ValueError(f"{self.list_file} lists no images")
         self.num_classes = int(num_classes) if num_classes is not None else int(labels.max()) + 1
@@ -260,10 +263,6 @@ class ListDataset(torch.utils.data.Dataset):
         np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
         self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
         self.labels = torch.from_numpy(labels)
-
-    @property
-    def out_size(self) -> int:
-        return self.resize if self.train and not self.crops_on_load else self.image_size
 
     @property
     def class_counts(self) -> list[int]:
@@ -287,7 +286,7 @@ class ListDataset(torch.utils.data.Dataset):
             if self.crops_on_load:
                 img = decode_random_resized(full, self.image_size, crop_generator(key), self.pad)
             else:
-                img = decode_image(full, self.resize, self.out_size)
+                img = decode_image(full, self.resize, self.image_size)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"image not found: {full} (listed in {self.list_file}); check data.root or run check_list"
@@ -298,7 +297,7 @@ class ListDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f"ListDataset({len(self)} images, {self.num_classes} classes, root={str(self.root)!r}, "
-                f"list={str(self.list_file)!r}, train={self.train}, out={self.out_size}"
+                f"list={str(self.list_file)!r}, out={self.image_size}"
                 + (f", reflect pad {self.pad}" if self.pad else "")
                 + (", random resized crop on load)" if self.crops_on_load else ")"))
 

@@ -1,0 +1,150 @@
+"""Batches for training and evaluation, whatever the storage (airbench's loader is the model).
+
+    loader = TrainLoader(bench, batch_size=64, sampler="instance", seed=0, device=device)
+    for x, y in loader.epoch(epoch, start_step, generator):   # augmented, normalised, on the device
+        ...
+
+A tensor benchmark (CIFAR, digits) lives on the training device: a batch is an index into it, and
+the epoch's indices reach the device in one copy. Image files are decoded by the workers of one
+DataLoader for the whole run (they start once), each image's random resized crop keyed by where it
+is trained, so a resumed run crops alike. Either way the batch is then augmented on the device by
+the benchmark's recipe (`bench.augment`), whose random draws come from the trainer's generator.
+The batch order of an epoch is a pure function of (seed, epoch): longtail.data.sampling.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from longtail import distributed
+
+from . import Benchmark, TensorSplit
+from .sampling import class_balanced_batches, epoch_batches
+
+__all__ = ["TrainLoader", "Epoch", "eval_batches", "crop_keyed_batches", "EpochBatches"]
+
+
+def crop_keyed_batches(batches: list[list[int]], seed: int, epoch: int, rank: int, first_step: int) -> list[list]:
+    """(index, key) items for a dataset that crops as it decodes: the key (seed, epoch, rank, step,
+    position in the batch) seeds that image's crop, the same however the epoch was resumed, and
+    different for an image drawn twice (class-balanced sampling)."""
+    return [[(i, (seed, epoch, rank, first_step + s, pos)) for pos, i in enumerate(batch)]
+            for s, batch in enumerate(batches)]
+
+
+class EpochBatches:
+    """The batch sampler of the run's one DataLoader, set to each epoch's batches in turn: the
+    DataLoader asks for them at the start of every epoch, so persistent workers serve each new
+    epoch's order without being restarted."""
+
+    def __init__(self):
+        self.batches: list[list] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _worker_error(exc: Exception) -> Exception:
+    """A DataLoader worker's exception as the one line its dataset raised (the message the worker
+    sends back carries the worker's whole traceback)."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    message = re.sub(r"^\w+(\.\w+)*: ", "", last)
+    try:
+        return type(exc)(message)
+    except TypeError:  # an exception type that takes other arguments
+        return RuntimeError(message)
+
+
+def _from_workers(loader: DataLoader) -> Iterator:
+    try:
+        yield from loader
+    except (OSError, ValueError, RuntimeError) as exc:
+        clean = _worker_error(exc)
+        if clean is exc:
+            raise
+        raise clean from None
+
+
+class Epoch:
+    """One epoch's batches from a given step on: `sizes` (this rank's batch sizes, e.g. for mixup's
+    per-step draws) and the batches themselves, augmented on the device, by iterating."""
+
+    def __init__(self, sizes: list[int], batches: Iterator[tuple[torch.Tensor, torch.Tensor]]):
+        self.sizes, self._batches = sizes, batches
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self):
+        return self._batches
+
+
+class TrainLoader:
+    """The training batches of `bench`, one epoch at a time, for this rank."""
+
+    def __init__(self, bench: Benchmark, *, batch_size: int, sampler: str = "instance", seed: int = 0,
+                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, drop_last: bool = True,
+                 workers: int = 0):
+        self.bench, self.device = bench, torch.device(device)
+        self.batch_size, self.sampler, self.seed = batch_size, sampler, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.on_device = isinstance(bench.train, TensorSplit)
+        if self.on_device:
+            self.split = bench.train.to(self.device)
+        else:  # one DataLoader for the whole run: its workers start once, not once per epoch
+            self.split, self.plan = bench.train, EpochBatches()
+            self.files = DataLoader(bench.train, batch_sampler=self.plan, num_workers=workers,
+                                    pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                                    multiprocessing_context=distributed.loader_context(workers))
+
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        """This rank's index batches of `epoch` (a pure function of seed and epoch)."""
+        if self.sampler == "class_balanced":
+            return class_balanced_batches(self.split.labels.cpu(), self.batch_size, epoch, self.seed, self.rank,
+                                          self.world_size, self.drop_last)
+        return epoch_batches(len(self.split), self.batch_size, epoch, self.seed, self.rank, self.world_size,
+                             self.drop_last)
+
+    def epoch(self, epoch: int, start_step: int, generator: torch.Generator) -> Epoch:
+        """The batches of `epoch` from `start_step` on (a resumed epoch starts mid-way)."""
+        todo = self.batches(epoch)[start_step:]
+        return Epoch([len(b) for b in todo], self._augmented(self._fetch(todo, epoch, start_step), generator))
+
+    def _fetch(self, todo: list[torch.Tensor], epoch: int, start_step: int) -> Iterator:
+        if self.on_device:  # the epoch's indices go to the device in one copy, not one per step
+            if not todo:
+                return iter(())
+            on_device = torch.cat(todo).to(self.device).split([len(b) for b in todo])
+            return ((self.split.images[b], self.split.labels[b]) for b in on_device)
+        self.plan.batches = [b.tolist() for b in todo]
+        if self.split.crops_on_load:  # each image's crop keyed by where it is trained, so a resume repeats it
+            self.plan.batches = crop_keyed_batches(self.plan.batches, self.seed, epoch, self.rank, start_step)
+        return _from_workers(self.files)
+
+    def _augmented(self, batches: Iterator, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in batches:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield self.bench.augment(x, generator), y
+
+
+def eval_batches(split, device: torch.device, batch_size: int, index: torch.Tensor,
+                 workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 image batches and labels of split[index], in that order, on `device`."""
+    if isinstance(split, TensorSplit):
+        for chunk in index.split(batch_size):
+            yield (split.images[chunk.to(split.images.device)].to(device, non_blocking=True),
+                   split.labels[chunk.to(split.labels.device)].to(device))
+        return
+    loader = DataLoader(Subset(split, index.tolist()), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", multiprocessing_context=distributed.loader_context(workers))
+    for x, y in _from_workers(loader):
+        yield x.to(device, non_blocking=True), y.to(device)
