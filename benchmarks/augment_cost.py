@@ -90,8 +90,9 @@ def main() -> None:
             name = kind + ("+sync-free" if sync_free else "")
             lines.append(f"{name:>22s} {t * 1e3:9.2f} {t / steps['fp32']:11.1%} "
                          f"{t / steps['bf16+channels_last']:11.1%}")
-    # List datasets crop in the DataLoader workers as they decode (data.train_crop: random_resized),
-    # so the batch step is "imagenet" without its crop: flip, colour jitter, normalise.
+    # Image files crop in the DataLoader workers as they decode under the "imagenet" recipes
+    # (load_benchmark builds bench.augment with cropped=True), so the batch step is "imagenet"
+    # without its crop: flip, colour jitter, normalise.
     aug = build_train_augment("imagenet", MEAN, STD, 32, cropped=True)
     t = timeit(lambda: aug(images, g), 3, args.reps)
     lines.append(f"{'imagenet+cropped':>22s} {t * 1e3:9.2f} {t / steps['fp32']:11.1%} "

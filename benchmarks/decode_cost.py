@@ -1,10 +1,14 @@
-"""Per-image cost in a DataLoader worker of the two training decodes for list datasets (ImageNet-LT,
-Places-LT, iNaturalist), on synthetic JPEGs of typical ImageNet size:
+"""Per-image cost in a DataLoader worker of the two decodes of image files (ImageNet-LT, Places-LT,
+iNaturalist, your own lists or image folder; longtail.data.listfile.ListDataset), on synthetic JPEGs
+of typical ImageNet size:
 
-- square: short side to 256 and a centre 256 x 256 crop (the random resized crop is then taken on
-  the device, from that square);
-- random_resized: torchvision's RandomResizedCrop(224) from the whole decoded image (the default
-  for the "imagenet" recipe; the device then only flips and jitters).
+- centre: short side to 256 and a centre 224 x 224 crop (evaluation, and training under the recipes
+  that augment on the device);
+- random_resized: torchvision's RandomResizedCrop(224) from the whole decoded image (training under
+  the "imagenet" recipes; the device then only flips and jitters).
+
+(Before 2026-12-03 training under the "imagenet" recipe decoded a centre 256 x 256 square and took
+the random resized crop from it on the device; that decode is gone.)
 
     python benchmarks/decode_cost.py [--images 64] [--reps 3] [--out FILE]
 """
@@ -54,13 +58,13 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
-        square = best_ms(lambda p, k: decode_image(p, 256, 256), paths, args.reps)
+        centre = best_ms(lambda p, k: decode_image(p, 256, 224), paths, args.reps)
         rrc = best_ms(lambda p, k: decode_random_resized(p, 224, crop_generator((0, 0, 0, 0, k))), paths, args.reps)
     lines = [f"decode per image, one process, {args.images} synthetic JPEGs (500x375 / 375x500 / 500x333), "
              f"best of {args.reps}", "",
-             "| training decode | ms / image | vs square |", "|---|---|---|",
-             f"| square (short side 256, centre 256x256; crop later on the device) | {square:.2f} | 1.00x |",
-             f"| random_resized (RandomResizedCrop(224) from the whole image) | {rrc:.2f} | {rrc / square:.2f}x |"]
+             "| decode | ms / image | vs centre |", "|---|---|---|",
+             f"| centre (short side 256, centre 224x224) | {centre:.2f} | 1.00x |",
+             f"| random_resized (RandomResizedCrop(224) from the whole image) | {rrc:.2f} | {rrc / centre:.2f}x |"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

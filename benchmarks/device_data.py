@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from longtail.config import DataConfig
 from longtail.data import load_benchmark
 from longtail.data.cifar import find_cifar_dir
 
@@ -43,7 +44,7 @@ def default_data_root() -> str:
 
 def benchmark_digests(root, imb_factor: float, verify: bool) -> dict[str, str]:
     """SHA-256 of each split's images and labels, as the trainer loads them."""
-    b = load_benchmark("cifar100-lt", root, imb_factor=imb_factor, verify=verify)
+    b = load_benchmark(DataConfig(name="cifar100-lt", root=str(root), imb_factor=imb_factor, verify=verify))
     out = {}
     for split in ("train", "val", "test"):
         s = getattr(b, split)
@@ -61,7 +62,7 @@ def names(imb_factor: float, xz: bool = True) -> tuple[str, str]:
 def pack(data_root: str, imb_factor: float, out: Path, preset: int | None = 6) -> Path:
     """preset: the xz level (0 fast, 9 small); None writes a plain tar (fast; tests)."""
     t0 = time.perf_counter()
-    b = load_benchmark("cifar100-lt", data_root, imb_factor=imb_factor)
+    b = load_benchmark(DataConfig(name="cifar100-lt", root=str(data_root), imb_factor=imb_factor))
     keep = np.union1d(b.train.source_indices.numpy(), b.val.source_indices.numpy())
     folder = find_cifar_dir(data_root, "cifar100")
     with open(folder / "train", "rb") as f:

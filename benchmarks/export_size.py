@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from longtail.config import DataConfig
 from longtail.data import load_benchmark
 
 
@@ -21,7 +22,7 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--imb-factor", type=float, default=100.0)
     args = ap.parse_args()
-    b = load_benchmark("cifar100-lt", args.data_root, imb_factor=args.imb_factor)
+    b = load_benchmark(DataConfig(name="cifar100-lt", root=args.data_root, imb_factor=args.imb_factor))
     imgs = np.concatenate([s.images.numpy() for s in (b.train, b.val, b.test) if s is not None])
     print(f"IF{args.imb_factor:g}: {len(imgs)} images (train, validation, test), {imgs.nbytes / 2**20:.1f} MiB raw")
     buf = io.BytesIO()

@@ -6,11 +6,11 @@
     python benchmarks/reproduce_cifar.py --out /work/runs --only cifar100_lt_if100_gcl_s0  # a subset
 
 Each run is `longtail train configs/<config>.yaml seed=S` in OUT/<config>_s<S>. A run folder with
-results.json is done and skipped (archived first if it is not yet: listed as "archive"); one with
-last.pt is resumed; otherwise the run starts. The runs
-in RECORDED finished before results were archived: their figures are in docs/RESULTS.md but their
-files were lost with their machine, so they count as done too (`--include-recorded` trains them
-again, to get their files back). A second-stage entry (`<first>_stage2`, e.g. GCL's classifier
+results.json is done and skipped (archived first if it is not yet: listed as "archive"), and so is a
+run archived in ARCHIVE; one with last.pt is resumed; otherwise the run starts. (Six IF100 seed-0
+runs finished before results were archived and their files were lost with their machine: their
+archived results.json hold the figures recorded then, marked `recorded_from`, so they count as done
+like any other archived run.) A second-stage entry (`<first>_stage2`, e.g. GCL's classifier
 re-training) starts from OUT/<first>_s<S> (`model.init_from`): it waits while that run is still
 in this invocation's queue, and is reported blocked (exit code 4, after the rest has run) when the
 first stage's weights are not in OUT: archived results carry no weights.
@@ -47,8 +47,6 @@ BLOCKED_EXIT = 4  # everything else ran, but a second stage could not start
 
 # (config, seed) in the order they run: one seed of every IF100 method first (so the table can be
 # read as early as possible, a run every ~1.5-2 h on CPU), then the second seeds, then the other IFs.
-# (A first GALA-reference seed-0 run, with the nearest shear of longtail 0.1.0, is kept apart as
-# c100_if100_gala_reference_s0; the queue's gala_reference runs use the released bicubic shear.)
 IF100 = ["ce", "gala_paper", "gala_reference", "la", "ala", "bs", "ldam_drw", "gcl"]
 QUEUE = [
     *[(f"cifar100_lt_if100_{m}", 0) for m in IF100],
@@ -145,10 +143,6 @@ QUEUE = [
     ("cifar100_lt_if100_la", 5),
     ("cifar100_lt_if100_ce", 5),
 ]
-# Finished on 2026-11-21/22 (seed 0, fp32), reported in docs/RESULTS.md, files lost with that machine
-# before the archive existed.
-RECORDED = frozenset(f"cifar100_lt_if100_{m}_s0" for m in ("ce", "gala_paper", "gala_reference", "la", "ala", "bs"))
-
 
 SECOND_STAGE = "_stage2"  # a config named <first>_stage2 re-trains the classifier of a <first> run
 
@@ -168,12 +162,12 @@ def ready(run_dir: Path) -> bool:
                              and any((first / f).exists() for f in ("best.pt", "last.pt")))
 
 
-def state(run_dir: Path, archive: Path | None = None, recorded: frozenset[str] = frozenset()) -> str:
+def state(run_dir: Path, archive: Path | None = None) -> str:
     if (run_dir / "results.json").exists() or (archive and (archive / run_dir.name / "results.json").exists()):
         return "done"
     if (run_dir / "last.pt").exists():
         return "resume"
-    return "recorded" if run_dir.name in recorded else "start"
+    return "start"
 
 
 def train_command(config: str, seed: int, run_dir: Path, args, threads: int) -> list[str]:
@@ -210,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", nargs="*", default=["eval.every=2", "compile=true"],
                     help="overrides for every new run (default: eval every 2 epochs, torch.compile)")
     ap.add_argument("--runtime", nargs="*", default=["eval.batch_size=128"],
-                    help="runtime overrides (RESUME_OVERRIDABLE keys) for new and resumed runs alike "
+                    help="runtime overrides (keys a resume may change: longtail.rundir.RESUMABLE_KEYS) for new and resumed runs alike "
                          "(default: eval batch 128, faster than 512 on CPU)")
     ap.add_argument("--archive", default=str(ARCHIVE),
                     help="where each finished run's results.json/.md are copied (committed; counts as done)")
@@ -219,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", metavar="RUN",
                     help="run just these queue entries, named as their run folders (e.g. cifar100_lt_if100_gcl_s0), "
                          "in queue order; useful when a session has time for only some runs")
-    ap.add_argument("--include-recorded", action="store_true",
-                    help="train the RECORDED runs again (their figures are in docs/RESULTS.md, their files lost)")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
     if args.parallel < 1:
@@ -237,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (REPO / "configs" / f"{config}.yaml").is_file():
             raise SystemExit(f"config {config} is missing from configs/")
         run_dir = out / name
-        what = state(run_dir, Path(args.archive), frozenset() if args.include_recorded else RECORDED)
+        what = state(run_dir, Path(args.archive))
         first = first_stage(run_dir)
         if what == "start" and not ready(run_dir) and first not in [r for _, _, r in pending]:
             # its first stage's weights are not here and this invocation will not train them
@@ -254,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             what = "archive"
             unarchived.append(run_dir)
         print(f"{what:8s} {run_dir}", flush=True)
-        if what not in ("done", "recorded", "archive"):
+        if what not in ("done", "archive"):
             pending.append((config, seed, run_dir))
     if args.dry_run:
         return 0

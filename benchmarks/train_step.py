@@ -55,11 +55,12 @@ from _released_baseline import (  # noqa: E402
 )
 
 from longtail import losses  # noqa: E402
+from longtail.config import DataConfig  # noqa: E402
 from longtail.data import load_benchmark  # noqa: E402
 from longtail.data.augment import build_eval_transform, build_train_augment  # noqa: E402
+from longtail.data.sampling import epoch_batches  # noqa: E402
 from longtail.evaluation import autocast_context, resolve_precision  # noqa: E402
 from longtail.models import build_model  # noqa: E402
-from longtail.train import epoch_batches  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LR, MOMENTUM, WD = 0.05, 0.9, 5e-4
@@ -132,8 +133,10 @@ class BaselinePath:
 
 
 class OursPath:
-    """longtail.train's step, statement for statement (no DDP, no grad clip, fp32/bf16 only): the
-    loss is checked for NaN/inf every step on CPU, every 25 steps on GPU (check_every=0, auto)."""
+    """longtail.train's loader and step (longtail.data.loader.TrainLoader, longtail.train.train_step),
+    statement for statement (no DDP, no grad clip, no GradScaler: fp32/bf16 only), with timing marks
+    between the phases: the loss is checked for NaN/inf every step on CPU, every 25 steps on GPU
+    (check_every=0, auto)."""
 
     def __init__(self, bench, dev, batch: int, precision: str, channels_last: bool, compile_model: bool,
                  gala_mode: str, compile_mode: str = "default"):
@@ -382,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
          f"threads={torch.get_num_threads()}, device={dev}"
          + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     t = time.perf_counter()
-    bench = load_benchmark("cifar100-lt", args.data_root, verify=args.verify)
+    bench = load_benchmark(DataConfig(name="cifar100-lt", root=args.data_root, verify=args.verify))
     emit(f"data: CIFAR-100-LT IF100 from {args.data_root}: {len(bench.train)} training images, "
          f"{bench.num_classes} classes (loaded in {time.perf_counter() - t:.1f} s); batch {args.batch}, "
          f"SGD lr {LR} momentum {MOMENTUM} wd {WD}; augmentation crop 32 pad 4 + flip + AutoAugment CIFAR-10 + "

@@ -119,15 +119,19 @@ def test_device_data_pack_carries_exactly_the_official_benchmark_and_refuses_a_c
     import json
     import pickle
 
+    from longtail.config import DataConfig
     from longtail.data import load_benchmark
+
+    def cifar100_lt(root, **kw):
+        return load_benchmark(DataConfig(name="cifar100-lt", root=str(root), **kw))
 
     dd = load("device_data")
     archive = dd.pack(str(shared_data), 100.0, tmp_path / "pack", preset=None)  # a plain tar: xz is slow
     dd.unpack(archive, tmp_path / "data")
     with pytest.raises(ValueError, match="checksum mismatch"):  # the blanked pickle is not the official file
-        load_benchmark("cifar100-lt", tmp_path / "data")
-    official = load_benchmark("cifar100-lt", shared_data)
-    copy = load_benchmark("cifar100-lt", tmp_path / "data", verify=False)
+        cifar100_lt(tmp_path / "data")
+    official = cifar100_lt(shared_data)
+    copy = cifar100_lt(tmp_path / "data", verify=False)
     for split in ("train", "val", "test"):
         assert torch.equal(getattr(copy, split).images, getattr(official, split).images)
         assert torch.equal(getattr(copy, split).labels, getattr(official, split).labels)
@@ -160,3 +164,38 @@ def test_gpu_queue_refuses_runs_of_another_imbalance_factor_than_its_pack(tmp_pa
     assert done.returncode == 2
     assert "cifar100_lt_if100_ce_s1 is not a cifar100_lt_if200 run" in done.stderr
     assert not any(tmp_path.iterdir())  # no output, no data, no run folder
+
+
+def run_script(name, *args, timeout=300):
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=BENCH.parent)
+    assert done.returncode == 0, f"{name}.py exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.mark.parametrize("name, args, expect", [
+    ("op_count", ["--batch", "4"], "| augmentation autoaugment, sync-free (GPU default) |"),
+    ("decode_cost", ["--images", "3", "--reps", "1"], "| random_resized (RandomResizedCrop(224) from the whole image) |"),
+    ("predict_speed", ["--images", "2", "--reps", "1", "--batch-size", "2", "--threads", "1"], "| resnet32 @ 32 |"),
+])
+def test_quick_scripts_run_on_the_current_api(name, args, expect):
+    # the scripts import longtail's internals: a changed API must show here, not on the next benchmark day
+    assert expect in run_script(name, *args)
+
+
+@pytest.mark.slow
+def test_train_step_runs_both_paths_and_checks_they_do_the_same_work(shared_data):
+    out = run_script("train_step", "--data-root", shared_data, "--paths", "fp32,base0", "--steps", "1", "--warmup", "1",
+                     "--check", "--threads", "1")
+    assert "check passed: same inputs, same GALA loss, gradients and statistics" in out
+    assert "| ours fp32 " in out and "| baseline: released path, 0 workers " in out
+    assert "10827 training images" in out  # the benchmark as the trainer loads it (IF100, 20 a class to validation)
+
+
+def test_reproduce_queue_dry_run_counts_the_archived_runs_as_done(tmp_path):
+    out = run_script("reproduce_cifar", "--out", tmp_path / "runs", "--dry-run", "--only", "cifar100_lt_if100_ce_s0",
+                     "cifar100_lt_if100_gcl_s0")
+    assert f"done     {tmp_path / 'runs' / 'cifar100_lt_if100_ce_s0'}" in out
+    assert not (tmp_path / "runs").exists()  # a dry run makes nothing

@@ -14,9 +14,9 @@ from longtail import cli
 
 SAVE_LIMITED = textwrap.dedent("""
     import resource, signal, sys
-    from longtail import cli, train
+    from longtail import cli, rundir
 
-    real, saved = train.atomic_save, []
+    real = rundir.atomic_save
 
     def limited(obj, path):
         # after the first last.pt, no file may grow past half its size: the second one fails to write
@@ -25,7 +25,7 @@ SAVE_LIMITED = textwrap.dedent("""
             resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size // 2, resource.RLIM_INFINITY))
         return real(obj, path)
 
-    train.atomic_save = limited
+    rundir.atomic_save = limited
     sys.exit(cli.main(sys.argv[1:]))
 """)
 

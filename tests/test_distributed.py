@@ -157,7 +157,7 @@ def test_a_stop_request_to_one_rank_stops_every_rank_together(tmp_path):
 
 
 def _resume_worker(rank, world, port, run_dir):
-    from longtail.train import resume_config
+    from longtail.rundir import resume_config
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -170,13 +170,13 @@ def _bn_worker(rank, world, port, cfg_dict, run_dir, out):
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    real = train_mod.final_evaluation
+    real = train_mod.finish
 
-    def recording(cfg, run_dir, model, bench, rt, eval_tf, state, best_state, precision):
-        torch.save({"last": {k: v.clone() for k, v in model.state_dict().items()}, "best": best_state},
+    def recording(state):
+        torch.save({"last": {k: v.clone() for k, v in state.model.state_dict().items()}, "best": state.best_weights},
                    f"{out}.{rank}")
-        return real(cfg, run_dir, model, bench, rt, eval_tf, state, best_state, precision)
-    train_mod.final_evaluation = recording
+        return real(state)
+    train_mod.finish = recording
     train_mod.train(config_from_dict(cfg_dict), run_dir=run_dir)
 
 

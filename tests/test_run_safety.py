@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 
-from longtail import cli
+from longtail import cli, rundir
 from longtail import train as train_mod
 from longtail.config import config_from_dict
+from longtail.data import load_benchmark
 
 pytestmark = pytest.mark.xdist_group("run_safety")
 
@@ -55,7 +56,7 @@ def test_a_finished_run_without_last_pt_is_not_overwritten(finished, tmp_path, c
     before = md5s(run)
     assert cli.main(["train", str(digits_config(tmp_path)), "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "already holds a run (results.json)" in err and "Traceback" not in err
+    assert "holds a finished run (results.json): `longtail eval" in err and "Traceback" not in err
     assert md5s(run) == before
 
 
@@ -83,7 +84,7 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_a_folder_is_made
 
     def count(cfg):  # the training images this config loads, counted independently of the check
         nonlocal n_train
-        n_train = len(train_mod.load_data(cfg).train)
+        n_train = len(load_benchmark(cfg.data).train)
     count(config_from_dict(yaml.safe_load(digits_config(tmp_path).read_text())))
     big = n_train + 1
     cfg = digits_config(tmp_path, "big.yaml", optim__batch_size=big, optim__drop_last=True)
@@ -204,11 +205,11 @@ def test_a_stop_while_results_json_is_written_leaves_no_results(tmp_path, capsys
             assert Path(src).read_text().startswith("{")
             os.kill(os.getpid(), signal.SIGINT)  # in the final evaluation: stops at once
         return real_replace(src, dst)
-    monkeypatch.setattr(train_mod.os, "replace", stop_before_rename)
+    monkeypatch.setattr(rundir.os, "replace", stop_before_rename)
     assert cli.main(["train", str(digits_config(tmp_path)), "--run-dir", str(run)]) == 130
     assert "interrupted during the final evaluation" in capsys.readouterr().err
     assert not (run / "results.json").exists() and not (run / "results.json.tmp").exists()
-    monkeypatch.setattr(train_mod.os, "replace", real_replace)
+    monkeypatch.setattr(rundir.os, "replace", real_replace)
     assert cli.main(["train", "--resume", str(run)]) == 0 and (run / "results.json").exists()
 
 
@@ -267,10 +268,12 @@ def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
         cli.resolve_config_path("my_experiments/cifar100_lt_if100_ce.yaml")
     with pytest.raises(FileNotFoundError, match="config 'no_such_config' not found .* Known configs: "):
         cli.resolve_config_path("no_such_config")
-    # its data.root (../shared/data) is relative to the folder run from: the error says which folder
+    # its data comes from data.root or LONGTAIL_DATA: unset, the error says where it looked and how to set it
+    monkeypatch.delenv("LONGTAIL_DATA", raising=False)
     assert cli.main(["train", "cifar100_lt_if100_ce"]) == 2
     err = capsys.readouterr().err
-    assert f"(now ../shared/data, relative to the working folder {tmp_path})" in err
+    assert f"Set data.root (or the environment variable LONGTAIL_DATA) to the folder that holds the data (unset, so " \
+           f"{tmp_path / 'data'})" in err
     assert not (tmp_path / "runs").exists()
 
 

@@ -13,9 +13,12 @@ from test_augment import smooth_images
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from longtail import losses
+from longtail.config import config_from_dict
 from longtail.data import augment as A
 from longtail.data import autoaugment as AA
-from longtail.models import build_model
+from longtail.data.mixup import mixup_draw, mixup_epoch
+from longtail.optim import build_optimizer
+from longtail.train import setup, train_step
 
 # Operators whose result size or value the host must know: on CUDA each one synchronises.
 SYNCING_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.bincount", "aten.unique", "aten._unique",
@@ -132,15 +135,14 @@ def test_the_counter_sees_each_kind_of_host_read(host_reads):
     assert seen == []
 
 
-@pytest.mark.parametrize("seed, shear", [(0, "bicubic"), (1, "nearest")])
-def test_autoaugment_sync_free_equals_grouped_and_reads_nothing(host_reads, seed, shear):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_autoaugment_sync_free_equals_grouped_and_reads_nothing(host_reads, seed):
     x = smooth_images(512, seed=seed).float()  # enough images for every operation to be drawn
     AA.autoaugment_cifar10(x[:2], torch.Generator().manual_seed(seed))  # makes the policy table it keeps
     grouped, seen_grouped = host_reads(AA.autoaugment_cifar10, x, torch.Generator().manual_seed(seed),
-                                       sync_free=False, shear=shear)
+                                       sync_free=False)
     assert seen_grouped == ["aten.bincount", "Tensor.tolist"] * 2  # the CPU path's group sizes, per slot
-    free, seen_free = host_reads(AA.autoaugment_cifar10, x, torch.Generator().manual_seed(seed), sync_free=True,
-                                 shear=shear)
+    free, seen_free = host_reads(AA.autoaugment_cifar10, x, torch.Generator().manual_seed(seed), sync_free=True)
     assert seen_free == []
     assert torch.equal(free, grouped)
     assert not torch.equal(free, x)
@@ -168,108 +170,108 @@ def test_every_training_recipe_is_sync_free_on_request(host_reads, kind):
     torch.testing.assert_close(out, same, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", losses.available())
-def test_training_step_reads_nothing_back_for_every_loss(host_reads, name):
-    """What the trainer runs per step on a GPU: forward, loss built as the trainer builds it
-    (check_values=False), backward, SGD. Any host read here would stall the device every step."""
-    torch.manual_seed(0)
-    counts = [50, 20, 10, 5, 2]
-    model = build_model("convnet", num_classes=5, in_channels=3,
-                        head="cosine" if name in ("ldam", "gcl", "ala") else "linear")
-    criterion = losses.build(name, class_counts=counts, check_values=False).train()
-    criterion.set_class_weights(losses.class_balanced_weights(counts))  # as DRW switches it on
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
-    nonfinite = torch.zeros((), dtype=torch.bool)
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
-    def step():
-        nonlocal nonfinite
-        loss = criterion(model(x), y)
-        nonfinite |= ~torch.isfinite(loss.detach())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
-    step()  # the first step creates the momentum buffers
-    loss, seen = host_reads(step)
+
+def run_state(run_dir, **keys):
+    """The trainer's own RunState (longtail.train.setup) for a tiny run: the digits, a small convnet, on
+    the CPU unless `keys` say otherwise (nested sections are merged), ready for `train_step` as
+    train_epoch leaves it before its first step."""
+    cfg = _merged({"device": "cpu", "data": {"name": "digits-lt", "imb_factor": 20, "val_per_class": 10,
+                                             "image_size": 8, "augment": "none"},
+                   "model": {"name": "convnet"}, "loss": {"name": "ce"},
+                   "optim": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0},
+                   "precision": "fp32", "channels_last": False, "progress": "quiet", "threads": 1, "seed": 0}, keys)
+    state = setup(config_from_dict(cfg), run_dir)
+    state.model.train()
+    state.criterion.train()
+    state.nonfinite = torch.zeros((), dtype=torch.bool, device=state.rt.device)
+    return state
+
+
+def first_batch(state):
+    """The first training batch of epoch 0, augmented, from the run's own loader."""
+    return next(iter(state.loader.epoch(0, 0, state.aug_gen)))
+
+
+@pytest.mark.parametrize("name", losses.available())
+def test_training_step_reads_nothing_back_for_every_loss(host_reads, tmp_path, name):
+    """The trainer's step (train_step: forward, the loss as setup builds it with check_values=False,
+    backward, SGD) as a GPU run takes it, the loss checked only every few steps. Any host read here
+    would stall the device every step."""
+    state = run_state(tmp_path / "run", loss={"name": name})
+    counts = state.bench.class_counts
+    state.criterion.set_class_weights(losses.class_balanced_weights(counts))  # as DRW switches it on
+    x, y = first_batch(state)
+    train_step(state, x, y)  # the first step creates the momentum buffers
+    (loss, hits), seen = host_reads(train_step, state, x, y)
     assert seen == [], seen
-    assert torch.isfinite(loss) and not nonfinite
+    assert torch.isfinite(loss) and not state.nonfinite and 0 <= hits <= len(y)
     # the same loss with its value checks on does read back (labels, finiteness): the counter works
     checked = losses.build(name, class_counts=counts, check_values=True).train()
-    _, seen = host_reads(checked, model(x).detach(), y)
+    _, seen = host_reads(checked, state.model(x).detach(), y)
     assert seen
+    # and so does the step that checks the loss at once (check_every=1, a CPU run's default)
+    _, seen = host_reads(train_step, state, x, y, check_now=True)
+    assert "aten.is_nonzero" in seen or "aten._local_scalar_dense" in seen, seen
 
 
-def test_a_mixup_step_takes_its_pairs_from_the_epochs_one_copy(host_reads):
+def test_a_mixup_step_takes_its_pairs_from_the_epochs_one_copy(host_reads, tmp_path):
     """GCL's own recipe mixes images: the trainer draws an epoch's pairs at its start and moves them
-    in one copy, so a step mixes, scores and counts hits without host data."""
-    from longtail.data.mixup import mix, mixed_loss, mixup_draw, mixup_epoch
-
-    torch.manual_seed(0)
-    model = build_model("convnet", num_classes=5, in_channels=3)
-    criterion = losses.build("ce", class_counts=[50, 20, 10, 5, 2], check_values=False).train()
-    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
-
-    def step(lam, perm):
-        logits = model(mix(x, lam, perm))
-        loss = mixed_loss(criterion, logits, y, lam, perm)
-        loss.backward()
-        pred = logits.argmax(1)
-        return (lam * (pred == y) + (1.0 - lam) * (pred == y[perm])).sum()
-    plan = mixup_epoch([16, 16], 1.0, seed=0, epoch=0)
-    _, seen = host_reads(step, *plan[1])
+    in one copy, so its step mixes, scores and counts hits without host data."""
+    state = run_state(tmp_path / "run", optim={"mixup_alpha": 1.0})
+    epoch = state.loader.epoch(0, 0, state.aug_gen)
+    x, y = next(iter(epoch))
+    plan = mixup_epoch(epoch.sizes, 1.0, seed=state.cfg.seed, epoch=0)  # as train_epoch draws them
+    train_step(state, x, y, (*plan[0], None))  # the first step creates the momentum buffers
+    (loss, _), seen = host_reads(train_step, state, x, y, (*plan[1], None))
     assert seen == [], seen
+    assert torch.isfinite(loss)
     # drawing them in the step, as the trainer did until 2026-12-04, makes host data a tensor every step
-    _, seen = host_reads(lambda: step(*mixup_draw(16, 1.0, 0, 0, 1)))
+    _, seen = host_reads(lambda: train_step(state, x, y, (*mixup_draw(len(y), 1.0, 0, 0, 2), None)))
     assert any(s.startswith("torch.from_numpy(host data)") for s in seen), seen
 
 
-def test_an_fp16_step_reads_nothing_back_with_the_trainers_optimizer(host_reads):
+def test_an_fp16_step_reads_nothing_back_with_the_trainers_optimizer(host_reads, tmp_path):
     """fp16 (for GPUs without bf16) trains under a GradScaler, whose overflow flag the default SGD reads
     back at every step; the trainer's fp16 optimizer (fused SGD) takes it on the device. Its updates
     equal the default SGD's, and it still skips a step whose gradients overflowed."""
-    from longtail.config import OptimConfig
-    from longtail.train import make_optimizer
 
-    optim = OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4)
-    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+    def fp16_run(name, fused):
+        state = run_state(tmp_path / name, precision="fp16")
+        assert state.precision == "fp16" and state.scaler.is_enabled()
+        assert bool(state.optimizer.defaults.get("fused"))  # what setup builds under fp16
+        if not fused:  # the default SGD in its place, with the same settings
+            o = state.cfg.optim
+            state.optimizer = build_optimizer(state.model.parameters(), o.lr, o.momentum, o.nesterov, o.weight_decay)
+            assert not state.optimizer.defaults.get("fused")
+        x, y = first_batch(state)
+        train_step(state, x, y)  # momentum buffers
+        return state, x, y
 
-    def setup(precision):
-        torch.manual_seed(0)
-        model = build_model("convnet", num_classes=5, in_channels=3)
-        opt = make_optimizer(model.parameters(), optim, precision)
-        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
-
-        def step(poison=False):
-            with torch.autocast("cpu", dtype=torch.float16):
-                logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if poison:
-                next(model.parameters()).grad.view(-1)[0] = float("inf")
-            scaler.step(opt)
-            scaler.update()
-        step()  # momentum buffers
-        return model, opt, scaler, step
-
-    fused, opt, scaler, step = setup("fp16")
-    assert opt.defaults["fused"]
-    _, seen = host_reads(step)
+    fused, x, y = fp16_run("fused", fused=True)
+    _, seen = host_reads(train_step, fused, x, y)
     assert seen == [], seen
     # the default SGD under the same scaler waits for the flag: the counter sees it
-    plain, opt_plain, _, step_plain = setup("bf16")
-    assert not opt_plain.defaults.get("fused")
-    _, seen = host_reads(step_plain)
+    plain, x_plain, y_plain = fp16_run("plain", fused=False)
+    assert torch.equal(x_plain, x) and torch.equal(y_plain, y)
+    _, seen = host_reads(train_step, plain, x, y)
     assert "aten._local_scalar_dense" in seen
-    for a, b in zip(fused.parameters(), plain.parameters()):
+    for a, b in zip(fused.model.parameters(), plain.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    # an overflowed step leaves the weights as they were and halves the scale
-    before = [p.detach().clone() for p in fused.parameters()]
-    scale = scaler.get_scale()
-    step(poison=True)
-    assert all(torch.equal(a, b) for a, b in zip(before, fused.parameters()))
-    assert scaler.get_scale() == scale / 2
+    # an overflowed step leaves the weights as they were and halves the scale (the loss is remembered
+    # as non-finite, for the next check to stop the run)
+    before = [p.detach().clone() for p in fused.model.parameters()]
+    scale = fused.scaler.get_scale()
+    poisoned = x.clone()
+    poisoned[0] = float("inf")
+    train_step(fused, poisoned, y)
+    assert all(torch.equal(a, b) for a, b in zip(before, fused.model.parameters()))
+    assert fused.scaler.get_scale() == scale / 2 and bool(fused.nonfinite)
 
 
 def test_default_form_is_grouped_on_cpu_and_sync_free_elsewhere(host_reads):
@@ -301,95 +303,69 @@ def _cuda_waits(steps) -> list[str]:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the CUDA runtime itself reports each wait")
-def test_cuda_training_step_never_waits_for_the_gpu():
+def test_cuda_training_step_never_waits_for_the_gpu(tmp_path):
     """On a real GPU, with torch's sync debug mode set to warn of every call that makes the host wait
-    for the device, for every loss: the trainer's whole step (sync-free augmentation from a device
-    generator, bf16 autocast, channels_last ResNet-32, the loss as the trainer builds it, backward, SGD)."""
-    dev = torch.device("cuda")
-    counts = [50, 20, 10, 5, 2]
-    augment = A.build_train_augment("autoaugment", MEAN, STD, 32, sync_free=True)
-    images = smooth_images(32, seed=2).to(dev)
-    labels = torch.arange(32, device=dev) % 5
+    for the device, for every loss: the trainer's whole step (its loader's batch, sync-free augmentation
+    from the device generator, bf16 autocast, channels_last ResNet-32, the loss as setup builds it,
+    train_step's backward and SGD)."""
     waits = {}
     for name in losses.available():
-        torch.manual_seed(0)
-        model = build_model("resnet32", num_classes=5, in_channels=3,
-                            head="cosine" if name in losses.COSINE_HEAD_LOSSES else "linear")
-        model = model.to(dev, memory_format=torch.channels_last)
-        criterion = losses.build(name, class_counts=counts, check_values=False).train().to(dev)
-        criterion.set_class_weights(losses.class_balanced_weights(counts))
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        gen = torch.Generator(device=dev).manual_seed(0)
-        nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
+        state = run_state(tmp_path / name, device="cuda", data={"augment": "autoaugment"},
+                          model={"name": "resnet32"}, loss={"name": name}, optim={"batch_size": 32},
+                          precision="bf16", channels_last=True)
+        assert state.bench.augment.sync_free is not False  # sync-free by default on a GPU
+        state.criterion.set_class_weights(losses.class_balanced_weights(state.bench.class_counts))
+        batches = iter(state.loader.epoch(0, 0, state.aug_gen))  # the epoch's indices reach the GPU in one copy
 
-        def step():
-            nonlocal nonfinite
-            x = augment(images, gen).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = criterion(model(x), labels)
-            nonfinite |= ~torch.isfinite(loss.detach())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        def step(state=state, batches=batches):
+            x, y = next(batches)
+            train_step(state, x, y)
         step()  # momentum buffers, cuDNN plans
         found = _cuda_waits([step] * 3)
         if found:
             waits[name] = found
-        assert not bool(nonfinite), name
+        assert not bool(state.nonfinite), name
     assert waits == {}
     # the mode does catch a wait, so the check above can fail
     torch.cuda.set_sync_debug_mode("error")
     try:
         with pytest.raises(RuntimeError, match="synchroniz"):
-            nonfinite.item()
+            state.nonfinite.item()
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the CUDA runtime itself reports each wait")
-def test_cuda_fp16_and_mixup_steps_never_wait_for_the_gpu():
+def test_cuda_fp16_and_mixup_steps_never_wait_for_the_gpu(tmp_path):
     """The two paths changed after the second GPU session, on a real GPU under torch's sync debug mode:
-    fp16 autocast with the GradScaler and the trainer's fp16 optimizer, and mixup from an epoch's pairs."""
-    from longtail.config import OptimConfig
-    from longtail.data.mixup import mix, mixed_loss, mixup_epoch
-    from longtail.train import make_optimizer
-
-    dev = torch.device("cuda")
-    torch.manual_seed(0)
-    model = build_model("resnet32", num_classes=5, in_channels=3).to(dev)
-    opt = make_optimizer(model.parameters(), OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4), "fp16")
-    scaler = torch.amp.GradScaler("cuda")
-    criterion = losses.build("ce", class_counts=[50, 20, 10, 5, 2], check_values=False).train().to(dev)
-    x = smooth_images(16, seed=3).to(dev).float().div(255)
-    y = torch.arange(16, device=dev) % 5
-    plan = mixup_epoch([16] * 4, 1.0, seed=0, epoch=0, device=dev)
-    correct = torch.zeros((), device=dev)
+    the trainer's step under fp16 autocast with its GradScaler and fp16 optimizer (fused SGD), and mixup
+    from an epoch's pairs."""
+    state = run_state(tmp_path / "run", device="cuda", model={"name": "resnet32"}, optim={"mixup_alpha": 1.0},
+                      precision="fp16")
+    assert state.optimizer.defaults.get("fused")
+    epoch = state.loader.epoch(0, 0, state.aug_gen)
+    batches = iter(epoch)
+    plan = mixup_epoch(epoch.sizes[:4], 1.0, seed=state.cfg.seed, epoch=0, device=state.rt.device)
+    correct = torch.zeros((), device=state.rt.device)
 
     def step(lam, perm):
         nonlocal correct
-        with torch.autocast("cuda", dtype=torch.float16):
-            logits = model(mix(x, lam, perm)).float()
-        loss = mixed_loss(criterion, logits, y, lam, perm)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        pred = logits.argmax(1)
-        correct += (lam * (pred == y) + (1.0 - lam) * (pred == y[perm])).sum()
+        x, y = next(batches)
+        _, hits = train_step(state, x, y, (lam, perm, None))
+        correct += hits
     step(*plan[0])  # the scale, momentum buffers, cuDNN plans
     assert _cuda_waits([lambda lam=lam, perm=perm: step(lam, perm) for lam, perm in plan[1:]]) == []
 
 
 @pytest.mark.parametrize("variant", ["plain", "mixup", "fp16"])
 def test_the_trainers_own_loop_reads_nothing_back_per_step(host_reads, tmp_path, variant):
-    """The tests above rebuild the step; this one counts the trainer's loop itself. One epoch of the
+    """The tests above count the trainer's step; this one counts its loop around it. One epoch of the
     278 training images in batches of 32 (8 steps) and in batches of 16 (17 steps), with the same
     evaluation and checkpoints and the loss checked every 1,000 steps (as a GPU run checks every 25),
     must read back and copy to the device equally often: any read inside a step would show up 9
     more times."""
     from collections import Counter
 
-    from longtail.config import config_from_dict
     from longtail.train import train
 
     def run(batch_size):

@@ -21,14 +21,14 @@ class Untouchable:
 
 @pytest.mark.parametrize("test", [False, True])
 def test_a_validation_only_run_never_touches_the_test_split(test, tmp_path, monkeypatch):
-    real = train_mod.load_data
+    real = train_mod.load_benchmark
 
-    def guarded(cfg):
-        bench = real(cfg)
+    def guarded(data, **kw):
+        bench = real(data, **kw)
         bench.test = Untouchable()
         return bench
 
-    monkeypatch.setattr(train_mod, "load_data", guarded)
+    monkeypatch.setattr(train_mod, "load_benchmark", guarded)
     data = yaml.safe_load(digits_config(tmp_path).read_text())
     data["eval"] = {**data.get("eval", {}), "test": test, "track_test": True}
     cfg = config_from_dict({**data, "out_dir": str(tmp_path), "run_name": "run"})

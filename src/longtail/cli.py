@@ -1,4 +1,4 @@
-"""The `longtail` command: demo | train | eval | report | data."""
+"""The `longtail` command: demo | train | eval | report | data | predict | export."""
 from __future__ import annotations
 
 import argparse
@@ -6,9 +6,12 @@ import copy
 import json
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repository's configs/ (editable install)
+from longtail import __version__
+
+CONFIG_DIR = Path(str(resources.files("longtail") / "configs"))  # the shipped configs, inside the package
 
 DEMO_METHODS = [  # (run name, loss overrides)
     ("ce", ["loss.name=ce"]),
@@ -26,9 +29,7 @@ DEMO_CONFIG = {
     "precision": "fp32",
     "channels_last": False,
     "progress": "quiet",
-    # A net this small gains nothing from a second thread, and OpenMP threads that spin-wait for
-    # a busy core make it many times slower on a loaded machine.
-    "threads": 1,
+    "threads": 1,  # a net this small gains nothing from a second thread
 }
 
 
@@ -45,17 +46,15 @@ def resolve_config_path(name: str) -> Path:
         for candidate in (CONFIG_DIR / shipped, CONFIG_DIR / f"{shipped}.yaml"):
             if candidate.is_file():
                 return candidate
-    if not CONFIG_DIR.is_dir():
-        raise FileNotFoundError(f"config {name!r} not found, and this install has no configs/ folder (the shipped "
-                                "configs live in the repository: install it with `pip install -e .`)")
     known = sorted(c.stem for c in CONFIG_DIR.glob("*.yaml"))
     hint = f" Known configs: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}" if known else ""
-    raise FileNotFoundError(f"config {name!r} not found (a YAML path, or a name in {CONFIG_DIR}).{hint}")
+    raise FileNotFoundError(f"config {name!r} not found (a YAML path, or a name of a shipped config).{hint}")
 
 
 def cmd_train(args) -> int:
     from longtail.config import load_config
-    from longtail.train import resume_config, train
+    from longtail.rundir import resume_config
+    from longtail.train import train
 
     if args.resume:
         if args.config and "=" not in args.config:
@@ -65,57 +64,72 @@ def cmd_train(args) -> int:
             raise ValueError("--resume RUN continues in RUN itself; --run-dir does not go with it")
         # the positional CONFIG slot may hold the first override: `--resume RUN threads=2`
         overrides = ([args.config] if args.config else []) + list(args.overrides)
-        cfg = resume_config(args.resume, overrides)
-        run_dir = train(cfg, run_dir=args.resume, resume=True)
-        print(f"run folder: {run_dir}")
-        return 0
-    if not args.config:
+        run_dir = train(resume_config(args.resume, overrides), run_dir=args.resume, resume=True)
+    elif not args.config:
         raise ValueError("give a CONFIG (YAML path or name) or --resume RUN_DIR")
-    cfg = load_config(resolve_config_path(args.config), args.overrides)
-    run_dir = train(cfg, run_dir=args.run_dir)
+    else:
+        run_dir = train(load_config(resolve_config_path(args.config), args.overrides), run_dir=args.run_dir)
     print(f"run folder: {run_dir}")
     return 0
 
 
-def cmd_eval(args) -> int:
-    from longtail.config import apply_overrides, load_config, saved_config_from_dict
-    from longtail.data.augment import build_eval_transform
-    from longtail.distributed import pick_device
-    from longtail.evaluation import evaluate_model, report_markdown
-    from longtail.train import build_model, load_data, method_name, read_checkpoint, run_precision
+def _eval_from_logits(run_dir: Path, args):
+    """The post-hoc figures of a finished run folder without checkpoints, from its stored logits."""
+    from longtail.evaluation import posthoc_report
+    from longtail.rundir import load_logits
 
-    target = Path(args.target)
-    ckpt_path = target / "best.pt" if target.is_dir() else target
-    if target.is_dir() and not ckpt_path.exists():
-        ckpt_path = target / "last.pt"
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt_path} (give a run folder or a .pt file)")
-    run_dir = ckpt_path.parent
-    ckpt = read_checkpoint(ckpt_path, "cpu")  # before the data loads: a bad file fails at once
-    if (run_dir / "config.yaml").is_file():
-        cfg = load_config(run_dir / "config.yaml", args.overrides, saved=True)
-    elif isinstance(ckpt.get("config"), dict):  # a .pt moved out of its run folder carries its config
-        cfg = saved_config_from_dict(apply_overrides(copy.deepcopy(ckpt["config"]), args.overrides))
-    else:
-        raise FileNotFoundError(f"{ckpt_path} holds no config and {run_dir / 'config.yaml'} does not exist")
+    results = json.loads((run_dir / "results.json").read_text())
+    preds = load_logits(run_dir)
+    val = preds.get("val", (None, None))
+    counts = results["data"]["class_counts"]
+    tau_grid = results["config"]["eval"]["tau_grid"]
+    pr_tau = args.pr_tau if args.pr_tau is not None else results["config"]["eval"]["published_pr_tau"]
+    report = posthoc_report(*val, *preds["test"], counts, tau_grid, pr_tau)
+    evaluated = {"method": results["method"], "checkpoint": str(run_dir / "logits.npz"),
+                 "note": "from the stored float16 logits of the selected checkpoint", "checkpoints": {"logits": report}}
+    return evaluated, preds, counts, tau_grid, run_dir / "eval-logits.json"
+
+
+def _eval_checkpoint(args):
+    from longtail.data import load_benchmark
+    from longtail.distributed import pick_device
+    from longtail.evaluation import evaluate_model
+    from longtail.models import PRETRAINED_MEAN, PRETRAINED_STD
+    from longtail.rundir import load_model, load_run, run_precision
+    from longtail.train import method_name
+
+    cfg, ckpt, path = load_run(args.target, args.overrides)
     if args.pr_tau is not None:
         cfg.eval.published_pr_tau = args.pr_tau
     device = pick_device(cfg.device)
-    bench = load_data(cfg)
-    in_ch = bench.test.images.shape[1] if hasattr(bench.test, "images") else 3
-    model = build_model(cfg, bench.num_classes, in_ch).to(device)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise ValueError(f"the weights in {ckpt_path} do not fit the model this config builds (an override that "
-                         f"changes the model or the classes?): {str(exc).splitlines()[0]}") from None
-    cfg.channels_last = False  # the model here is in the default memory format
-    precision = run_precision(cfg, run_dir, device)  # as the run trained (an explicit override wins)
-    report = evaluate_model(model, bench, cfg, device, build_eval_transform(bench.mean, bench.std), precision)
-    results = {"method": method_name(cfg), "checkpoint": str(ckpt_path), "checkpoints": {ckpt_path.stem: report}}
-    out = run_dir / f"eval-{ckpt_path.stem}.json"
-    out.write_text(json.dumps(results, indent=2))
+    norm = (PRETRAINED_MEAN, PRETRAINED_STD) if cfg.model.pretrained else None
+    bench = load_benchmark(cfg.data, lists_dir=path.parent, normalisation=norm)
+    model = load_model(cfg, ckpt, path, bench.num_classes, bench.channels, device)
+    # the run's own numerics: its precision and memory format, as its final evaluation had them
+    report, preds = evaluate_model(model, bench, cfg, device, run_precision(cfg, path.parent, device))
+    evaluated = {"method": method_name(cfg), "checkpoint": str(path), "checkpoints": {path.stem: report}}
+    return evaluated, preds, bench.class_counts, cfg.eval.tau_grid, path.parent / f"eval-{path.stem}.json"
+
+
+def cmd_eval(args) -> int:
+    from longtail.evaluation import report_markdown
+    from longtail.shifted import markdown_shifted_table, shifted_prior_table
+
+    target = Path(args.target)
+    stored_only = (target.is_dir() and not any((target / n).exists() for n in ("best.pt", "last.pt"))
+                   and (target / "logits.npz").exists())
+    if stored_only and args.overrides:
+        raise ValueError(f"{target} has no checkpoint, only its stored logits: overrides cannot change them")
+    results, preds, counts, tau_grid, out = _eval_from_logits(target, args) if stored_only else _eval_checkpoint(args)
     print(report_markdown(results))
+    if args.shifted_priors:
+        if "val" not in preds:
+            raise ValueError("--shifted-priors chooses its taus on validation, and this run has no validation split")
+        rows = shifted_prior_table(*preds["val"], *preds["test"], counts, tau_grid)
+        next(iter(results["checkpoints"].values()))["shifted"] = rows
+        print("Top-1 under shifted test priors (class-weighted over the balanced test set; taus on validation):\n")
+        print(markdown_shifted_table(rows))
+    out.write_text(json.dumps(results, indent=2))
     print(f"written: {out}")
     return 0
 
@@ -179,21 +193,61 @@ def cmd_demo(args) -> int:
 
 def cmd_data(args) -> int:
     if args.data_cmd == "check":
-        from longtail.data.listfile import check_list
+        path = Path(args.path)
+        if path.is_dir() and args.root is None:
+            from longtail.data.folder import check_folder
 
-        report = check_list(args.root, args.list_file, num_classes=args.num_classes, decode=not args.no_decode)
-        print(report.summary() if hasattr(report, "summary") else report)
-        return 0 if getattr(report, "ok", True) else 1
-    if args.data_cmd == "info":
-        from longtail.data import load_benchmark
+            report = check_folder(path, decode=not args.no_decode)
+        else:
+            from longtail.data.listfile import check_list
 
-        b = load_benchmark(args.name, args.root, imb_factor=args.imb_factor)
-        counts = b.class_counts
-        print(f"{b.name}: {b.num_classes} classes, {sum(counts)} training images "
-              f"(max {max(counts)}, min {min(counts)}, imbalance {max(counts) / min(counts):.1f}); "
-              f"val {len(b.val) if b.val is not None else 0}, test {len(b.test)}")
-        return 0
-    raise SystemExit("error: `longtail data check LIST --root ROOT` or `longtail data info NAME --root ROOT`")
+            if args.root is None:
+                raise ValueError(f"{path} is a list file: give the folder its paths are relative to with --root")
+            report = check_list(args.root, path, num_classes=args.num_classes, decode=not args.no_decode)
+        print(report.summary())
+        return 0 if report.ok else 1
+    from longtail.config import DataConfig
+    from longtail.data import load_benchmark
+
+    b = load_benchmark(DataConfig(name=args.name, root=args.root, imb_factor=args.imb_factor))
+    counts = b.class_counts
+    print(f"{b.name}: {b.num_classes} classes, {sum(counts)} training images "
+          f"(max {max(counts)}, min {min(counts)}, imbalance {max(counts) / min(counts):.1f}); "
+          f"val {len(b.val) if b.val is not None else 0}, test {len(b.test)}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from longtail.predict import adjustment, find_images, load_trained, predict_images, write_predictions_csv
+
+    run = load_trained(args.run)
+    files, skipped = find_images(args.paths)
+    if not files:
+        raise FileNotFoundError(f"no image files among {', '.join(args.paths)} (.jpg .jpeg .png .webp .bmp)")
+    offsets, name, tau = adjustment(run, args.adjust, args.prior)
+    t0 = time.perf_counter()
+    rows, failures = predict_images(run.model, files, image_size=run.image_size, resize=run.resize, mean=run.mean,
+                                    std=run.std, adjustment=offsets, batch_size=args.batch_size, top_k=args.top_k,
+                                    workers=args.workers)
+    seconds = time.perf_counter() - t0
+    write_predictions_csv(rows, run.classes, args.out, args.top_k)
+    print(f"predicted {len(rows)} images in {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.0f} images/s), "
+          f"adjustment {name}" + (f" (tau {tau})" if tau is not None else "") + f", prior {args.prior}: {args.out}")
+    for path, why in skipped + failures:
+        print(f"not predicted: {path}: {why}", file=sys.stderr)
+    return 0 if not failures else 1
+
+
+def cmd_export(args) -> int:
+    from longtail.predict import adjustment, export_model, load_trained
+
+    run = load_trained(args.run)
+    offsets, name, tau = adjustment(run, args.adjust, args.prior)
+    model_path, side = export_model(run.model, args.out, fmt=args.format, classes=run.classes,
+                                    input_size=run.image_size, mean=run.mean, std=run.std, adjustment=offsets,
+                                    adjust_name=name, tau=tau, resize=run.resize)
+    print(f"exported {args.format}: {model_path} (classes and input size in {side})")
+    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -206,12 +260,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _apply_options(p: argparse.ArgumentParser) -> None:
+    from longtail.predict import ADJUSTMENTS
+
+    p.add_argument("--adjust", choices=ADJUSTMENTS, default="auto",
+                   help="post-hoc adjustment: auto (whichever scored best on validation), pr, la or none")
+    p.add_argument("--prior", default="uniform", metavar="uniform|train|FILE",
+                   help="the class frequencies expected where the model is used: uniform (default), train (the "
+                   "training frequencies) or a file of `class,weight` lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from longtail.train import RESUME_OVERRIDABLE
+    from longtail.rundir import RESUMABLE_KEYS
 
     p = argparse.ArgumentParser(prog="longtail", description="Long-tailed image classification: ALA, GALA, PR "
                                 "and the standard baselines.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,eval,report,data}")
+    p.add_argument("--version", action="version", version=f"longtail {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,eval,report,data,predict,export}")
 
     d = sub.add_parser("demo", help="train CE, LA, ALA and GALA on the embedded long-tailed digits and compare")
     d.add_argument("--out", default="runs", help="where the run folders go (default: runs)")
@@ -222,19 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train from a YAML config with key=value overrides")
-    t.add_argument("config", nargs="?", help="YAML file, or a config name from configs/")
+    t.add_argument("config", nargs="?", help="YAML file, or the name of a shipped config")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.name=gala optim.lr=0.05 seed=1 "
                    "(before or after the options)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved config; only "
-                   "settings that do not change the result may be overridden: "
-                   f"{', '.join(RESUME_OVERRIDABLE)})")
+                   f"settings that do not change the result may be overridden: {', '.join(RESUMABLE_KEYS)})")
     t.add_argument("--run-dir", help="run folder (default: out_dir/run_name or a timestamped name)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="re-evaluate a run folder or checkpoint, with post-hoc adjustments")
-    e.add_argument("target", help="run folder (uses best.pt, else last.pt) or a .pt checkpoint")
+    e.add_argument("target", help="run folder (uses best.pt, else last.pt, else its stored logits) or a .pt file")
     e.add_argument("overrides", nargs="*", help="overrides, e.g. data.root=/elsewhere eval.tau_grid=[0,1,2]")
     e.add_argument("--pr-tau", type=float, default=None, help="tau for the transductive PR figure")
+    e.add_argument("--shifted-priors", action="store_true",
+                   help="also top-1 under shifted test priors: forward-50 ... uniform ... backward-50, raw, +PR, "
+                   "+post-hoc LA toward the known prior and toward its EM estimate")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="merge run folders into one markdown table (mean ± std over seeds)")
@@ -250,25 +317,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="best_val: the checkpoint selected on validation (default); last: the final epoch")
     r.set_defaults(func=cmd_report)
 
-    da = sub.add_parser("data", help="check list files, describe benchmarks")
+    da = sub.add_parser("data", help="check list files and image folders, describe benchmarks")
     dsub = da.add_subparsers(dest="data_cmd", required=True, metavar="{check,info}")
-    c = dsub.add_parser("check", help="report missing/unreadable files and label problems in a list file")
-    c.add_argument("list_file")
-    c.add_argument("--root", required=True, help="image root the list's relative paths start from")
+    c = dsub.add_parser("check", help="report missing or unreadable images and label problems")
+    c.add_argument("path", help="an image folder (one sub-folder per class), or a list file with --root")
+    c.add_argument("--root", default=None, help="for a list file: the folder its relative paths start from")
     c.add_argument("--num-classes", type=_positive_int, default=None,
-                   help="the number of classes labels must stay below (default: the largest label + 1)")
+                   help="list file: the number of classes labels must stay below (default: the largest label + 1)")
     c.add_argument("--no-decode", action="store_true", help="only check that files exist (faster)")
     i = dsub.add_parser("info", help="class counts of a benchmark")
     i.add_argument("name")
     i.add_argument("--root", default=None)
     i.add_argument("--imb-factor", type=float, default=100.0)
     da.set_defaults(func=cmd_data)
+
+    pr = sub.add_parser("predict", help="classify image files with a trained run")
+    pr.add_argument("run", help="a finished run folder")
+    pr.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    pr.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
+    pr.add_argument("--top-k", type=_positive_int, default=5, help="classes per image in the CSV (default 5)")
+    pr.add_argument("--batch-size", type=_positive_int, default=64)
+    pr.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: in this one)")
+    _apply_options(pr)
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="write a trained run as one TorchScript or ONNX file taking uint8 images")
+    ex.add_argument("run", help="a finished run folder")
+    ex.add_argument("--out", required=True, help="the model file (its sidecar JSON goes beside it)")
+    ex.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    _apply_options(ex)
+    ex.set_defaults(func=cmd_export)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from longtail.config import ConfigError
-    from longtail.train import CheckpointWriteError, TrainingDiverged, TrainingInterrupted
+    from longtail.rundir import CheckpointWriteError
+    from longtail.train import TrainingDiverged, TrainingInterrupted
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

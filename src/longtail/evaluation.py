@@ -9,10 +9,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from longtail import distributed, metrics, posthoc
-from longtail.data import TensorSplit
+from longtail.data.loader import eval_batches
 
 
 def bf16_is_fast(cpuinfo: str) -> bool:
@@ -85,25 +84,13 @@ def predict(model, split, transform, device: torch.device, precision: str = "fp3
     world = torch.distributed.get_world_size() if distributed.is_active() else 1
     index = torch.arange(rank, len(split), world)
     outs, labels = [], []
-
-    def run(x):
-        x = transform(x.to(device, non_blocking=True))
+    for x, y in eval_batches(split, device, batch_size, index, workers):
+        x = transform(x)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, precision):
-            return model(x).float()
-
-    if isinstance(split, TensorSplit):
-        for chunk in index.split(batch_size):
-            outs.append(run(split.images[chunk.to(split.images.device)]))
-            labels.append(split.labels[chunk.to(split.labels.device)].to(device))
-    else:
-        loader = DataLoader(Subset(split, index.tolist()), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, pin_memory=device.type == "cuda",
-                            multiprocessing_context=distributed.loader_context(workers))
-        for x, y in loader:
-            outs.append(run(x))
-            labels.append(y.to(device))
+            outs.append(model(x).float())
+        labels.append(y)
     # a rank with no samples still takes part in the gather, with the right number of columns
     logits = torch.cat(outs) if outs else torch.empty(0, _num_classes(model), device=device)
     targets = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
@@ -138,13 +125,18 @@ def posthoc_report(val_logits: torch.Tensor | None, val_targets: torch.Tensor | 
     return report
 
 
-def evaluate_model(model, bench, cfg, device: torch.device, transform, precision: str | None = None) -> dict:
-    """Predict validation and test with `model` as it is, then `posthoc_report` (taus on validation)."""
-    args = (transform, device, precision or cfg.precision, cfg.eval.batch_size, cfg.channels_last, cfg.data.workers)
-    val = predict(model, bench.val, *args) if bench.val is not None else (None, None)
-    test = predict(model, bench.test, *args)
-    return posthoc_report(val[0], val[1], test[0], test[1], bench.class_counts, cfg.eval.tau_grid,
-                          cfg.eval.published_pr_tau)
+def evaluate_model(model, bench, cfg, device: torch.device, precision: str, test: bool = True) -> tuple[dict, dict]:
+    """The one evaluation of a trained model, used by training's end and by `longtail eval`: logits
+    of validation and (with `test`) test with `model` as it is (its memory format, the run's
+    precision and evaluation batch size), then `posthoc_report` (taus on validation). Returns
+    (report, {"val"/"test": (logits, labels)}); the report is empty without `test`."""
+    args = (bench.eval_transform, device, precision, cfg.eval.batch_size, cfg.channels_last, cfg.data.workers)
+    preds = {"val": predict(model, bench.val, *args)} if bench.val is not None else {}
+    if not test:
+        return {}, preds
+    preds["test"] = predict(model, bench.test, *args)
+    val = preds.get("val", (None, None))
+    return posthoc_report(*val, *preds["test"], bench.class_counts, cfg.eval.tau_grid, cfg.eval.published_pr_tau), preds
 
 
 VARIANT_LABELS = {

@@ -24,17 +24,20 @@ import sys
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import posthoc, rundir
+from .data import LIST_DATASETS
 from .data.augment import normalize
 from .data.folder import IMAGE_EXTENSIONS, is_image_file
 from .data.listfile import decode_image
 
 __all__ = ["find_images", "predict_images", "write_predictions_csv", "ExportedClassifier", "export_model",
-           "sidecar_path", "EXPORT_FORMATS"]
+           "sidecar_path", "EXPORT_FORMATS", "ADJUSTMENTS", "TrainedRun", "load_trained", "read_prior", "adjustment"]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 
@@ -327,3 +330,105 @@ def export_model(model: nn.Module, out_path: str | os.PathLike, *, fmt: str, cla
     side_tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(side_tmp, side)
     return out_path, side
+
+
+# --------------------------------------------------------------------------- a trained run
+
+ADJUSTMENTS = ("auto", "none", "pr", "la")
+
+
+@dataclass
+class TrainedRun:
+    """A finished run, ready to score new images: its selected model (best.pt) and what predicting
+    needs of its data (class names and training counts, normalisation, sizes), its results (the taus
+    chosen on validation) and its validation logits (prediction re-balancing's class marginal)."""
+
+    run_dir: Path
+    model: nn.Module
+    results: dict
+    classes: list[str]
+    class_counts: list[int]
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    resize: int
+    val_logits: torch.Tensor | None
+
+
+def load_trained(run: str | os.PathLike, device: torch.device | str = "cpu") -> TrainedRun:
+    """The finished run folder `run` (results.json and best.pt, else last.pt)."""
+    run_dir = Path(run)
+    if not (run_dir / "results.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a finished run folder (no results.json): predict and export use a "
+                                "run that `longtail train` completed")
+    results = json.loads((run_dir / "results.json").read_text())
+    if "data" not in results or not results.get("checkpoints"):
+        raise ValueError(f"{run_dir}: its results.json lacks the test figures or the data facts predicting needs "
+                         "(a validation-only run, eval.test=false?); `longtail eval` it, or train it again")
+    cfg, ckpt, path = rundir.load_run(run_dir)
+    data = results["data"]
+    model = rundir.load_model(cfg, ckpt, path, len(data["classes"]), len(data["mean"]), torch.device(device))
+    stored = rundir.load_logits(run_dir) if (run_dir / "logits.npz").is_file() else {}
+    val = stored.get("val", (None, None))[0]
+    return TrainedRun(run_dir, model, results, data["classes"], data["class_counts"], data["mean"], data["std"],
+                      data["image_size"], data["resize"] if cfg.data.name in LIST_DATASETS else data["image_size"], val)
+
+
+def read_prior(text: str, classes: Sequence[str], class_counts: Sequence[int]) -> torch.Tensor:
+    """The class prior expected where the model is used: "uniform", "train" (the training
+    frequencies), or a file of `class,weight` lines (every class named once, weights positive)."""
+    if text == "uniform":
+        return torch.full((len(classes),), 1.0 / len(classes), dtype=torch.float64)
+    if text == "train":
+        counts = torch.tensor(class_counts, dtype=torch.float64)
+        return counts / counts.sum()
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"--prior {text}: give uniform, train, or a file of `class,weight` lines")
+    index = {name: i for i, name in enumerate(classes)}
+    weights = torch.zeros(len(classes), dtype=torch.float64)
+    for n, row in enumerate(csv.reader(path.read_text(encoding="utf-8").splitlines()), 1):
+        if not row or not "".join(row).strip():
+            continue
+        name, value = (row + [""])[:2]
+        try:
+            weights[index[name.strip()]] = float(value)
+        except (KeyError, ValueError):
+            raise ValueError(f"{path}:{n}: expected `class,weight` with one of the run's classes and a number, got "
+                             f"{','.join(row)!r}") from None
+    missing = [classes[i] for i in range(len(classes)) if not weights[i] > 0]
+    if missing:
+        raise ValueError(f"{path}: every class needs a positive weight; missing or not positive: {missing[:5]}")
+    return weights / weights.sum()
+
+
+def adjustment(run: TrainedRun, adjust: str = "auto", prior: str = "uniform") -> tuple[torch.Tensor, str, float | None]:
+    """The per-class offsets subtracted from the logits, and the adjustment's name and tau.
+
+    adjust: "pr" (prediction re-balancing with the validation marginal and the tau chosen on
+    validation), "la" (post-hoc logit adjustment, tau from validation), "none", or "auto": whichever
+    of the three scored best on validation (ties: the simpler). Each makes the scores fit a uniform
+    class prior; `prior` then moves them toward the prior expected where the model is used
+    (`read_prior`): offsets - log q."""
+    if adjust not in ADJUSTMENTS:
+        raise ValueError(f"--adjust {adjust!r}: choose one of {', '.join(ADJUSTMENTS)}")
+    chosen = run.results["checkpoints"].get("best_val") or run.results["checkpoints"]["last"]
+    if adjust == "auto":
+        scored = [(run.results["best_val"]["top1"], 0, "none")]
+        scored += [(chosen[k]["val_top1"], -i, k) for i, k in enumerate(("la", "pr"), 1) if k in chosen]
+        adjust = max(scored)[2]
+    offsets, tau = torch.zeros(len(run.classes), dtype=torch.float64), None
+    if adjust in ("pr", "la"):
+        if adjust not in chosen:
+            raise ValueError(f"{run.run_dir} has no {adjust} tau (its run had no validation split): use --adjust none")
+        tau = float(chosen[adjust]["tau"])
+        if adjust == "la":
+            counts = torch.tensor(run.class_counts, dtype=torch.float64)
+            offsets = tau * (counts / counts.sum()).log()
+        else:
+            if run.val_logits is None:
+                raise ValueError(f"{run.run_dir} has no logits.npz to take prediction re-balancing's class marginal "
+                                 "from: use --adjust la or none")
+            offsets = tau * posthoc.class_marginal(run.val_logits).log()
+    offsets = offsets - read_prior(prior, run.classes, run.class_counts).log()
+    return (offsets - offsets.mean()).float(), adjust, tau
