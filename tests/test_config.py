@@ -386,7 +386,8 @@ def test_shipped_configs_are_what_the_generator_writes(tmp_path):
     gen.HERE = tmp_path
     gen.main()
     written = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
-    shipped = {p.name: p.read_text() for p in CONFIGS.glob("*.yaml")}
+    # folder.yaml, the practitioner's config, is written by hand: each choice has its comment
+    shipped = {p.name: p.read_text() for p in CONFIGS.glob("*.yaml") if p.name != "folder.yaml"}
     assert sorted(written) == sorted(shipped)  # no stale file, none missing
     assert [n for n in sorted(shipped) if written[n] != shipped[n]] == []  # no drift: edit the generator, rerun it
 
@@ -398,7 +399,7 @@ def test_config_headers_name_the_folder_data_root_must_hold():
     from longtail.data.cifar import CIFAR_INFO
 
     splits = SHARED_DATA / "splits"
-    for f in sorted(CONFIGS.glob("*.yaml")):
+    for f in sorted(CONFIGS.glob("*_*.yaml")):  # the benchmarks' configs (folder.yaml: your own images)
         holds = re.search(r"^# Data: data\.root=DIR.*?, DIR holding (.*?)(;|$)", f.read_text(), re.M).group(1)
         cfg = load_config(f)
         if cfg.data.name in ("cifar10-lt", "cifar100-lt"):
