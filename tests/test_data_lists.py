@@ -424,7 +424,9 @@ def test_lists_benchmark(image_folder, tmp_path):
     b = bench("lists", root, train_list=tr, val_list=te, test_list=te, limit_per_class=1)
     assert b.class_counts == [1, 1, 1] and len(b.val) == 5
     gap = _write_list(tmp_path / "gap.txt", [(p, 2 * c) for p, c in entries])
-    with pytest.raises(ValueError, match=r"gap\.txt: 2 of 5 classes have no training images \(first: \[1, 3\]\)"):
+    line = 1 + [c for _, c in entries].index(2)  # the first line with label 4, which makes 5 classes
+    with pytest.raises(ValueError, match=rf"gap\.txt: line {line} has label 4, so there are 5 classes, and 2 of 5 "
+                                         r"classes have no training images \(first: \[1, 3\]\); labels must be 0\.\.C-1"):
         bench("lists", root, train_list=gap, test_list=te)
     with pytest.raises(ValueError, match=r"data\.test_list"):
         bench("lists", root, train_list=tr)

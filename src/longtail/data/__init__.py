@@ -34,7 +34,7 @@ from .imbalance import (
     select_lt_indices,
     split_validation,
 )
-from .listfile import ListDataset, ListReport, check_list, class_counts_from_list, read_list
+from .listfile import ListDataset, ListReport, check_list, class_counts_from_list, first_line_with_label, read_list
 
 if TYPE_CHECKING:
     from longtail.config import DataConfig
@@ -218,7 +218,12 @@ def _file_splits(d: DataConfig, root: Path, train, val, test, num_classes: int |
     counts = train.class_counts
     empty = [c for c, n in enumerate(counts) if n == 0]
     if empty:
-        raise ValueError(f"{where}: {len(empty)} of {len(counts)} classes have no training images (first: {empty[:10]}); "
+        where = f"{where}: "
+        if num_classes is None:  # the classes were counted as the largest label + 1: name the line that did it
+            top = len(counts) - 1
+            line = first_line_with_label(train.list_file, top)
+            where += f"line {line} has label {top}, so there are {len(counts)} classes, and "
+        raise ValueError(f"{where}{len(empty)} of {len(counts)} classes have no training images (first: {empty[:10]}); "
                          "labels must be 0..C-1 with every class present: renumber the labels")
     kw = dict(num_classes=train.num_classes, image_size=d.image_size, resize=d.resize,
               limit_per_class=d.limit_eval_per_class)
@@ -319,10 +324,17 @@ def load_benchmark(data: DataConfig, *, lists_dir: str | os.PathLike | None = No
     return bench
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
 def data_fingerprint(bench: Benchmark, test: bool = True) -> str:
     """A hash of what a run trains, validates and (with `test`) tests on: the images' bytes for
-    tensors, the listed paths and labels for image files (whose bytes would take long to read).
-    Equal data, equal fingerprint, wherever its folder is."""
+    tensors; for image files, whose bytes would take long to read, the listed paths, labels and file
+    sizes. Equal data, equal fingerprint, wherever its folder is."""
     h = hashlib.sha256(f"{bench.name} {bench.num_classes} {bench.class_counts}".encode())
     for split in (bench.train, bench.val, bench.test if test else None):
         if split is None:
@@ -334,4 +346,5 @@ def data_fingerprint(bench: Benchmark, test: bool = True) -> str:
             h.update(split._blob.tobytes())
             h.update(split._offsets.tobytes())
             h.update(split.labels.numpy().tobytes())
+            h.update(np.array([_size(split.root / split.path(i)) for i in range(len(split))], np.int64).tobytes())
     return h.hexdigest()[:16]

@@ -25,7 +25,7 @@ from PIL import Image
 from .augment import random_resized_crop_boxes
 from .imbalance import limit_per_class as _limit_indices
 
-__all__ = ["read_list", "class_counts_from_list", "ListDataset", "ListReport", "check_list", "decode_image",
+__all__ = ["read_list", "first_line_with_label", "class_counts_from_list", "ListDataset", "ListReport", "check_list", "decode_image",
            "decode_random_resized", "crop_generator"]
 
 
@@ -129,6 +129,13 @@ def read_list(list_file: str | os.PathLike, num_classes: int | None = None) -> t
     """
     parsed = _parse(Path(list_file), num_classes, strict=True)
     return parsed.paths, parsed.labels
+
+
+def first_line_with_label(list_file: str | os.PathLike, label: int) -> int | None:
+    """The 1-based line of the list's first entry with `label` (None if none)."""
+    parsed = _parse(Path(list_file), None, strict=False)
+    hits = np.flatnonzero(parsed.labels == label)
+    return int(parsed.lines[hits[0]]) if hits.size else None
 
 
 def class_counts_from_list(list_file_or_labels, num_classes: int | None = None) -> list[int]:

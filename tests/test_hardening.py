@@ -1,0 +1,163 @@
+"""A new user's first day: resuming from another folder, eval reproducing a run, clear one-line
+errors from DataLoader workers and list files, and what a run prints."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from test_run_safety import digits_config
+
+from longtail import cli
+from longtail import train as train_mod
+from longtail.config import config_from_dict
+
+pytestmark = pytest.mark.xdist_group("hardening")
+
+
+def write_images(root: Path, counts=(12, 6, 3), size=(14, 18)) -> Path:
+    """PNG images in class folders, with train/val/test lists of `relative/path label` lines."""
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", counts), ("val", (2, 2, 2)), ("test", (2, 2, 2))):
+        lines = []
+        for label, n in enumerate(per_class):
+            for i in range(n):
+                rel = f"{split}/c{label}/{i}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.clip(rng.normal(50 + 70 * label, 30, (*size, 3)), 0, 255).astype(np.uint8)).save(
+                    root / rel)
+                lines.append(f"{rel} {label}\n")
+        (root / f"{split}.txt").write_text("".join(lines))
+    return root
+
+
+def list_config(data_root: str, lists: Path, out: Path, name: str, **changes) -> dict:
+    data = {"data": {"name": "lists", "root": data_root, "train_list": str(lists / "train.txt"),
+                     "val_list": str(lists / "val.txt"), "test_list": str(lists / "test.txt"), "image_size": 8,
+                     "resize": 10, "augment": "crop_flip", "workers": 0},
+            "model": {"name": "convnet"}, "optim": {"epochs": 2, "batch_size": 8, "lr": 0.05, "warmup_epochs": 1},
+            "precision": "fp32", "channels_last": False, "progress": "quiet", "threads": 1,
+            "out_dir": str(out), "run_name": name}
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        data[section][key] = value
+    return data
+
+
+def test_a_run_resumes_from_any_folder_and_from_a_copy_of_its_data(tmp_path, monkeypatch, capsys):
+    images = write_images(tmp_path / "images")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(list_config("../images", images, tmp_path, "run")))  # relative, as shipped configs were
+    assert cli.main(["train", str(cfg)]) == 0
+    run = tmp_path / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(images)  # recorded absolute
+    finished = json.loads((run / "results.json").read_text())
+
+    def unfinished():  # as if stopped during the final evaluation: resume loads the data again
+        (run / "results.json").unlink()
+
+    unfinished()
+    monkeypatch.chdir(tmp_path / "b")  # where ../images does not exist
+    assert cli.main(["train", "--resume", str(run)]) == 0
+    again = json.loads((run / "results.json").read_text())
+    assert again["checkpoints"] == finished["checkpoints"]
+    # the same data in another folder is accepted
+    shutil.copytree(images, tmp_path / "copy")
+    unfinished()
+    assert cli.main(["train", "--resume", str(run), f"data.root={tmp_path / 'copy'}"]) == 0
+    # other data is refused, naming both folders, and nothing is lost
+    shutil.copytree(images, tmp_path / "other")
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "other" / "train" / "c0" / "0.png")
+    unfinished()
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), f"data.root={tmp_path / 'other'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"the data at data.root={tmp_path / 'other'} is not the data {run} trained on (data.root={images})" in err
+    assert (run / "last.pt").exists() and not (run / "results.json").exists()
+
+
+def test_eval_reproduces_a_bf16_channels_last_run_exactly(tmp_path, capsys):
+    cfg = digits_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text())
+    data.update(precision="bf16", channels_last=True)
+    cfg.write_text(yaml.safe_dump(data))
+    assert cli.main(["train", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
+    final = json.loads((tmp_path / "run" / "results.json").read_text())["checkpoints"]["best_val"]
+    assert cli.main(["eval", str(tmp_path / "run")]) == 0
+    again = json.loads((tmp_path / "run" / "eval-best.json").read_text())["checkpoints"]["best"]
+    for variant in ("raw", "pr", "la", "pr_transductive"):
+        assert again[variant] == final[variant], variant
+
+
+def test_a_bad_image_in_a_worker_is_the_same_one_line_error(tmp_path, capsys):
+    images = write_images(tmp_path / "images")
+    bad = images / "train" / "c1" / "2.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated
+    for workers in (0, 1):
+        cfg = tmp_path / f"w{workers}.yaml"
+        cfg.write_text(yaml.safe_dump(list_config(str(images), images, tmp_path, f"w{workers}", data__workers=workers)))
+        capsys.readouterr()
+        assert cli.main(["train", str(cfg)]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith(f"error: cannot decode {bad} (listed in {images / 'train.txt'})"), err
+
+
+def test_a_missing_last_pt_points_to_best_pt(tmp_path, capsys):
+    assert cli.main(["train", str(digits_config(tmp_path)), "--run-dir", str(tmp_path / "run")]) == 0
+    run = tmp_path / "run"
+    (run / "results.json").unlink()
+    (run / "last.pt").unlink()
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} has no last.pt checkpoint to resume from; its best.pt is a whole checkpoint too" in err
+    assert "copy it to last.pt to resume from that epoch" in err
+
+
+def test_off_a_terminal_each_epoch_is_one_readable_line(tmp_path, capsys):
+    data = yaml.safe_load(digits_config(tmp_path).read_text())
+    data.update(progress="log", out_dir=str(tmp_path), run_name="log")
+    train_mod.train(config_from_dict(data))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    log = [json.loads(line) for line in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == len(log) == 2
+    for line, r in zip(lines, log):
+        assert line == (f"epoch {r['epoch']}/2  loss {r['loss']:.4f}  train {r['train_acc']:.1f}%  val {r['val_acc']:.1f}%  "
+                        f"{r['images_per_s']:.0f} img/s  {r['time_s']:.1f} s")
+
+
+def test_after_a_resume_the_progress_rate_counts_only_this_process(tmp_path, monkeypatch, capsys):
+    data = yaml.safe_load(digits_config(tmp_path).read_text())
+    data.update(check_every=1, out_dir=str(tmp_path), run_name="cut")
+    calls = {"n": 0}
+    real_step = train_mod.train_step
+
+    def stop_after_step_one(state, *args, **kwargs):  # an epoch: 11 steps of 32 (383 images)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), 2)
+        return real_step(state, *args, **kwargs)
+    monkeypatch.setattr(train_mod, "train_step", stop_after_step_one)
+    with pytest.raises(train_mod.TrainingInterrupted):
+        train_mod.train(config_from_dict(data))
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+    # as if the stopped process had trained that epoch's first steps very slowly (or paused for long)
+    ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    ckpt["rng"][0]["epoch_so_far"]["time_s"] = 1e6
+    torch.save(ckpt, tmp_path / "cut" / "last.pt")
+    capsys.readouterr()
+    from longtail.rundir import resume_config
+
+    train_mod.train(resume_config(tmp_path / "cut", ["progress=bar"]), tmp_path / "cut", resume=True)
+    shown = [part for part in capsys.readouterr().err.split("\r") if part.startswith("epoch 1/2 step")]
+    rates = [float(part.split(" img/s")[0].rsplit(" ", 1)[1]) for part in shown]
+    # this process's own speed, not the stopped one's time: the old figure was under 0.01 images/s here
+    assert rates and min(rates) > 10, shown
+    log = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert log[0]["time_s"] > 1e6  # the epoch's own record keeps the whole epoch, as an uninterrupted run's
