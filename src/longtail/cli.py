@@ -135,10 +135,19 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from longtail.report import load_results, markdown_table, paired_table, plot_summary, summarize, write_csv
+    from longtail.report import (
+        DEFAULT_SHIFTED,
+        load_results,
+        markdown_table,
+        paired_table,
+        plot_summary,
+        summarize,
+        write_csv,
+    )
 
     rows = summarize(load_results(args.runs), checkpoint=args.checkpoint)
-    text = markdown_table(rows)
+    shifted = () if args.shifted is None else tuple(args.shifted or DEFAULT_SHIFTED)
+    text = markdown_table(rows, shifted=shifted)
     if args.against:
         text += "\n" + paired_table(rows, args.against)
     print(text)
@@ -313,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also compare every row with this method (as the table names it, e.g. ce), seed by seed, "
                    "within each setting (dataset, imbalance factor, model) among runs on the same images (validation split, "
                    "lists, limits); settings without it, and rows on other images, are named")
+    r.add_argument("--shifted", nargs="*", metavar="PRIOR", default=None,
+                   help="add top-1 under these shifted test priors (default forward-50 uniform backward-50) as "
+                   "columns, from each run's `longtail eval --shifted-priors`")
     r.add_argument("--checkpoint", default="best_val", choices=("best_val", "last"),
                    help="best_val: the checkpoint selected on validation (default); last: the final epoch")
     r.set_defaults(func=cmd_report)

@@ -42,6 +42,7 @@ def load_results(paths) -> list[dict]:
                 continue
             seen.add(f.resolve())
             r["_dir"] = str(f.parent)
+            r["shifted"] = _shifted_rows(f.parent)
             found.append(r)
         if skipped == len(files):
             raise FileNotFoundError(_nothing_found(given, skipped))
@@ -49,6 +50,23 @@ def load_results(paths) -> list[dict]:
 
 
 RUN_KEYS = ("dataset", "method", "seed", "checkpoints")  # what every longtail results.json has
+# `longtail eval RUN --shifted-priors` writes these; the selected checkpoint's first, else its stored logits'
+EVAL_FILES = ("eval-best.json", "eval-logits.json", "eval-last.json")
+SHIFTED_COLUMNS = {"raw": "raw", "pr": "+PR", "known_prior": "+LA known", "estimated_prior": "+LA EM"}
+DEFAULT_SHIFTED = ("forward-50", "uniform", "backward-50")
+
+
+def _shifted_rows(run_dir: Path) -> dict[str, dict]:
+    """{prior: row} of the run's table under shifted test priors, from its eval file ({} if none)."""
+    for name in EVAL_FILES:
+        try:
+            checkpoints = json.loads((run_dir / name).read_text(encoding="utf-8"))["checkpoints"]
+        except (OSError, ValueError, KeyError):
+            continue
+        rows = next(iter(checkpoints.values()), {}).get("shifted")
+        if rows:
+            return {row["prior"]: row for row in rows}
+    return {}
 
 
 def _results_files(given: Path) -> list[Path]:
@@ -230,6 +248,9 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
         row["values"] = {f"{variant}.{metric}": pick(variant, metric)
                          for variant in VARIANTS for metric in METRICS}
         row["values"]["best_on_test"] = [(r.get("best_test_epoch") or {}).get("top1") for r in runs]
+        priors = {p for r in runs for p in r.get("shifted", {})}
+        row["values"].update({f"shifted.{p}.{col}": [r.get("shifted", {}).get(p, {}).get(col) for r in runs]
+                              for p in priors for col in SHIFTED_COLUMNS})
         for key, values in row["values"].items():
             row[key] = _mean_std(values)
         row["train_seconds"] = [r["train_time_s"] for r in runs if r.get("train_time_s") is not None]
@@ -310,12 +331,14 @@ def _time_unit(rows: list[dict]) -> tuple[str, float]:
     return ("min", 60.0) if longest >= 60 else ("s", 1.0)
 
 
-def markdown_table(rows: list[dict], published: dict | None = None) -> str:
+def markdown_table(rows: list[dict], published: dict | None = None, shifted: tuple[str, ...] = ()) -> str:
     """Method, seeds, top-1 / many / medium / few raw and with PR (tau on val), transductive PR,
     post-hoc logit adjustment (tau on val), best-epoch-on-test, training time per run (in hours,
     minutes or seconds, by the table's longest run), and the
     published figure: from `published` ({method: figure}) when given, else from PUBLISHED (SPEC
-    section 6). A figure that only k of a row's seeds have is marked "(n=k)"; the note under the
+    section 6). `shifted` names test priors (forward-50, ..., backward-50) whose top-1 (raw, +PR,
+    +LA toward the known prior, +LA toward its EM estimate) follow as extra columns, from each run's
+    `longtail eval --shifted-priors` file. A figure that only k of a row's seeds have is marked "(n=k)"; the note under the
     table names the checkpoint the figures come from (selected on validation, or the last epoch)."""
     unit, per_unit = _time_unit(rows)
     counted = []  # figures averaged over fewer seeds than their row has
@@ -336,7 +359,9 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
         return noted(_mean_std([t / per_unit for t in seconds]), len(seconds), r, "train_seconds")
 
     head = ("| dataset | method | model | seeds | top-1 | many | medium | few | +PR top-1 | +PR many | +PR medium | "
-            f"+PR few | PR transductive | +post-hoc LA top-1 | best epoch on TEST | train {unit} / run | published |")
+            f"+PR few | PR transductive | +post-hoc LA top-1 | best epoch on TEST | train {unit} / run | published |"
+            + "".join(f" {p} {label} |" for p in shifted for label in SHIFTED_COLUMNS.values()))
+    shifted_keys = [f"shifted.{p}.{col}" for p in shifted for col in SHIFTED_COLUMNS]
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         pub = (published.get(r["method"], "-") if published is not None
@@ -344,8 +369,9 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
         figures = " | ".join(cell(r, key) for key in ("raw.top1", "raw.many", "raw.medium", "raw.few", "pr.top1",
                                                        "pr.many", "pr.medium", "pr.few", "pr_transductive.top1",
                                                        "la.top1", "best_on_test"))
+        extra = "".join(f" {cell(r, key) if key in r['values'] else '-'} |" for key in shifted_keys)
         lines.append(f"| {_setting_name(r)} | {_method_label(r)} | {r.get('model', '')} | {r['seeds']} | {figures} | "
-                     f"{hours(r)} | {pub} |")
+                     f"{hours(r)} | {pub} |{extra}")
     checkpoints = {r.get("checkpoint", "best_val") for r in rows}
     # the figures are of the checkpoint the rows were summarised at: only best_val was selected (on validation)
     which = ("checkpoint selected on validation" if checkpoints <= {"best_val"} else
@@ -359,7 +385,10 @@ def markdown_table(rows: list[dict], published: dict | None = None) -> str:
                  f"set as papers report it; not an honest estimate. Train {unit} / run: training wall time (evaluation "
                  "excluded) from each run's results.json, on whatever machine and load it ran."
                  + (" (n=k): the mean of the k seeds of the row that have the figure (the others' results.json "
-                    "lack it)." if counted else ""))
+                    "lack it)." if counted else "")
+                 + (" Under a test prior (forward-R: head classes R times as frequent as tail ones, backward-R the "
+                    "reverse): the class-weighted top-1 over the balanced test set; +LA known / EM: post-hoc logit "
+                    "adjustment toward the true prior / its EM estimate from the test predictions." if shifted else ""))
     return "\n".join(lines) + "\n"
 
 
