@@ -1,4 +1,4 @@
-"""The `longtail` command: demo | train | eval | report | data | predict | export."""
+"""The `longtail` command: demo | train | eval | report | data | predict | export | sweep."""
 from __future__ import annotations
 
 import argparse
@@ -259,6 +259,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from longtail.sweep import read_spec, run_all
+
+    final = run_all(read_spec(args.spec), stage=args.stage, jobs=args.jobs, dry_run=args.dry_run)
+    if final and all(run.finished for run in final) and not args.dry_run:
+        from longtail.report import load_results, markdown_table, summarize
+
+        print(markdown_table(summarize(load_results([run.folder for run in final]))))
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -285,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longtail", description="Long-tailed image classification: ALA, GALA, PR "
                                 "and the standard baselines.")
     p.add_argument("--version", action="version", version=f"longtail {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,eval,report,data,predict,export}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,eval,report,data,predict,export,sweep}")
 
     d = sub.add_parser("demo", help="train CE, LA, ALA and GALA on the embedded long-tailed digits and compare")
     d.add_argument("--out", default="runs", help="where the run folders go (default: runs)")
@@ -359,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
     _apply_options(ex)
     ex.set_defaults(func=cmd_export)
+
+    sw = sub.add_parser("sweep", help="rank a grid of settings on validation, then train the best at several seeds")
+    sw.add_argument("spec", help="the sweep's YAML file (see longtail.sweep)")
+    sw.add_argument("--stage", choices=("search", "final", "all"), default="all",
+                    help="search: the grid only; final: the chosen setting's runs (the search must be finished)")
+    sw.add_argument("--jobs", type=_positive_int, default=1, help="runs side by side, one thread each (default 1)")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs and which are done; train nothing")
+    sw.set_defaults(func=cmd_sweep)
     return p
 
 

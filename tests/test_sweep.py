@@ -1,0 +1,97 @@
+"""`longtail sweep`: the search ranks settings on validation without ever reading the test split, and
+the chosen setting's final runs are trained and tested."""
+import json
+import math
+
+import pytest
+import yaml
+from test_run_safety import digits_config
+from test_validation_only import Untouchable
+
+from longtail import cli
+from longtail import train as train_mod
+from longtail.config import ConfigError
+from longtail.sweep import rank, read_spec, run_all, search_runs
+
+pytestmark = pytest.mark.xdist_group("sweep")
+
+
+def write_spec(tmp_path, **changes):
+    spec = {"base": str(digits_config(tmp_path)), "fixed": ["progress=quiet"],
+            "grid": {"optim.lr": [0.0005, 0.05], "optim.weight_decay": [5.0e-4]},
+            "search": ["optim.epochs=2"], "final": {"seeds": [0, 1], "methods": {"ce": [], "la": ["loss.name=la"]}},
+            "out": str(tmp_path / "sweep"), **changes}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture
+def guarded_test_split(monkeypatch):
+    """Every benchmark the trainer loads has a test split that fails when anything reads it."""
+    real = train_mod.load_benchmark
+
+    def guarded(data, **kw):
+        bench = real(data, **kw)
+        bench.test = Untouchable()
+        return bench
+    monkeypatch.setattr(train_mod, "load_benchmark", guarded)
+    return lambda: monkeypatch.setattr(train_mod, "load_benchmark", real)
+
+
+def test_the_search_never_reads_the_test_split_and_ranks_on_validation(tmp_path, guarded_test_split, capsys):
+    spec = read_spec(write_spec(tmp_path))
+    assert run_all(spec, stage="search") == []  # search only: nothing final yet
+    runs = search_runs(spec)
+    assert all(r.finished for r in runs)
+    val = {r.folder.name: json.loads((r.folder / "results.json").read_text())["best_val"]["top1"] for r in runs}
+    assert all(json.loads((r.folder / "results.json").read_text())["test_evaluated"] is False for r in runs)
+    ranked = rank(runs)
+    assert [best for best, _ in ranked] == sorted(val.values(), reverse=True)
+    assert ranked[0][1].folder.name == max(val, key=val.get)
+    assert "| setting (search schedule) | best validation top-1 |" in capsys.readouterr().out
+    # the guard is real: the final runs test once, and reading the test split trips it
+    with pytest.raises(AssertionError, match="the test split was read"):
+        run_all(spec, stage="final")
+    guarded_test_split()  # lifted
+    final = run_all(spec, stage="final")
+    chosen = ranked[0][1].folder.name.rsplit("_s", 1)[0]  # the setting, without the search seed
+    assert [r.folder.name for r in final] == ["ce_s0", "la_s0", "ce_s1", "la_s1"]
+    assert all(r.folder.parent.name == chosen and r.finished for r in final)
+    for run in final:
+        results = json.loads((run.folder / "results.json").read_text())
+        assert results["checkpoints"]["best_val"]["raw"]["num_samples"] == 500  # tested once, at the end
+        assert results["epochs"] == 2 and results["method"] == run.folder.name.split("_")[0]
+
+
+def test_a_sweep_started_again_trains_only_what_is_missing(tmp_path, monkeypatch, capsys):
+    spec_path = write_spec(tmp_path, final={"seeds": [0], "methods": {"ce": []}})
+    assert cli.main(["sweep", str(spec_path)]) == 0
+    out = capsys.readouterr().out
+    assert "chosen on validation:" in out and "| digits-lt | ce |" in out  # the final runs' table
+    trained = []
+    monkeypatch.setattr("longtail.sweep.train", lambda *a, **k: trained.append(a))
+    assert cli.main(["sweep", str(spec_path)]) == 0
+    assert trained == []
+    assert cli.main(["sweep", str(spec_path), "--dry-run"]) == 0
+    assert "search  done" in capsys.readouterr().out
+
+
+def test_a_bad_sweep_is_refused_before_anything_trains(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="unknown sweep keys"):
+        read_spec(write_spec(tmp_path, seeds=[1]))
+    with pytest.raises(ConfigError, match="grid must map config keys to non-empty lists"):
+        read_spec(write_spec(tmp_path, grid={"optim.lr": []}))
+    assert cli.main(["sweep", str(write_spec(tmp_path, grid={"optim.lr": [0.1, -1]}))]) == 2
+    assert "optim.lr must be > 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_the_shipped_sweeps_are_valid():
+    from pathlib import Path
+
+    sweeps = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
+    assert sweeps
+    for path in sweeps:
+        spec = read_spec(path)  # every setting and every final method loads as a config
+        assert len(search_runs(spec)) == math.prod(len(values) for values in spec.grid.values())
