@@ -8,8 +8,9 @@ about 1e-8, a learning rate 0.1% higher in one epoch of three by 7e-6 to 3e-4, a
 what is computed (another random draw, another order of operations in a recipe) by more. On the machine the file was written
 on (the same torch and CPU), the SHA-256 of the bytes must match too: bit for bit.
 
-Write the file again only for a change that is meant to alter training, and say so in the commit:
-    LONGTAIL_WRITE_DIGESTS=1 python -m pytest tests/test_weights_digest.py
+Write the file again only for a change that is meant to alter training, or for a new case, and say
+so in the commit:
+    LONGTAIL_WRITE_DIGESTS=1 python -m pytest tests/test_weights_digest.py -k NEW_CASE
 """
 import hashlib
 import json
@@ -46,6 +47,12 @@ CASES = {  # name: (base, overrides)
     "augment-imagenet": (LISTS, {"loss": {"name": "la"}, "data": {"augment": "imagenet"}}),
     "augment-imagenet-randaugment": (LISTS, {"loss": {"name": "gala", "mode": "reference"},
                                              "data": {"augment": "imagenet_randaugment"}}),
+    # the stronger recipes' ingredients, pinned from when they were wired into the trainer
+    "sam-gala": (DIGITS, {"loss": {"name": "gala", "mode": "reference"}, "optim": {"sam_rho": 0.05}}),
+    "cutmix": (DIGITS, {"loss": {"name": "la"}, "optim": {"cutmix_alpha": 1.0}}),
+    "max-norm-label-smoothing": (DIGITS, {"loss": {"name": "ce", "label_smoothing": 0.1},
+                                          "optim": {"max_norm": 0.1, "weight_decay": 5e-3}}),
+    "backbone-lr": (DIGITS, {"loss": {"name": "bs"}, "model": {"backbone_lr": 0.1}}),
 }
 
 
@@ -110,9 +117,10 @@ def _image_lists(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def recorded() -> dict:
-    if WRITE:
-        return {"machine": machine(), "cases": {}}
-    return json.loads(DIGESTS.read_text())
+    recorded = json.loads(DIGESTS.read_text()) if DIGESTS.exists() else {"machine": machine(), "cases": {}}
+    if WRITE:  # cases are added, or written again, one by one; the rest stay as recorded
+        recorded["machine"] = machine()
+    return recorded
 
 
 @pytest.mark.parametrize("case", list(CASES))

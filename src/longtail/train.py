@@ -368,6 +368,7 @@ def train_step(state: RunState, x: torch.Tensor, y: torch.Tensor, mixing=None,
         return logits.float()
 
     if state.sam:  # the ascent pass adds nothing to the loss's statistics: the second pass does, once
+        state.optimizer.zero_grad(set_to_none=True)
         with state.criterion.frozen():
             loss_of(forward()).backward()
         state.sam.first_step()
