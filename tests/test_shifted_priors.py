@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from longtail.metrics import shifted_priors, top1, weighted_accuracy
-from longtail.posthoc import adjust, default_taus, estimate_prior, to_prior
+from longtail.posthoc import adjust, default_taus, estimate_prior, fit_temperature, to_prior
 from longtail.shifted import markdown_shifted_table, shifted_prior_table
 
 NAMES = ["forward-50", "forward-25", "forward-10", "forward-5", "forward-2", "uniform",
@@ -320,7 +320,8 @@ def table_case():
 def test_shifted_table_rows_and_raw(table_case):
     zv, yv, zt, yt, rows = table_case
     assert [r["prior"] for r in rows] == NAMES
-    assert list(rows[0]) == ["prior", "raw", "pr", "known_prior", "estimated_prior", "em_iterations", "em_tv"]
+    assert list(rows[0]) == ["prior", "raw", "pr", "known_prior", "estimated_prior", "em_iterations", "temperature",
+                             "em_tv"]
     uni = rows[NAMES.index("uniform")]
     assert uni["raw"] == pytest.approx(100.0 * (zt.argmax(1) == yt).mean(), abs=1e-12)
 
@@ -333,7 +334,13 @@ def test_shifted_table_matches_independent_computation(table_case):
     tau_pr = _np_search_tau(zv, yv, lambda z, t: z - t * log_s)
     tau_la = _np_search_tau(zv, yv, lambda z, t: z - t * log_pi)
     pr_pred = (zt - tau_pr * log_s).argmax(1)
-    probs = _np_softmax(zt - tau_la * log_pi)
+    # EM's input is calibrated on validation: the temperature minimising the validation NLL, on a dense grid
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 20001))
+    adjusted = zv - tau_la * log_pi
+    nll = [-np.log(_np_softmax(adjusted / t)[np.arange(len(yv)), yv]).mean() for t in grid]
+    temperature = rows[0]["temperature"]
+    assert temperature == pytest.approx(grid[int(np.argmin(nll))], rel=1e-3)
+    probs = _np_softmax((zt - tau_la * log_pi) / temperature)
     ranks = _np_ranks(list(COUNTS))
     c = len(COUNTS)
     for row in rows:
@@ -389,3 +396,14 @@ def test_shifted_table_bad_input(table_case):
         shifted_prior_table(torch.tensor(zv), torch.tensor(yv), *args, COUNTS.tolist()[:-1], default_taus())
     with pytest.raises(ValueError, match="val_logits"):
         shifted_prior_table(torch.tensor(zv[:, :-1]), torch.tensor(yv), *args, COUNTS.tolist(), default_taus())
+
+
+def test_fit_temperature_recovers_the_temperature_of_overconfident_logits():
+    rng = np.random.default_rng(3)
+    true_logits = rng.normal(0, 1.5, size=(20000, 5))
+    labels = np.array([rng.choice(5, p=p) for p in _np_softmax(true_logits)])  # calibrated: drawn from the softmax
+    for t_true in (0.5, 1.0, 3.0):
+        t = fit_temperature(torch.tensor(true_logits * t_true), torch.tensor(labels))
+        assert t == pytest.approx(t_true, rel=0.05)
+    with pytest.raises(ValueError, match="no rows"):
+        fit_temperature(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))

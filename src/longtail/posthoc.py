@@ -32,7 +32,8 @@ from longtail.checks import check_class_vector
 from longtail.dtypes import working_dtype
 from longtail.metrics import _check_logits, _check_targets
 
-__all__ = ["class_marginal", "rebalance", "adjust", "to_prior", "estimate_prior", "tau_normalize", "default_taus",
+__all__ = ["class_marginal", "rebalance", "adjust", "to_prior", "estimate_prior", "fit_temperature", "tau_normalize",
+           "default_taus",
            "search_tau"]
 
 
@@ -203,6 +204,36 @@ def estimate_prior(probs: torch.Tensor, train_prior, weights=None, tol: float = 
         if delta < tol:
             break
     return q.to(device="cpu", dtype=torch.float64), iterations
+
+
+@torch.no_grad()
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, low: float = 0.05, high: float = 20.0,
+                    steps: int = 60) -> float:
+    """Temperature scaling (Guo et al. 2017): the T in [low, high] minimising the mean negative log
+    likelihood of softmax(logits / T) on labelled (validation) data, by golden-section search on log T
+    (the NLL is unimodal in T); `steps` narrowings leave a bracket 0.618^steps of the start."""
+    logits = _check_logits(logits).to(_wide_dtype(logits))
+    targets = _check_targets(targets, logits.shape[0], logits.shape[1]).to(logits.device)
+    if logits.shape[0] == 0:
+        raise ValueError("logits has no rows: a temperature cannot be fitted without samples")
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(logits / math.exp(log_t), targets))
+
+    a, b = math.log(low), math.log(high)
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(steps):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = nll(d)
+    return math.exp((a + b) / 2)
 
 
 @torch.no_grad()

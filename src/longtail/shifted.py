@@ -12,8 +12,12 @@ table gives the top-1 accuracy of
   argmax_j z_ij - tau * log pi_j + log q_j, tau chosen for `posthoc.adjust` on the balanced
   validation set (the test prior is known, tau is not re-tuned for it);
 - ``estimated_prior``: the same with q replaced by its EM estimate (`posthoc.estimate_prior`)
-  from the unlabelled test predictions softmax(z - tau * log pi), which are calibrated to a
-  uniform prior when tau is right, so EM starts from and corrects a uniform train prior.
+  from the unlabelled test predictions softmax((z - tau * log pi) / T), which fit a uniform prior
+  when tau is right, so EM starts from and corrects a uniform train prior. T is the temperature
+  (`posthoc.fit_temperature`) that fits the balanced validation set best: EM takes the
+  probabilities at their word, and an over-confident model's (a network trained to near-zero
+  training loss) drive its estimate toward the extremes; calibrating first is the standard remedy
+  (Alexandari et al. 2020).
 
 Every figure is the class-weighted accuracy sum_j q_j * acc_j over the WHOLE balanced test set
 (`metrics.weighted_accuracy`), not the accuracy of a subset drawn with the prior's class sizes
@@ -81,9 +85,12 @@ def shifted_prior_table(val_logits: torch.Tensor, val_targets: torch.Tensor, tes
                                       lambda z, t: posthoc.adjust(z, class_counts, t), tau_grid)
     raw_preds = test_logits.argmax(dim=1)
     pr_preds = posthoc.rebalance(test_logits, tau_pr, marginal=marginal_val).argmax(dim=1)
-    # Predictions calibrated (when tau_la is right) to a uniform prior: EM's input.
+    # EM's input: predictions calibrated to a uniform prior, the adjusted logits (balanced when tau_la is
+    # right) divided by the temperature that fits the balanced validation set best (EM trusts the
+    # probabilities; an over-confident model's would drive its estimate to the extremes)
     wide = posthoc._wide_dtype(test_logits)
-    test_probs = torch.softmax(posthoc.adjust(test_logits.to(wide), class_counts, tau_la), dim=1)
+    temperature = posthoc.fit_temperature(posthoc.adjust(val_logits.to(wide), class_counts, tau_la), val_targets)
+    test_probs = torch.softmax(posthoc.adjust(test_logits.to(wide), class_counts, tau_la) / temperature, dim=1)
     uniform = torch.ones(c, dtype=torch.float64)
     labels = test_targets.cpu()
 
@@ -101,6 +108,7 @@ def shifted_prior_table(val_logits: torch.Tensor, val_targets: torch.Tensor, tes
             "known_prior": weighted_accuracy(known_preds, test_targets, q),
             "estimated_prior": weighted_accuracy(est_preds, test_targets, q),
             "em_iterations": iterations,
+            "temperature": temperature,
             "em_tv": 0.5 * float((q_est - q).abs().sum()),
         })
     return rows
