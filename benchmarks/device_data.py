@@ -1,5 +1,5 @@
-"""Carry the CIFAR-100-LT images a run needs to the GPU machine of the device tool, which takes at
-most 64 MiB of files per call (the official CIFAR-100 pickles are 179 MB).
+"""Carry the CIFAR-100-LT images a run needs to a remote GPU machine whose file transfer takes at
+most 64 MiB per call (the official CIFAR-100 pickles are 179 MB).
 
     python benchmarks/device_data.py pack [--data-root ../shared/data] [--imb-factor 100] [--out .gpu] [--preset 6]
     python benchmarks/device_data.py unpack .gpu/cifar100_lt_if100.tar.xz --to /tmp/data

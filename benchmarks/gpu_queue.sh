@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Queue entries of benchmarks/reproduce_cifar.py trained on the GPU of the device tool (one H200, at
+# Queue entries of benchmarks/reproduce_cifar.py trained on a remote GPU machine (one H200, at
 # most 10 minutes a command), several at once, resumable across calls while the machine stays warm
 # (entries of one imbalance factor per pack; PACK=.gpu/cifar100_lt_if200.tar.xz for IF200's):
 #
 #   python benchmarks/device_data.py pack --out .gpu                          # here; carry .gpu
 #   OUT=<folder> RUNS="cifar100_lt_if100_la_s5 cifar100_lt_if100_ce_s5" TOTAL_S=540 \
-#       bash benchmarks/gpu_queue.sh                                          # there (the tool sets OUT)
+#       bash benchmarks/gpu_queue.sh                                          # there (OUT: the folder that comes back)
 #
-# The run folders live in runs/ (ignored by git, so the device tool keeps it between calls on a warm
+# The run folders live in runs/ (ignored by git, so it stays between calls on a warm
 # machine); a call cut by TOTAL_S stops its runs with SIGINT, which checkpoints them, and the same
-# call again resumes them. What comes back under $OUT: session.log, results/<run>/ and figures/ for
+# call again resumes them. What comes back under $OUT: gpu.log, results/<run>/ and figures/ for
 # every finished run (as the queue archives them: copy into docs/results and docs/figures), and
 # runs.tar with each run folder's config, log and last.pt (to resume elsewhere if the machine is lost).
 # Runs are made with CUDA graphs (compile_mode=reduce-overhead, a runtime key: the same setting as the
@@ -36,7 +36,7 @@ for r in $RUNS; do
 done
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/session.log") 2>&1
+exec > >(tee -a "$OUT/gpu.log") 2>&1
 PY=python3
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 START=$(date +%s)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU checks, as one call of the device tool (one H200; at most 10 minutes a command), run from
+# The GPU checks, as one call on a remote GPU machine (one H200; at most 10 minutes a command), run from
 # the repository root with the data packed beside it:
 #
 #   python benchmarks/device_data.py pack --out .gpu          # here: 52 MiB, carried as .gpu
-#   OUT=<folder> bash benchmarks/gpu_session.sh               # there (the tool sets OUT)
+#   OUT=<folder> bash benchmarks/gpu_session.sh               # there (OUT: the folder that comes back)
 #
 # 1. the tests that need a GPU (CUDA sync debug mode, resuming on cuda);
 # 2. the SPEC section 5 GALA run (CIFAR-100-LT IF100, 200 epochs, AutoAugment, reference mode,
@@ -12,7 +12,7 @@
 # 3. benchmarks/train_step.py on cuda: the released code's path against ours;
 # 4. the whole test suite, in what time is left (on a GPU machine, device=auto tests train there).
 # Each step has its own time limit inside one deadline (TOTAL_S), so a slow or failing step leaves
-# time for the next; what comes back is under $OUT: session.log, the run folder (checkpoints left
+# time for the next; what comes back is under $OUT: gpu.log, the run folder (checkpoints left
 # out), the benchmark's table and the suite's output.
 # Rehearsal without a GPU: DEVICE=cpu STEPS=1 WARMUP=1 EXTRA="optim.epochs=1 data.limit_per_class=5 compile=false".
 set -u
@@ -28,7 +28,7 @@ EXTRA=${EXTRA:-}
 DATA=${DATA:-/tmp/longtail_data}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/session.log") 2>&1
+exec > >(tee -a "$OUT/gpu.log") 2>&1
 PY=python3
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 DEADLINE=$(( $(date +%s) + TOTAL_S ))

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="where each finished run's per-class plot is copied")
     ap.add_argument("--only", nargs="+", metavar="RUN",
                     help="run just these queue entries, named as their run folders (e.g. cifar100_lt_if100_gcl_s0), "
-                         "in queue order; useful when a session has time for only some runs")
+                         "in queue order; useful when there is time for only some runs")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
     if args.parallel < 1:

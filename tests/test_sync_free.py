@@ -337,7 +337,7 @@ def test_cuda_training_step_never_waits_for_the_gpu(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the CUDA runtime itself reports each wait")
 def test_cuda_fp16_and_mixup_steps_never_wait_for_the_gpu(tmp_path):
-    """The two paths changed after the second GPU session, on a real GPU under torch's sync debug mode:
+    """The two paths changed after the last GPU run, on a real GPU under torch's sync debug mode:
     the trainer's step under fp16 autocast with its GradScaler and fp16 optimizer (fused SGD), and mixup
     from an epoch's pairs."""
     state = run_state(tmp_path / "run", device="cuda", model={"name": "resnet32"}, optim={"mixup_alpha": 1.0},
