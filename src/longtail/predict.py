@@ -272,8 +272,8 @@ def _run_exported(path: Path, fmt: str, images: torch.Tensor) -> torch.Tensor | 
         import onnxruntime
     except ImportError:
         return None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    runner = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(runner.run(None, {"images": images.numpy()})[0])
 
 
 def export_model(model: nn.Module, out_path: str | os.PathLike, *, fmt: str, classes: Sequence[str], input_size,
@@ -287,7 +287,9 @@ def export_model(model: nn.Module, out_path: str | os.PathLike, *, fmt: str, cla
     or (H, W). The sidecar (:func:`sidecar_path`) holds ``classes``, ``input_size``, ``resize`` (the
     short side images are resized to before the centre crop), ``adjust`` (``adjust_name``), ``tau``,
     ``format``, ``mean`` and ``std`` (already applied inside the model). The written file is run on
-    a batch of a different size and checked against the model before this returns.
+    a batch of a different size and checked against the model before this returns. A sidecar that
+    already describes another model file of the same stem (``model.pt``'s ``model.json`` when
+    writing ``model.onnx``) is not overwritten: FileExistsError, before anything is written.
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
@@ -298,6 +300,16 @@ def export_model(model: nn.Module, out_path: str | os.PathLike, *, fmt: str, cla
     if out_path.suffix.lower() == ".json":
         raise ValueError(f"{out_path}: the model file may not end in .json (its sidecar is written as .json); "
                          "use .pt for torchscript or .onnx for onnx")
+    side = sidecar_path(out_path)
+    if side.is_file() and out_path.parent.is_dir():
+        # model.pt and model.onnx would share model.json: the second export would rewrite the first one's
+        # description (its format, adjustment and tau) under it
+        owners = sorted(p.name for p in out_path.parent.iterdir() if p.stem == out_path.stem and p.name != out_path.name
+                        and p.suffix.lower() != ".json" and p.is_file())
+        if owners:
+            raise FileExistsError(f"{side} already describes {out_path.parent / owners[0]} (a model and its sidecar share "
+                                  f"the name before the suffix): give {out_path.name} another name, e.g. "
+                                  f"{out_path.stem}-{fmt}{out_path.suffix}, or remove {owners[0]} first")
     h, w = _size_pair(input_size)
     wrapped = ExportedClassifier(copy.deepcopy(model).cpu().float().eval(), mean, std,
                                  None if adjustment is None else torch.as_tensor(adjustment).cpu()).eval()
@@ -325,7 +337,6 @@ def export_model(model: nn.Module, out_path: str | os.PathLike, *, fmt: str, cla
             "tau": tau, "format": fmt, "mean": [float(m) for m in mean], "std": [float(s) for s in std],
             "input": "uint8 RGB images (N, 3, H, W): short side to `resize`, centre crop `input_size`",
             "output": "class scores (N, C): logits minus the adjustment; softmax gives probabilities"}
-    side = sidecar_path(out_path)
     side_tmp = side.with_name(f".{side.name}.tmp")
     side_tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(side_tmp, side)
@@ -414,9 +425,10 @@ def adjustment(run: TrainedRun, adjust: str = "auto", prior: str = "uniform") ->
         raise ValueError(f"--adjust {adjust!r}: choose one of {', '.join(ADJUSTMENTS)}")
     chosen = run.results["checkpoints"].get("best_val") or run.results["checkpoints"]["last"]
     if adjust == "auto":
-        scored = [(run.results["best_val"]["top1"], 0, "none")]
-        scored += [(chosen[k]["val_top1"], -i, k) for i, k in enumerate(("la", "pr"), 1) if k in chosen]
-        adjust = max(scored)[2]
+        scored = {"none": run.results["best_val"]["top1"], **{k: chosen[k]["val_top1"] for k in ("la", "pr") if k in chosen}}
+        # the simplest within 1e-4 of the best: the raw figure is a float32 fraction and the others float64, so
+        # one accuracy (5 of 12) reads 41.66666567 and 41.66666667, and a tie must still go to the simpler
+        adjust = next(k for k, v in scored.items() if v >= max(scored.values()) - 1e-4)
     offsets, tau = torch.zeros(len(run.classes), dtype=torch.float64), None
     if adjust in ("pr", "la"):
         if adjust not in chosen:

@@ -12,6 +12,10 @@ inside each class folder, by extension (:data:`IMAGE_EXTENSIONS`, any case); oth
 as skipped, hidden files and folders (a leading dot) are ignored. Class names are the class folder
 names, sorted, so label ids do not depend on the file system; ``val/`` and ``test/`` use the classes
 of ``train/`` (a class may be missing there, but a class they hold must have training images).
+:func:`scan_folder` also decodes every image once: one that does not decode (truncated, corrupt, not
+really an image) is left out and listed as skipped with the decoder's reason, as ``longtail data
+check DIR`` reports it (a run prints it as a note), so a run trains on the readable images instead of
+stopping at the first bad one mid-epoch.
 
 :func:`scan_folder` reads the tree, :func:`split_folder` makes a seeded stratified split,
 :func:`write_split_lists` writes ``train.txt``/``val.txt``/``test.txt``/``classes.txt`` that
@@ -193,18 +197,46 @@ def _scan(root: str | os.PathLike) -> tuple[FolderScan, list[str]]:
     return FolderScan(root, classes, splits, skipped), problems
 
 
-def scan_folder(root: str | os.PathLike) -> FolderScan:
+def _decode_errors(root: Path, rels: list[str], workers: int | None) -> list[str | None]:
+    """The decoder's error text for each image (None: it decodes fully), on ``workers`` threads."""
+    full = [str(root / p) for p in rels]
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers > 1 and len(full) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(_check_image, full, chunksize=64))
+    return [_check_image(f) for f in full]
+
+
+def scan_folder(root: str | os.PathLike, decode: bool = True, workers: int | None = None) -> FolderScan:
     """Find the classes and images under ``root`` (see the module docstring for the layouts).
 
+    With ``decode`` (the default) every image is decoded once (Pillow open + verify + load, on
+    ``workers`` threads, default min(8, CPUs)); one that fails is left out of ``splits`` and added
+    to ``skipped`` as ``(path, "unreadable (<error>)")``, the error as ``check_folder`` gives it.
+
     Raises FileNotFoundError for a missing ``root``; ValueError for a folder with no class
-    sub-folders (or images directly inside it), only one class, a class folder without images, a
-    class in val/ or test/ that train/ lacks, or train/ without test/. The message names the folder
-    and the fix; ``check_folder`` lists every such problem at once.
+    sub-folders (or images directly inside it), only one class, a class folder without images (or,
+    with ``decode``, without a readable one in train/), a class in val/ or test/ that train/ lacks,
+    or train/ without test/. The message names the folder and the fix; ``check_folder`` lists every
+    such problem at once.
     """
     scan, problems = _scan(root)
     if problems:
         more = f" (and {len(problems) - 1} more: `longtail data check {scan.root}` lists all)" if len(problems) > 1 else ""
         raise ValueError(problems[0] + more)
+    if not decode:
+        return scan
+    for split, items in scan.splits.items():
+        errors = _decode_errors(scan.root, [p for p, _ in items], workers)
+        scan.skipped.extend((p, f"unreadable ({err})") for (p, _), err in zip(items, errors) if err)
+        scan.splits[split] = [item for item, err in zip(items, errors) if not err]
+    counts = scan.class_counts()
+    empty = [name for name, n in zip(scan.classes, counts) if n == 0]
+    if empty:
+        where = scan.root / "train" if scan.pre_split else scan.root
+        raise ValueError(f"class folder {where / empty[0]} holds no readable image"
+                         + (f" (nor do {len(empty) - 1} other classes)" if len(empty) > 1 else "")
+                         + f": `longtail data check {scan.root}` lists the unreadable files; replace or remove them")
     return scan
 
 
@@ -441,12 +473,5 @@ def check_folder(root: str | os.PathLike, decode: bool = True, workers: int | No
                           skipped=scan.skipped, decoded=decode)
     if decode:
         rels = [p for items in scan.splits.values() for p, _ in items]
-        full = [str(scan.root / p) for p in rels]
-        workers = workers or min(8, os.cpu_count() or 1)
-        if workers > 1 and len(full) > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                errors = list(pool.map(_check_image, full, chunksize=64))
-        else:
-            errors = [_check_image(f) for f in full]
-        report.unreadable = [(p, err) for p, err in zip(rels, errors) if err]
+        report.unreadable = [(p, err) for p, err in zip(rels, _decode_errors(scan.root, rels, workers)) if err]
     return report
