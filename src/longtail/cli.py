@@ -227,6 +227,9 @@ def cmd_data(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    """Exit status 0 when every image was predicted; 1 when some could not be decoded: the CSV holds the
+    others, and each unreadable file is listed on stderr after the summary with its reason; 2 for bad
+    input (no CSV written). Files that are not images (by extension) are listed too, status unchanged."""
     from longtail.predict import adjustment, find_images, load_trained, predict_images, write_predictions_csv
 
     run = load_trained(args.run)
@@ -290,14 +293,7 @@ def _apply_options(p: argparse.ArgumentParser) -> None:
                    "training frequencies) or a file of `class,weight` lines")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from longtail.rundir import RESUMABLE_KEYS
-
-    p = argparse.ArgumentParser(prog="longtail", description="Long-tailed image classification: ALA, GALA, PR "
-                                "and the standard baselines.")
-    p.add_argument("--version", action="version", version=f"longtail {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,eval,report,data,predict,export,sweep}")
-
+def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="train CE, LA, ALA and GALA on the embedded long-tailed digits and compare")
     d.add_argument("--out", default="runs", help="where the run folders go (default: runs)")
     d.add_argument("--epochs", type=_positive_int, default=None, help="epochs per method (default 30)")
@@ -305,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds", type=_positive_int, default=1,
                    help="how many seeds per method (seed, seed+1, ...); the table gives mean ± std (default 1)")
     d.set_defaults(func=cmd_demo)
+
+
+def _add_train(sub) -> None:
+    from longtail.rundir import RESUMABLE_KEYS
 
     t = sub.add_parser("train", help="train from a YAML config with key=value overrides")
     t.add_argument("config", nargs="?", help="YAML file, or the name of a shipped config")
@@ -315,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", help="run folder (default: out_dir/run_name or a timestamped name)")
     t.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="re-evaluate a run folder or checkpoint, with post-hoc adjustments")
     e.add_argument("target", help="run folder (uses best.pt, else last.pt, else its stored logits) or a .pt file")
     e.add_argument("overrides", nargs="*", help="overrides, e.g. data.root=/elsewhere eval.tau_grid=[0,1,2]")
@@ -324,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "+post-hoc LA toward the known prior and toward its EM estimate")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_report(sub) -> None:
     r = sub.add_parser("report", help="merge run folders into one markdown table (mean ± std over seeds)")
     r.add_argument("runs", nargs="+", help="run folders, results.json files, or folders searched for runs at any depth")
     r.add_argument("--out", help="also write the table to this markdown file")
@@ -337,9 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add top-1 under these shifted test priors (default forward-50 uniform backward-50) as "
                    "columns, from each run's `longtail eval --shifted-priors`")
     r.add_argument("--checkpoint", default="best_val", choices=("best_val", "last"),
-                   help="best_val: the checkpoint selected on validation (default); last: the final epoch")
+                   help="best_val: the checkpoint selected on validation (default); last: the final epoch; runs "
+                   "without it, and validation-only runs, are left out with a warning")
     r.set_defaults(func=cmd_report)
 
+
+def _add_data(sub) -> None:
     da = sub.add_parser("data", help="check list files and image folders, describe benchmarks")
     dsub = da.add_subparsers(dest="data_cmd", required=True, metavar="{check,info}")
     c = dsub.add_parser("check", help="report missing or unreadable images and label problems")
@@ -354,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--imb-factor", type=float, default=100.0)
     da.set_defaults(func=cmd_data)
 
-    pr = sub.add_parser("predict", help="classify image files with a trained run")
+
+def _add_predict_export(sub) -> None:
+    pr = sub.add_parser("predict", help="classify image files with a trained run (exit 1 when some could not be read)")
     pr.add_argument("run", help="a finished run folder")
     pr.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     pr.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
@@ -363,7 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: in this one)")
     _apply_options(pr)
     pr.set_defaults(func=cmd_predict)
-
     ex = sub.add_parser("export", help="write a trained run as one TorchScript or ONNX file taking uint8 images")
     ex.add_argument("run", help="a finished run folder")
     ex.add_argument("--out", required=True, help="the model file (its sidecar JSON goes beside it)")
@@ -371,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     _apply_options(ex)
     ex.set_defaults(func=cmd_export)
 
+
+def _add_sweep(sub) -> None:
     sw = sub.add_parser("sweep", help="rank a grid of settings on validation, then train the best at several seeds")
     sw.add_argument("spec", help="the sweep's YAML file (see longtail.sweep)")
     sw.add_argument("--stage", choices=("search", "final", "all"), default="all",
@@ -378,6 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--jobs", type=_positive_int, default=1, help="runs side by side, one thread each (default 1)")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and which are done; train nothing")
     sw.set_defaults(func=cmd_sweep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="longtail", description="Long-tailed image classification: ALA, GALA, PR "
+                                "and the standard baselines.")
+    p.add_argument("--version", action="version", version=f"longtail {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,eval,report,data,predict,export,sweep}")
+    for add in (_add_demo, _add_train, _add_eval, _add_report, _add_data, _add_predict_export, _add_sweep):
+        add(sub)
     return p
 
 

@@ -544,6 +544,7 @@ def finish(state: RunState) -> dict:
                                     "note": "epoch selected on the TEST set, as papers report; not honest"}
                                    if state.best_test_epoch else None),
                "environment": rundir.made_on(run_dir, rt, cfg, state.precision),
+               **({"notes": state.bench.notes} if state.bench.notes else {}),
                # what applying the model to new images needs (longtail predict / export)
                "data": {"classes": state.bench.class_names, "class_counts": state.bench.class_counts,
                         "mean": list(state.bench.mean), "std": list(state.bench.std), "image_size": cfg.data.image_size,
@@ -636,6 +637,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                                "check the data") from None
     finally:
         out.close()
+        state.loader.close()
     if state.main and cfg.progress != "quiet":
         print(report_markdown(results), flush=True)
     distributed.shutdown()

@@ -296,10 +296,12 @@ class ListDataset(torch.utils.data.Dataset):
                 img = decode_image(full, self.resize, self.image_size)
         except FileNotFoundError:
             raise FileNotFoundError(
-                f"image not found: {full} (listed in {self.list_file}); check data.root or run check_list"
+                f"image not found: {full} (listed in {self.list_file}); check data.root, or list every problem with "
+                f"`longtail data check {self.list_file} --root {self.root}`"
             ) from None
         except Exception as e:
-            raise OSError(f"cannot decode {full} (listed in {self.list_file}): {e}; run check_list to find all bad files") from e
+            raise OSError(f"cannot decode {full} (listed in {self.list_file}): {e}; `longtail data check` lists every "
+                          "unreadable file") from e
         return img, int(self.labels[i])
 
     def __repr__(self) -> str:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from longtail import distributed
+from longtail.threads import usable_cpus
 
 from . import Benchmark, TensorSplit
 from .sampling import class_balanced_batches, epoch_batches
@@ -102,9 +103,19 @@ class TrainLoader:
             self.split = bench.train.to(self.device)
         else:  # one DataLoader for the whole run: its workers start once, not once per epoch
             self.split, self.plan = bench.train, EpochBatches()
+            workers = min(workers, usable_cpus())  # more processes than cores only wait for each other
             self.files = DataLoader(bench.train, batch_sampler=self.plan, num_workers=workers,
                                     pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                                     multiprocessing_context=distributed.loader_context(workers))
+
+    def close(self) -> None:
+        """Stop the DataLoader's worker processes now (they would otherwise live until garbage
+        collection, which then waits for each of them)."""
+        iterator = getattr(self, "files", None) and self.files._iterator
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        if getattr(self, "files", None) is not None:
+            self.files._iterator = None
 
     def batches(self, epoch: int) -> list[torch.Tensor]:
         """This rank's index batches of `epoch` (a pure function of seed and epoch)."""
