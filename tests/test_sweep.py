@@ -50,6 +50,12 @@ def test_the_search_never_reads_the_test_split_and_ranks_on_validation(tmp_path,
     assert [best for best, _ in ranked] == sorted(val.values(), reverse=True)
     assert ranked[0][1].folder.name == max(val, key=val.get)
     assert "| setting (search schedule) | best validation top-1 |" in capsys.readouterr().out
+    # the same ranking as a report of the search's (validation-only) runs
+    assert cli.main(["report", str(runs[0].folder.parent), "--validation"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| digits-lt")]
+    lrs = [float(line.split("optim.lr=")[1].split("]")[0]) for line in table]
+    assert lrs == [float(r.folder.name.split("lr=")[1].split(",")[0]) for _, r in ranked]
+    assert all(f"{val[r.folder.name]:.2f}" in line for line, (_, r) in zip(table, ranked))
     # the guard is real: the final runs test once, and reading the test split trips it
     with pytest.raises(AssertionError, match="the test split was read"):
         run_all(spec, stage="final")

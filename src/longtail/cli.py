@@ -142,9 +142,13 @@ def cmd_report(args) -> int:
         paired_table,
         plot_summary,
         summarize,
+        validation_table,
         write_csv,
     )
 
+    if args.validation:
+        print(validation_table(load_results(args.runs)))
+        return 0
     rows = summarize(load_results(args.runs), checkpoint=args.checkpoint)
     shifted = () if args.shifted is None else tuple(args.shifted or DEFAULT_SHIFTED)
     text = markdown_table(rows, shifted=shifted)
@@ -340,6 +344,9 @@ def _add_report(sub) -> None:
     r.add_argument("--shifted", nargs="*", metavar="PRIOR", default=None,
                    help="add top-1 under these shifted test priors (default forward-50 uniform backward-50) as "
                    "columns, from each run's `longtail eval --shifted-priors`")
+    r.add_argument("--validation", action="store_true",
+                   help="instead: the settings ranked by best validation top-1, validation-only runs included "
+                   "(what `longtail sweep` chooses on)")
     r.add_argument("--checkpoint", default="best_val", choices=("best_val", "last"),
                    help="best_val: the checkpoint selected on validation (default); last: the final epoch; runs "
                    "without it, and validation-only runs, are left out with a warning")
