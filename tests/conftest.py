@@ -34,3 +34,24 @@ def markdown_rows(text: str, header: str) -> list[dict[str, str]]:
             break
         rows.append(dict(zip(head, (c.strip() for c in line.strip("|").split("|")))))
     return rows
+
+
+# A fresh interpreter (python -I: no PYTHONPATH, no user site) where importing longtail fails: it loads
+# the TorchScript file argv[1], scores the uint8 images saved in argv[2] and saves the scores to argv[3].
+SCORE_WITHOUT_LONGTAIL = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "longtail":
+            raise ImportError("longtail is not importable here")
+sys.meta_path.insert(0, Block())
+try:
+    import longtail
+    sys.exit("longtail was importable")
+except ImportError:
+    pass
+import torch
+torch.set_num_threads(1)
+model = torch.jit.load(sys.argv[1])
+torch.save(model(torch.load(sys.argv[2])), sys.argv[3])
+"""

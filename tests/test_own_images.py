@@ -11,12 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SCORE_WITHOUT_LONGTAIL
 from PIL import Image
 
 from longtail.cli import main
@@ -267,24 +267,6 @@ def test_auto_adjustment_gives_a_tie_to_the_simpler(right, expected):
     assert adjustment(run, "auto")[1] == expected
 
 
-# a fresh interpreter (-I: no PYTHONPATH, no user site) where importing longtail fails
-_NO_LONGTAIL = textwrap.dedent("""
-    import importlib.abc, sys
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "longtail":
-                raise ImportError("longtail is not importable here")
-    sys.meta_path.insert(0, Block())
-    try:
-        import longtail
-        sys.exit("longtail was importable")
-    except ImportError:
-        pass
-    import torch
-    torch.set_num_threads(1)
-    model = torch.jit.load(sys.argv[1])
-    torch.save(model(torch.load(sys.argv[2])), sys.argv[3])
-    """)
 
 
 def test_exported_models_give_predicts_classes_and_probabilities(trained, tmp_path):
@@ -302,7 +284,7 @@ def test_exported_models_give_predicts_classes_and_probabilities(trained, tmp_pa
     assert run_cli("export", run, "--out", onnx, "--format", "onnx", "--adjust", "la")[0] == 0
 
     torch.save(u8, tmp_path / "u8.pt")
-    proc = subprocess.run([sys.executable, "-I", "-c", _NO_LONGTAIL, str(pt), str(tmp_path / "u8.pt"),
+    proc = subprocess.run([sys.executable, "-I", "-c", SCORE_WITHOUT_LONGTAIL, str(pt), str(tmp_path / "u8.pt"),
                            str(tmp_path / "scores.pt")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])

@@ -5,11 +5,11 @@ import csv
 import json
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
+from conftest import SCORE_WITHOUT_LONGTAIL
 from PIL import Image
 
 from longtail.models import build_model
@@ -155,23 +155,6 @@ def uint8_inputs(photos, model):
     return ref, u8, probs
 
 
-# a fresh interpreter (-I: no PYTHONPATH, no user site) where importing longtail fails
-_NO_LONGTAIL = textwrap.dedent("""
-    import importlib.abc, sys
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "longtail":
-                raise ImportError("longtail is not importable here")
-    sys.meta_path.insert(0, Block())
-    try:
-        import longtail
-        sys.exit("longtail was importable")
-    except ImportError:
-        pass
-    import torch
-    model = torch.jit.load(sys.argv[1])
-    torch.save(model(torch.load(sys.argv[2])), sys.argv[3])
-    """)
 
 
 def test_torchscript_export_runs_without_longtail_and_gives_the_same_scores(photos, model, tmp_path):
@@ -181,7 +164,7 @@ def test_torchscript_export_runs_without_longtail_and_gives_the_same_scores(phot
                            adjustment=ADJUST, adjust_name="logit_adjustment", tau=1.5, resize=RESIZE)
     assert written == (out, tmp_path / "model.json") and sidecar_path(out) == tmp_path / "model.json"
     torch.save(u8, tmp_path / "u8.pt")
-    run = subprocess.run([sys.executable, "-I", "-c", _NO_LONGTAIL, str(out), str(tmp_path / "u8.pt"),
+    run = subprocess.run([sys.executable, "-I", "-c", SCORE_WITHOUT_LONGTAIL, str(out), str(tmp_path / "u8.pt"),
                           str(tmp_path / "scores.pt")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     scores = torch.load(tmp_path / "scores.pt").double()

@@ -6,10 +6,9 @@ import math
 import pytest
 import yaml
 from test_run_safety import digits_config
-from test_validation_only import Untouchable
+from test_validation_only import guarded_test_split  # noqa: F401  (a fixture)
 
 from longtail import cli
-from longtail import train as train_mod
 from longtail.config import ConfigError
 from longtail.sweep import rank, read_spec, run_all, search_runs
 
@@ -26,20 +25,7 @@ def write_spec(tmp_path, **changes):
     return path
 
 
-@pytest.fixture
-def guarded_test_split(monkeypatch):
-    """Every benchmark the trainer loads has a test split that fails when anything reads it."""
-    real = train_mod.load_benchmark
-
-    def guarded(data, **kw):
-        bench = real(data, **kw)
-        bench.test = Untouchable()
-        return bench
-    monkeypatch.setattr(train_mod, "load_benchmark", guarded)
-    return lambda: monkeypatch.setattr(train_mod, "load_benchmark", real)
-
-
-def test_the_search_never_reads_the_test_split_and_ranks_on_validation(tmp_path, guarded_test_split, capsys):
+def test_the_search_never_reads_the_test_split_and_ranks_on_validation(tmp_path, guarded_test_split, capsys):  # noqa: F811
     spec = read_spec(write_spec(tmp_path))
     assert run_all(spec, stage="search") == []  # search only: nothing final yet
     runs = search_runs(spec)

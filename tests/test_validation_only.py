@@ -19,16 +19,22 @@ class Untouchable:
         raise AssertionError("the test split was read (len)")
 
 
-@pytest.mark.parametrize("test", [False, True])
-def test_a_validation_only_run_never_touches_the_test_split(test, tmp_path, monkeypatch):
+@pytest.fixture
+def guarded_test_split(monkeypatch):
+    """Every benchmark the trainer loads has a test split that fails when anything reads it; the
+    fixture's value lifts the guard."""
     real = train_mod.load_benchmark
 
     def guarded(data, **kw):
         bench = real(data, **kw)
         bench.test = Untouchable()
         return bench
-
     monkeypatch.setattr(train_mod, "load_benchmark", guarded)
+    return lambda: monkeypatch.setattr(train_mod, "load_benchmark", real)
+
+
+@pytest.mark.parametrize("test", [False, True])
+def test_a_validation_only_run_never_touches_the_test_split(test, tmp_path, guarded_test_split):
     data = yaml.safe_load(digits_config(tmp_path).read_text())
     data["eval"] = {**data.get("eval", {}), "test": test, "track_test": True}
     cfg = config_from_dict({**data, "out_dir": str(tmp_path), "run_name": "run"})

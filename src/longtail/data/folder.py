@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .listfile import _check_image
+from .listfile import _check_image, report_section
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLIT_NAMES", "is_image_file", "FolderScan", "scan_folder", "SmallClass",
            "FolderSplit", "split_folder", "write_split_lists", "read_classes", "FolderReport", "check_folder"]
@@ -441,11 +441,7 @@ class FolderReport:
                 out.append(f"    ... and {len(self.classes) - max_classes} more classes")
 
         def section(title, items, fmt):
-            if items:
-                out.append(f"  {title}: {len(items)}")
-                out.extend("    " + fmt(x) for x in items[:max_items])
-                if len(items) > max_items:
-                    out.append(f"    ... and {len(items) - max_items} more")
+            report_section(out, title, items, fmt, max_items)
 
         section("problems", self.problems, str)
         section("unreadable images", self.unreadable, lambda x: f"{x[0]}: {x[1]}")

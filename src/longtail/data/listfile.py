@@ -314,6 +314,15 @@ class ListDataset(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------- checking
 
 
+def report_section(out: list[str], title: str, items: list, fmt, max_items: int) -> None:
+    """Append `title: N` and the first `max_items` of `items` (formatted) to a report's lines."""
+    if items:
+        out.append(f"  {title}: {len(items)}")
+        out.extend("    " + fmt(x) for x in items[:max_items])
+        if len(items) > max_items:
+            out.append(f"    ... and {len(items) - max_items} more")
+
+
 @dataclass
 class ListReport:
     """What :func:`check_list` found. ``ok`` is True when nothing is wrong."""
@@ -352,11 +361,7 @@ class ListReport:
         ]
 
         def section(title, items, fmt):
-            if items:
-                out.append(f"  {title}: {len(items)}")
-                out.extend("    " + fmt(x) for x in items[:max_items])
-                if len(items) > max_items:
-                    out.append(f"    ... and {len(items) - max_items} more")
+            report_section(out, title, items, fmt, max_items)
 
         section("label problems", self.label_problems, lambda x: f"line {x[0]}: {x[2]}: {x[1]!r}")
         section("missing files", self.missing, lambda x: f"line {x[0]}: {x[1]}")
