@@ -287,8 +287,8 @@ def test_exported_models_give_predicts_classes_and_probabilities(trained, tmp_pa
     proc = subprocess.run([sys.executable, "-I", "-c", SCORE_WITHOUT_LONGTAIL, str(pt), str(tmp_path / "u8.pt"),
                            str(tmp_path / "scores.pt")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
-    for scores in (torch.load(tmp_path / "scores.pt"), torch.from_numpy(session.run(None, {"images": u8.numpy()})[0])):
+    runner = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    for scores in (torch.load(tmp_path / "scores.pt"), torch.from_numpy(runner.run(None, {"images": u8.numpy()})[0])):
         probs = torch.softmax(scores.double(), 1)
         top1 = torch.tensor([NAMES.index(row[1]) for row in table])
         two = probs.topk(2, dim=1).values

@@ -184,9 +184,9 @@ def test_onnx_export_runs_in_onnxruntime_with_any_batch_size(photos, cosine_mode
     out = tmp_path / "model.onnx"
     export_model(cosine_model, out, fmt="onnx", classes=CLASSES, input_size=(SIZE, SIZE), mean=MEAN, std=STD,
                  adjustment=ADJUST, adjust_name="logit_adjustment", tau=1.0)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["images"] and session.get_inputs()[0].type == "tensor(uint8)"
-    scores = torch.cat([torch.from_numpy(session.run(None, {"images": u8[i:j].numpy()})[0])
+    runner = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in runner.get_inputs()] == ["images"] and runner.get_inputs()[0].type == "tensor(uint8)"
+    scores = torch.cat([torch.from_numpy(runner.run(None, {"images": u8[i:j].numpy()})[0])
                         for i, j in ((0, 1), (1, len(u8)))]).double()  # batches of 1 and 5
     torch.testing.assert_close(scores, ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(torch.softmax(scores, 1), probs, atol=1e-5, rtol=1e-4)
