@@ -439,6 +439,12 @@ def test_every_cifar_config_matches_its_name_and_spec_recipe(path):
         assert (o.epochs, o.batch_size, o.lr, o.momentum, o.weight_decay, o.schedule, o.warmup_epochs, o.drop_last,
                 o.mixup_alpha, cfg.data.augment, loss.drw_epoch) == \
             (200, 64, 0.1, 0.9, 5e-4, "cosine", 2, True, 0.0, "autoaugment", None)
+    elif method == "wb":  # weight balancing's stage one as released: CE, large weight decay, 320 epochs
+        assert (o.epochs, o.batch_size, o.lr, o.weight_decay, o.schedule, o.warmup_epochs, cfg.data.augment,
+                loss.name) == (320, 64, 0.01, 5e-3, "cosine", 0, "crop_flip", "ce")
+    elif method == "wb_stage2":  # its classifier re-training: class-balanced CE, weight decay 0.1, MaxNorm
+        assert (o.epochs, o.lr, o.weight_decay, o.max_norm, cfg.model.freeze_backbone, loss.name,
+                loss.params["beta"]) == (10, 0.01, 0.1, 0.1, True, "cb", 0.9999)
     elif "gcl" not in method:  # SPEC 5, LDAM-DRW style
         assert (o.epochs, o.batch_size, o.lr, o.momentum, o.weight_decay, o.schedule, o.warmup_epochs, o.milestones,
                 o.step_factors, o.mixup_alpha, cfg.data.augment) == \

@@ -56,6 +56,26 @@ GCL_RECIPE = {
 }
 CIFAR_METHODS["gcl_own_recipe"] = (GCL_RECIPE, CIFAR_METHODS["gcl"][1])
 
+# Weight balancing (Alshammari et al., CVPR 2022; ShadeAlsha/LTR-weight-balancing, demo1 and demo2):
+# stage one is cross-entropy with a tuned, large weight decay (5e-3), lr 0.01, batch 64, cosine to 0
+# over 320 epochs with no warm-up, crop + flip; stage two re-trains the classifier of that run on its
+# frozen features for 10 epochs, lr 0.01 cosine, weight decay 0.1, with class-balanced weights
+# (beta 0.9999) and MaxNorm, each class vector projected into the ball of radius a tenth of the way
+# from the shortest to the longest at the start (the release's threshold 0.1).
+WB_RECIPE = {
+    "optim": {"epochs": 320, "batch_size": 64, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-3,
+              "schedule": "cosine", "warmup_epochs": 0, "drop_last": False},
+    "data_augment": "crop_flip",
+}
+WB_STAGE_TWO = {
+    "optim": {"epochs": 10, "batch_size": 64, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.1,
+              "schedule": "cosine", "warmup_epochs": 0, "drop_last": False, "max_norm": 0.1},
+    "data_augment": "crop_flip",
+    "model": {"init_from": None, "freeze_backbone": True},
+}
+CIFAR_METHODS["wb"] = (WB_RECIPE, {"name": "ce"})
+CIFAR_METHODS["wb_stage2"] = (WB_STAGE_TWO, {"name": "cb", "beta": 0.9999})
+
 # GCL's second stage as released (Keke921/GCLLoss, cifar_train_classifier.py): the stage-one network
 # with its backbone frozen (batch-norm statistics too), the cosine classifier re-trained for 30
 # epochs on class-balanced draws with mixup (alpha 1), crop + flip, batch 64, SGD momentum 0.9,
