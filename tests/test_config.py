@@ -55,10 +55,16 @@ def test_overrides_and_types(tmp_path):
     ("optim.lr=0", "optim.lr must be > 0, got 0"),
     ("optim.cutmix_prob=1.5", "optim.cutmix_prob must be <= 1, got 1.5"),
     ("model.backbone_lr=-1", "model.backbone_lr must be >= 0, got -1"),
+    ("optim.grad_clip=5", None),
+    ("optim.sam_rho=0.05", None),
+    ("loss.drw_epoch=150", None),
     ("optim.epochs=0", "optim.epochs must be >= 1, got 0"),
     ("optim.lr=0", "optim.lr must be > 0, got 0"),
     ("optim.cutmix_prob=1.5", "optim.cutmix_prob must be <= 1, got 1.5"),
     ("model.backbone_lr=-1", "model.backbone_lr must be >= 0, got -1"),
+    ("optim.grad_clip=5", None),
+    ("optim.sam_rho=0.05", None),
+    ("loss.drw_epoch=150", None),
     ("loss.drw_beta=1.0", "loss.drw_beta must be < 1, got 1.0"),
     ("loss.drw_epoch=200", "loss.drw_epoch must be an epoch of the run (0 to 199)"),
     ("eval.tau_grid=[]", "eval.tau_grid must be a non-empty list"),
@@ -227,6 +233,20 @@ def test_each_key_is_declared_once_with_its_kind():
     # a switch at its off value is left out, so settings made before it existed stay the same
     plain = experiment_settings(load_config(CONFIGS / "cifar100_lt_if100_la.yaml"))
     assert not {"optim.sam_rho", "optim.cutmix_alpha", "optim.max_norm", "model.backbone_lr", "data.resize"} & set(plain)
+
+
+def test_combinations_that_cannot_work_are_refused_at_the_edge():
+    la = CONFIGS / "cifar100_lt_if100_la.yaml"
+    with pytest.raises(ConfigError, match="optim.grad_clip with optim.sam_rho: SAM steps with the gradient at the "
+                                          "perturbed weights and does not clip it"):
+        load_config(la, ["optim.sam_rho=0.05", "optim.grad_clip=5"])
+    with pytest.raises(ConfigError, match="loss.drw_epoch with loss cb: cb carries class-balanced weights"):
+        load_config(CONFIGS / "cifar100_lt_if100_cb.yaml", ["loss.drw_epoch=160"])
+    with pytest.raises(ConfigError, match=r"data.resize \(128\) must be >= data.image_size \(224\): .* "
+                                          r"data.image_size=224 data.resize=256"):
+        load_config(CONFIGS / "folder.yaml", ["data.image_size=224"])
+    assert load_config(CONFIGS / "folder.yaml", ["data.image_size=224", "data.resize=256"]).data.resize == 256
+    load_config(CONFIGS / "cifar100_lt_if100_la.yaml", ["data.image_size=32", "data.resize=8"])  # CIFAR: no resize
 
 
 def test_an_empty_config_file_is_refused(tmp_path):

@@ -39,7 +39,8 @@ def list_config(data_root: str, lists: Path, out: Path, name: str, **changes) ->
     data = {"data": {"name": "lists", "root": data_root, "train_list": str(lists / "train.txt"),
                      "val_list": str(lists / "val.txt"), "test_list": str(lists / "test.txt"), "image_size": 8,
                      "resize": 10, "augment": "crop_flip", "workers": 0},
-            "model": {"name": "convnet"}, "optim": {"epochs": 2, "batch_size": 8, "lr": 0.05, "warmup_epochs": 1},
+            "model": {"name": "convnet"}, "loss": {"name": "ce"},
+            "optim": {"epochs": 2, "batch_size": 8, "lr": 0.05, "warmup_epochs": 1},
             "precision": "fp32", "channels_last": False, "progress": "quiet", "threads": 1,
             "out_dir": str(out), "run_name": name}
     for dotted, value in changes.items():
@@ -79,7 +80,9 @@ def test_a_run_resumes_from_any_folder_and_from_a_copy_of_its_data(tmp_path, mon
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run), f"data.root={tmp_path / 'other'}"]) == 2
     err = capsys.readouterr().err
-    assert f"the data at data.root={tmp_path / 'other'} is not the data {run} trained on (data.root={images})" in err
+    # the root it last ran from, the copy: a resume records the folder it was given
+    assert f"the data at data.root={tmp_path / 'other'} is not the data {run} trained on (data.root={tmp_path / 'copy'})" \
+        in err
     assert (run / "last.pt").exists() and not (run / "results.json").exists()
 
 
@@ -161,3 +164,53 @@ def test_after_a_resume_the_progress_rate_counts_only_this_process(tmp_path, mon
     assert rates and min(rates) > 10, shown
     log = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert log[0]["time_s"] > 1e6  # the epoch's own record keeps the whole epoch, as an uninterrupted run's
+
+
+def test_gcl_on_image_files_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    # GCL's noise comes from torch's global generator; a DataLoader starting to iterate must not draw
+    # from it, or the resumed run (which starts its loaders again) draws once more than the whole run
+    from test_train import _same_model, _train_stopped_in_step, weights
+
+    images = write_images(tmp_path / "images")
+
+    def cfg(name):
+        return config_from_dict(list_config(str(images), images, tmp_path, name, loss__name="gcl",
+                                            optim__epochs=3, optim__batch_size=4, data__augment="imagenet"))
+    whole = train_mod.train(cfg("whole"))
+    _train_stopped_in_step(monkeypatch, cfg("cut"), 7, "epoch 2 step 2")  # 5 steps an epoch
+    from longtail.rundir import resume_config
+
+    run = train_mod.train(resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
+    assert _same_model(weights(whole), weights(run))
+
+
+def test_a_new_run_discards_what_a_killed_one_left_and_tests_without_validation(tmp_path, capsys):
+    # a run killed after its first best.pt and before its first last.pt left a folder a new run may use
+    first = tmp_path / "first"
+    assert cli.main(["train", str(digits_config(tmp_path)), "--run-dir", str(first)]) == 0
+    run = tmp_path / "reused"
+    run.mkdir()
+    (run / "best.pt").write_bytes((first / "best.pt").read_bytes())
+    (run / "eval-best.json").write_text("{}")
+    data = yaml.safe_load(digits_config(tmp_path).read_text())
+    data["data"]["val_per_class"] = 0  # no validation this time: nothing is selected
+    (tmp_path / "noval.yaml").write_text(yaml.safe_dump(data))
+    assert cli.main(["train", str(tmp_path / "noval.yaml"), "--run-dir", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert list(results["checkpoints"]) == ["last"] and not (run / "best.pt").exists()
+    assert not (run / "eval-best.json").exists()
+    # the best-on-test figure does not need a validation split
+    assert results["best_test_epoch"]["epoch"] in (1, 2)
+
+
+def test_a_resume_records_its_runtime_overrides_for_eval(tmp_path):
+    images = write_images(tmp_path / "images")
+    cfg = config_from_dict(list_config(str(images), images, tmp_path, "run"))
+    run = train_mod.train(cfg)
+    (run / "results.json").unlink()
+    shutil.copytree(images, tmp_path / "copy")
+    from longtail.rundir import resume_config
+
+    train_mod.train(resume_config(run, [f"data.root={tmp_path / 'copy'}", "eval.batch_size=7"]), run, resume=True)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(tmp_path / "copy") and saved["eval"]["batch_size"] == 7

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from longtail import cli, rundir
+from longtail import atomic, cli
 from longtail import train as train_mod
 from longtail.config import config_from_dict
 from longtail.data import load_benchmark
@@ -205,11 +205,11 @@ def test_a_stop_while_results_json_is_written_leaves_no_results(tmp_path, capsys
             assert Path(src).read_text().startswith("{")
             os.kill(os.getpid(), signal.SIGINT)  # in the final evaluation: stops at once
         return real_replace(src, dst)
-    monkeypatch.setattr(rundir.os, "replace", stop_before_rename)
+    monkeypatch.setattr(atomic.os, "replace", stop_before_rename)
     assert cli.main(["train", str(digits_config(tmp_path)), "--run-dir", str(run)]) == 130
     assert "interrupted during the final evaluation" in capsys.readouterr().err
     assert not (run / "results.json").exists() and not (run / "results.json.tmp").exists()
-    monkeypatch.setattr(rundir.os, "replace", real_replace)
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
     assert cli.main(["train", "--resume", str(run)]) == 0 and (run / "results.json").exists()
 
 

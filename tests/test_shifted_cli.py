@@ -78,3 +78,11 @@ def test_the_stored_logits_are_the_selected_checkpoints_and_stand_in_for_it(demo
     want = shifted_prior_table(*stored["val"], *stored["test"], counts, list(np.round(np.arange(21) * 0.1, 1)))
     assert again["shifted"] == json.loads(json.dumps(want))
     assert torch.equal(stored["test"][1], load_logits(archived)["test"][1])
+
+
+def test_report_of_the_last_checkpoint_takes_no_shifted_columns_of_the_best(demo_ce, capsys):
+    assert cli.main(["eval", str(demo_ce), "--shifted-priors"]) == 0  # eval-best.json: the best checkpoint's
+    capsys.readouterr()
+    assert cli.main(["report", str(demo_ce), "--checkpoint", "last", "--shifted", "backward-50"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| digits-lt"))
+    assert [c.strip() for c in row.strip("|").split("|")][-4:] == ["-"] * 4

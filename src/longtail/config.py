@@ -180,7 +180,7 @@ class OptimConfig:
     # SAM (Foret et al.): each step ascends to w + rho g/|g| and steps with the gradient there (2 passes)
     sam_rho: float = key(0.0, min=0, hint=" (0 = plain SGD)", when=lambda c: c.optim.sam_rho > 0)
     sam_adaptive: bool = key(False, when=lambda c: c.optim.sam_rho > 0)  # ASAM's |w|-scaled ascent
-    # MaxNorm (weight balancing): after each epoch, classifier rows longer than the threshold are
+    # MaxNorm (weight balancing): after each step, classifier rows longer than the threshold are
     # scaled to it; the threshold is this fraction of the way from the shortest to the longest row at
     # the start of training (the released code's, 0.1 in its demo)
     max_norm: float | None = key(None, min=0, max=1, when=lambda c: c.optim.max_norm is not None)
@@ -423,6 +423,17 @@ def _check_relations(cfg: Config) -> None:
     if o.sam_rho and cfg.precision == "fp16":
         raise ConfigError("optim.sam_rho with precision=fp16: SAM's two passes do not go with the fp16 gradient "
                           "scaler; use precision=bf16 or fp32")
+    if o.sam_rho and o.grad_clip:
+        raise ConfigError("optim.grad_clip with optim.sam_rho: SAM steps with the gradient at the perturbed weights "
+                          "and does not clip it; set one of them to 0")
+    if lc.name == "cb" and lc.drw_epoch is not None:
+        raise ConfigError("loss.drw_epoch with loss cb: cb carries class-balanced weights from the start, so DRW "
+                          "would change nothing; use loss ce with loss.drw_epoch, or cb alone")
+    d = cfg.data
+    if d.name in LIST_DATASETS and d.resize < d.image_size:
+        raise ConfigError(f"data.resize ({d.resize}) must be >= data.image_size ({d.image_size}): evaluation takes "
+                          f"the short side to data.resize, then the centre data.image_size; set both, e.g. "
+                          f"data.image_size={d.image_size} data.resize={round(d.image_size * 8 / 7)}")
     if cfg.model.head == "linear" and lc.name in _cosine_losses():
         raise ConfigError(f"loss {lc.name!r} is defined on the cosine head; set model.head to cosine or auto")
     given = lc.params.get("scale")

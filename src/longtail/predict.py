@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from . import posthoc, rundir
+from .atomic import write_replacing, write_text_replacing
 from .data import LIST_DATASETS
 from .data.augment import normalize
 from .data.folder import IMAGE_EXTENSIONS, is_image_file
@@ -322,24 +323,20 @@ def export_model(model: nn.Module, out_path: str | os.PathLike, *, fmt: str, cla
         raise ValueError(f"the model gives {expected.shape[1]} class scores but {len(classes)} class names were "
                          "given: pass the classes the model was trained on")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    try:
+
+    def write_checked(tmp: Path) -> None:
         with torch.no_grad():
             (_write_torchscript if fmt == "torchscript" else _write_onnx)(wrapped, example, tmp)
             got = _run_exported(tmp, fmt, check)
         if got is not None and not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * (1 + float(expected.abs().max()))):
             raise RuntimeError(f"the exported {fmt} model differs from the model by up to "
                                f"{(got - expected).abs().max():.3g} on a batch of 3: it cannot be trusted")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_replacing(out_path, write_checked)
     meta = {"classes": list(classes), "input_size": [h, w], "resize": resize, "adjust": adjust_name,
             "tau": tau, "format": fmt, "mean": [float(m) for m in mean], "std": [float(s) for s in std],
             "input": "uint8 RGB images (N, 3, H, W): short side to `resize`, centre crop `input_size`",
             "output": "class scores (N, C): logits minus the adjustment; softmax gives probabilities"}
-    side_tmp = side.with_name(f".{side.name}.tmp")
-    side_tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(side_tmp, side)
+    write_text_replacing(side, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return out_path, side
 
 
@@ -374,8 +371,8 @@ def load_trained(run: str | os.PathLike, device: torch.device | str = "cpu") -> 
                                 "run that `longtail train` completed")
     results = json.loads((run_dir / "results.json").read_text())
     if "data" not in results or not results.get("checkpoints"):
-        raise ValueError(f"{run_dir}: its results.json lacks the test figures or the data facts predicting needs "
-                         "(a validation-only run, eval.test=false?); `longtail eval` it, or train it again")
+        raise ValueError(f"{run_dir}: its results.json lacks the test figures and taus predicting needs (a "
+                         "validation-only run, made with eval.test=false); train the setting with eval.test=true")
     cfg, ckpt, path = rundir.load_run(run_dir)
     data = results["data"]
     model = rundir.load_model(cfg, ckpt, path, len(data["classes"]), len(data["mean"]), torch.device(device))

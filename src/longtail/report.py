@@ -42,7 +42,7 @@ def load_results(paths) -> list[dict]:
                 continue
             seen.add(f.resolve())
             r["_dir"] = str(f.parent)
-            r["shifted"] = _shifted_rows(f.parent)
+            r["shifted"] = {c: _shifted_rows(f.parent, c) for c in EVAL_FILES}
             found.append(r)
         if skipped == len(files):
             raise FileNotFoundError(_nothing_found(given, skipped))
@@ -50,15 +50,16 @@ def load_results(paths) -> list[dict]:
 
 
 RUN_KEYS = ("dataset", "method", "seed", "checkpoints")  # what every longtail results.json has
-# `longtail eval RUN --shifted-priors` writes these; the selected checkpoint's first, else its stored logits'
-EVAL_FILES = ("eval-best.json", "eval-logits.json", "eval-last.json")
+# `longtail eval RUN --shifted-priors` writes these, per checkpoint (the stored logits are best_val's)
+EVAL_FILES = {"best_val": ("eval-best.json", "eval-logits.json"), "last": ("eval-last.json",)}
 SHIFTED_COLUMNS = {"raw": "raw", "pr": "+PR", "known_prior": "+LA known", "estimated_prior": "+LA EM"}
 DEFAULT_SHIFTED = ("forward-50", "uniform", "backward-50")
 
 
-def _shifted_rows(run_dir: Path) -> dict[str, dict]:
-    """{prior: row} of the run's table under shifted test priors, from its eval file ({} if none)."""
-    for name in EVAL_FILES:
+def _shifted_rows(run_dir: Path, checkpoint: str) -> dict[str, dict]:
+    """{prior: row} of the run's table under shifted test priors at `checkpoint`, from its eval file
+    ({} if none)."""
+    for name in EVAL_FILES[checkpoint]:
         try:
             checkpoints = json.loads((run_dir / name).read_text(encoding="utf-8"))["checkpoints"]
         except (OSError, ValueError, KeyError):
@@ -248,8 +249,9 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
         row["values"] = {f"{variant}.{metric}": pick(variant, metric)
                          for variant in VARIANTS for metric in METRICS}
         row["values"]["best_on_test"] = [(r.get("best_test_epoch") or {}).get("top1") for r in runs]
-        priors = {p for r in runs for p in r.get("shifted", {})}
-        row["values"].update({f"shifted.{p}.{col}": [r.get("shifted", {}).get(p, {}).get(col) for r in runs]
+        shifted = [r.get("shifted", {}).get(checkpoint, {}) for r in runs]
+        priors = {p for s in shifted for p in s}
+        row["values"].update({f"shifted.{p}.{col}": [s.get(p, {}).get(col) for s in shifted]
                               for p in priors for col in SHIFTED_COLUMNS})
         for key, values in row["values"].items():
             row[key] = _mean_std(values)

@@ -16,7 +16,6 @@ request leaves the previous version.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from longtail import distributed, models
+from longtail.atomic import write_replacing
 from longtail.config import (
     Config,
     ConfigError,
@@ -52,18 +52,6 @@ class CheckpointWriteError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- writing and reading files
-
-def write_replacing(path: Path, write) -> None:
-    """`write(tmp)` to a temp file beside `path`, then rename it over `path`: a crash, a full disk or
-    a stop request leaves the previous `path` (or none), never a half-written one or the temp file."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
 
 def atomic_save(obj, path: Path) -> None:
     """torch.save through write_replacing; a failed write says what is intact and how to continue."""
@@ -131,7 +119,11 @@ def environment_info(rt: distributed.Runtime, cfg: Config) -> dict:
 
 
 def start_run_dir(run_dir: Path, cfg: Config, environment: dict) -> None:
+    """A new run's folder: its config and environment. What a run killed before its first last.pt
+    left there (best.pt, and whatever was evaluated from it) goes: it is not this run's."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [run_dir / "best.pt", run_dir / "logits.npz", *run_dir.glob("eval-*.json")]:
+        stale.unlink(missing_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
 
@@ -212,7 +204,10 @@ def save_logits(run_dir: Path, preds: dict[str, tuple[torch.Tensor, torch.Tensor
     for split, (logits, labels) in preds.items():
         arrays[f"{split}_logits"] = logits.to(torch.float16).numpy()
         arrays[f"{split}_labels"] = labels.to(torch.int32).numpy()
-    write_replacing(run_dir / "logits.npz", lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    write_replacing(run_dir / "logits.npz", write)
 
 
 def load_logits(run_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from longtail.config import ConfigError, load_config, read_yaml
 from longtail.rundir import resume_config
+from longtail.shipped import resolve_config_path
 from longtail.train import train
 
 __all__ = ["SweepSpec", "read_spec", "search_runs", "final_runs", "rank", "run_all"]
@@ -75,8 +76,6 @@ def read_spec(path: str | Path) -> SweepSpec:
 
 
 def _base_path(spec: SweepSpec) -> Path:
-    from longtail.cli import resolve_config_path
-
     return resolve_config_path(spec.base)
 
 

@@ -31,6 +31,7 @@ from longtail.config import (
     keys_where,
     read_yaml,
     resolve,
+    save_config,
     settings_fingerprint,
 )
 from longtail.data import Benchmark, data_fingerprint, load_benchmark
@@ -229,7 +230,7 @@ def setup(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     if threads:
         torch.set_num_threads(threads)
     _check_runnable(cfg, rt)
-    run_dir = Path(run_dir) if run_dir is not None else rundir.new_run_dir(cfg)
+    run_dir = Path(run_dir) if run_dir is not None else _same_on_every_rank(rundir.new_run_dir(cfg), rt)
     if not resume:
         rundir.refuse_existing_run(run_dir)
     seed_everything(cfg.seed + rt.rank)
@@ -248,6 +249,9 @@ def setup(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     criterion = losses.build(cfg.loss.name, class_counts=bench.class_counts,
                              **{"check_values": False, **cfg.loss.params}).to(rt.device)
     precision = rundir.run_precision(cfg, run_dir, rt.device) if resume else resolve_precision(cfg.precision, rt.device)
+    if cfg.optim.sam_rho and precision == "fp16":  # precision auto on a GPU without bf16
+        raise ConfigError("optim.sam_rho trains in fp16 here (precision auto on a GPU without bf16), and SAM's two "
+                          "passes do not go with the fp16 gradient scaler; set precision=fp32")
     optimizer, sam = _optimizer(cfg, model, precision)
     loader = TrainLoader(bench, batch_size=cfg.optim.batch_size, sampler=cfg.data.sampler, seed=cfg.seed,
                          device=rt.device, rank=rt.rank, world_size=rt.world_size, drop_last=cfg.optim.drop_last,
@@ -255,11 +259,14 @@ def setup(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     state = RunState(cfg, run_dir, rt, bench, model, criterion, optimizer,
                      torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16"), loader, precision,
                      torch.Generator(device=rt.device), sam=sam, first_stage=first_stage,
-                     data_fingerprint=data_fingerprint(bench, test=cfg.eval.test))
+                     # the main process's: it alone writes checkpoints (stat-ing every image file is slow on NFS)
+                     data_fingerprint=data_fingerprint(bench, test=cfg.eval.test) if rt.is_main else "")
     if cfg.optim.max_norm is not None:
         state.max_norm = MaxNorm.relative(model.head.weight, cfg.optim.max_norm)
     if resume:
         restore(state)
+        if state.main:  # a resume may change runtime keys (data.root, eval.batch_size): eval reads them here
+            save_config(cfg, run_dir / "config.yaml")
     elif state.main:
         rundir.start_run_dir(run_dir, cfg, rundir.environment_info(rt, cfg))
         if bench.split_lists:
@@ -270,6 +277,15 @@ def setup(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     distributed.barrier()
     state.net = _wrapped(model, cfg, rt)
     return state
+
+
+def _same_on_every_rank(path: Path, rt: distributed.Runtime) -> Path:
+    """The main process's `path` on every rank (a timestamped name can differ across ranks)."""
+    if not rt.distributed:
+        return path
+    shared = [str(path)]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return Path(shared[0])
 
 
 def _wrapped(model: torch.nn.Module, cfg: Config, rt: distributed.Runtime) -> torch.nn.Module:
@@ -319,7 +335,7 @@ def restore(state: RunState) -> None:
         raise ValueError(f"{run_dir} was trained with {ckpt['world_size']} processes; resume it with the same "
                          f"number (got {rt.world_size}): the batches and random streams depend on it")
     saved = ckpt["state"].get("data_fingerprint")
-    if saved and saved != state.data_fingerprint:
+    if distributed.any_rank(bool(saved and state.main and saved != state.data_fingerprint), rt.device):
         was = read_yaml(run_dir / "config.yaml").get("data", {}).get("root")
         raise ValueError(f"the data at data.root={state.cfg.data.root} is not the data {run_dir} trained on "
                          f"(data.root={was}): give that data's folder, or leave data.root as it was")
@@ -351,8 +367,9 @@ def train_step(state: RunState, x: torch.Tensor, y: torch.Tensor, mixing=None,
                check_now: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on the augmented batch (x, y). `mixing` is this step's (lam, perm, box)
     (mixup: box None; CutMix: the pasted box) or None. Returns the loss and the number of images
-    classified right (lam-weighted when mixed) as device tensors: nothing is read back to the host.
-    A NaN/inf loss is remembered in state.nonfinite; with `check_now` it raises before the weights change."""
+    classified right (lam-weighted when mixed) as device tensors: nothing is read back to the host;
+    under SAM they are the second pass's, at the perturbed weights. A NaN/inf loss is remembered in
+    state.nonfinite; with `check_now` it raises before the optimiser steps (no checkpoint follows)."""
     if mixing is not None:
         lam, perm, box = mixing
         x = mix(x, lam, perm) if box is None else cut(x, box, perm)
@@ -506,18 +523,19 @@ def end_of_epoch(state: RunState, record: dict, out: RunOutput) -> None:
     cfg, epoch = state.cfg, record["epoch"]
     # evaluate, on every rank, the model the checkpoints hold: rank 0's batch-norm statistics
     distributed.broadcast_buffers(state.model)
-    if state.bench.val is not None and (epoch % cfg.eval.every == 0 or epoch == cfg.optim.epochs):
+    due = epoch % cfg.eval.every == 0 or epoch == cfg.optim.epochs
+    if state.bench.val is not None and due:
         record["val_acc"] = _top1(state.model, state.bench.val, state)
         if record["val_acc"] > state.best_val:
             state.best_val, state.best_val_epoch = record["val_acc"], epoch
             state.best_weights = {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}
             state.epoch, state.step = epoch, 0
             save(state, "best.pt")
-        if cfg.eval.track_test and cfg.eval.test:
-            test_top1 = _top1(state.model, state.bench.test, state)
-            record["test_acc_for_best_on_test_figure"] = test_top1
-            if test_top1 > state.best_test:
-                state.best_test, state.best_test_epoch = test_top1, epoch
+    if due and cfg.eval.track_test and cfg.eval.test:
+        test_top1 = _top1(state.model, state.bench.test, state)
+        record["test_acc_for_best_on_test_figure"] = test_top1
+        if test_top1 > state.best_test:
+            state.best_test, state.best_test_epoch = test_top1, epoch
     out.epoch_done(record)  # logged before the checkpoint: a resume drops log lines the checkpoint does not cover
     state.epoch, state.step = epoch, 0
     save(state)
@@ -560,7 +578,7 @@ def finish(state: RunState) -> dict:
     # (every rank has them: validation accuracy is gathered), or come from best.pt after a resume
     results["checkpoints"]["last"], preds = evaluate_model(state.model, state.bench, cfg, rt.device, state.precision)
     best = state.best_weights
-    if best is None and (run_dir / "best.pt").exists():
+    if best is None and state.best_val_epoch is not None:  # found before a resume: in best.pt
         best = rundir.read_checkpoint(run_dir / "best.pt")["model"]
     if best is not None:
         state.model.load_state_dict(best)
@@ -582,6 +600,12 @@ def _title(results: dict) -> str:
     from longtail.report import run_title
 
     return run_title(results)
+
+
+def _position(checkpoint: Path) -> str:
+    """Where a checkpoint stands: the end of an epoch, or a step within one."""
+    saved = rundir.read_checkpoint(checkpoint)["state"]
+    return f"epoch {saved['epoch'] + 1} step {saved['step']}" if saved["step"] else f"the end of epoch {saved['epoch']}"
 
 
 class StopRequests:
@@ -631,8 +655,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         raise TrainingInterrupted(str(exc)) from None
     except TrainingDiverged as exc:
         good = state.run_dir / "last.pt"
-        where = (f"the last good checkpoint is {good} (end of epoch {state.epoch})" if good.exists()
-                 else "no checkpoint was written before it")
+        where = f"the last good checkpoint is {good} ({_position(good)})" if good.exists() else \
+            "no checkpoint was written before it"
         raise TrainingDiverged(f"training diverged: {exc}; {where}. Lower optim.lr, use precision=fp32, or "
                                "check the data") from None
     finally:

@@ -35,6 +35,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..atomic import write_text_replacing
+from ..threads import usable_cpus
 from .listfile import _check_image, report_section
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLIT_NAMES", "is_image_file", "FolderScan", "scan_folder", "SmallClass",
@@ -200,7 +202,7 @@ def _scan(root: str | os.PathLike) -> tuple[FolderScan, list[str]]:
 def _decode_errors(root: Path, rels: list[str], workers: int | None) -> list[str | None]:
     """The decoder's error text for each image (None: it decodes fully), on ``workers`` threads."""
     full = [str(root / p) for p in rels]
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or min(8, usable_cpus())
     if workers > 1 and len(full) > 1:
         with ThreadPoolExecutor(workers) as pool:
             return list(pool.map(_check_image, full, chunksize=64))
@@ -352,13 +354,6 @@ def _assemble(parts, classes: list[str], want_val: bool, want_test: bool) -> Fol
 # --------------------------------------------------------------------------- writing
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_split_lists(out_dir: str | os.PathLike, classes: list[str], train, val, test) -> dict[str, Path]:
     """Write ``train.txt``, ``val.txt``, ``test.txt`` (``relative/path label`` lines, UTF-8, readable by
     ``read_list``/``ListDataset`` with the scanned folder as root) and ``classes.txt`` (one class name
@@ -382,9 +377,9 @@ def write_split_lists(out_dir: str | os.PathLike, classes: list[str], train, val
     written = {}
     for split_name, items in (("train", train), ("val", val), ("test", test)):
         written[split_name] = out_dir / f"{split_name}.txt"
-        _write_atomic(written[split_name], "".join(f"{p} {label}\n" for p, label in items))
+        write_text_replacing(written[split_name], "".join(f"{p} {label}\n" for p, label in items))
     written["classes"] = out_dir / "classes.txt"
-    _write_atomic(written["classes"], "".join(f"{c}\n" for c in classes))
+    write_text_replacing(written["classes"], "".join(f"{c}\n" for c in classes))
     return written
 
 

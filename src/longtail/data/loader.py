@@ -51,6 +51,13 @@ class EpochBatches:
         return len(self.batches)
 
 
+def _own_generator() -> torch.Generator:
+    """A DataLoader draws its workers' base seed from a generator each time it starts iterating: from
+    torch's global one unless given its own. GCL's noise comes from the global one, which a resumed
+    run would then see drawn once more than the uninterrupted run did."""
+    return torch.Generator().manual_seed(0)
+
+
 def _worker_error(exc: Exception) -> Exception:
     """A DataLoader worker's exception as the one line its dataset raised (the message the worker
     sends back carries the worker's whole traceback)."""
@@ -106,7 +113,8 @@ class TrainLoader:
             workers = min(workers, usable_cpus())  # more processes than cores only wait for each other
             self.files = DataLoader(bench.train, batch_sampler=self.plan, num_workers=workers,
                                     pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-                                    multiprocessing_context=distributed.loader_context(workers))
+                                    multiprocessing_context=distributed.loader_context(workers),
+                                    generator=_own_generator())
 
     def close(self) -> None:
         """Stop the DataLoader's worker processes now (they would otherwise live until garbage
@@ -155,7 +163,9 @@ def eval_batches(split, device: torch.device, batch_size: int, index: torch.Tens
             yield (split.images[chunk.to(split.images.device)].to(device, non_blocking=True),
                    split.labels[chunk.to(split.labels.device)].to(device))
         return
+    workers = min(workers, usable_cpus())
     loader = DataLoader(Subset(split, index.tolist()), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda", multiprocessing_context=distributed.loader_context(workers))
+                        pin_memory=device.type == "cuda", multiprocessing_context=distributed.loader_context(workers),
+                        generator=_own_generator())
     for x, y in _from_workers(loader):
         yield x.to(device, non_blocking=True), y.to(device)
