@@ -125,15 +125,13 @@ def posthoc_report(val_logits: torch.Tensor | None, val_targets: torch.Tensor | 
     return report
 
 
-def evaluate_model(model, bench, cfg, device: torch.device, precision: str, test: bool = True) -> tuple[dict, dict]:
+def evaluate_model(model, bench, cfg, device: torch.device, precision: str) -> tuple[dict, dict]:
     """The one evaluation of a trained model, used by training's end and by `longtail eval`: logits
-    of validation and (with `test`) test with `model` as it is (its memory format, the run's
-    precision and evaluation batch size), then `posthoc_report` (taus on validation). Returns
-    (report, {"val"/"test": (logits, labels)}); the report is empty without `test`."""
+    of validation and test with `model` as it is (its memory format, the run's precision and
+    evaluation batch size), then `posthoc_report` (taus on validation). Returns (report,
+    {"val"/"test": (logits, labels)})."""
     args = (bench.eval_transform, device, precision, cfg.eval.batch_size, cfg.channels_last, cfg.data.workers)
     preds = {"val": predict(model, bench.val, *args)} if bench.val is not None else {}
-    if not test:
-        return {}, preds
     preds["test"] = predict(model, bench.test, *args)
     val = preds.get("val", (None, None))
     return posthoc_report(*val, *preds["test"], bench.class_counts, cfg.eval.tau_grid, cfg.eval.published_pr_tau), preds
