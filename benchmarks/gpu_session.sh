@@ -9,6 +9,7 @@
 # 2. the SPEC section 5 GALA run (CIFAR-100-LT IF100, 200 epochs, AutoAugment, reference mode,
 #    seed 0, the queue's eval.every=2) on cuda with CUDA graphs, timed: issue 5's target is
 #    under 3 minutes of training time on one H100;
+# 2b. 12 epochs of the same run with data.prefetch=true (the next batch augmented on a side stream);
 # 3. benchmarks/train_step.py on cuda: the released code's path against ours;
 # 4. the whole test suite, in what time is left (on a GPU machine, device=auto tests train there).
 # Each step has its own time limit inside one deadline (TOTAL_S), so a slow or failing step leaves
@@ -56,6 +57,14 @@ timeout -s INT "$(limit "$RUN_S")" $PY -m longtail train configs/cifar100_lt_if1
     eval.every=2 eval.batch_size=1000 progress=log out_dir="$RUNS" run_name="$NAME" $EXTRA
 echo "exit $?"
 tar -C "$RUNS" --exclude=last.pt -czf "$OUT/run_gala_s0.tar.gz" "$NAME" 2>/dev/null || true
+
+stamp "2b. the same run's first epochs with data.prefetch=true (limit ${PREFETCH_S:-90} s): compare its epoch times with 2's"
+# shellcheck disable=SC2086
+timeout -s INT "$(limit "${PREFETCH_S:-90}")" $PY -m longtail train configs/cifar100_lt_if100_gala_reference.yaml \
+    data.root="$DATA" data.verify=false device="$DEVICE" compile=true compile_mode=reduce-overhead \
+    data.prefetch=true optim.epochs=12 eval.every=100 progress=log out_dir="$RUNS" run_name="${NAME}_prefetch" $EXTRA
+echo "exit $?"
+cp "$RUNS/${NAME}_prefetch/metrics.jsonl" "$OUT/metrics_prefetch.jsonl" 2>/dev/null || true
 
 stamp "3. train_step.py (limit ${BENCH_S} s)"
 timeout -s INT "$(limit "$BENCH_S")" $PY benchmarks/train_step.py --data-root "$DATA" --no-verify --device "$DEVICE" \

@@ -219,8 +219,8 @@ def test_each_key_is_declared_once_with_its_kind():
 
     assert set(keys_where("runtime")) >= {"device", "threads", "progress", "data.root", "data.workers",
                                           "eval.batch_size", "eval.test", "compile_mode", "check_every"}
-    assert set(keys_where("resumable")) == {"data.root", "data.workers", "eval.batch_size", "check_every", "threads",
-                                            "tensorboard", "progress"}
+    assert set(keys_where("resumable")) == {"data.root", "data.workers", "data.prefetch", "eval.batch_size",
+                                            "check_every", "threads", "tensorboard", "progress"}
     assert set(keys_where("split")) == {"data.name", "data.imb_factor", "data.val_per_class", "data.val_seed",
                                         "data.val_shortfall", "data.test_fraction", "data.train_list", "data.val_list"}
     assert set(keys_where("per_seed")) == {"seed", "model.init_from"}

@@ -128,6 +128,9 @@ class DataConfig:
     limit_per_class: int | None = key(None, min=1)  # cap per-class training images (tiny smoke runs)
     limit_eval_per_class: int | None = key(None, min=1)
     workers: int = key(4, min=0, runtime=True, resumable=True)  # DataLoader workers for image files
+    # on a GPU, fetch and augment the next batch on a side CUDA stream while the model trains on this
+    # one (the same batches; not yet measured on a GPU); no effect on a CPU
+    prefetch: bool = key(False, runtime=True, resumable=True)
     # instance: every training image once per epoch; class_balanced: as many draws, each a class
     # uniformly then one of its images (classifier re-training, e.g. GCL's stage two)
     sampler: str = key("instance", choices=SAMPLERS)

@@ -255,7 +255,7 @@ def setup(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     optimizer, sam = _optimizer(cfg, model, precision)
     loader = TrainLoader(bench, batch_size=cfg.optim.batch_size, sampler=cfg.data.sampler, seed=cfg.seed,
                          device=rt.device, rank=rt.rank, world_size=rt.world_size, drop_last=cfg.optim.drop_last,
-                         workers=cfg.data.workers)
+                         workers=cfg.data.workers, prefetch=cfg.data.prefetch)
     state = RunState(cfg, run_dir, rt, bench, model, criterion, optimizer,
                      torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16"), loader, precision,
                      torch.Generator(device=rt.device), sam=sam, first_stage=first_stage,
