@@ -55,6 +55,24 @@ def test_report_adds_the_shifted_columns_when_asked(demo_ce, capsys):
     assert cells == [f"{rows['backward-50'][k]:.2f}" for k in ("raw", "pr", "known_prior", "estimated_prior")]
 
 
+def test_report_by_prior_puts_one_prior_on_each_line_in_the_protocols_order(demo_ce, tmp_path, capsys):
+    assert cli.main(["eval", str(demo_ce), "--shifted-priors"]) == 0
+    rows = json.loads((demo_ce / "eval-best.json").read_text())["checkpoints"]["best"]["shifted"]
+    capsys.readouterr()
+    assert cli.main(["report", str(demo_ce), "--by-prior"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| test prior | ce raw | ce +PR | ce +LA known | ce +LA EM |"
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+    want = [r["prior"] for r in rows]  # eval's order: forward-50 ... uniform ... backward-50
+    assert [cells[0] for cells in body] == want and len(want) == 11
+    for cells, r in zip(body, rows):
+        assert cells[1:] == [f"{r[k]:.2f}" for k in ("raw", "pr", "known_prior", "estimated_prior")]
+    out = tmp_path / "by_prior.md"
+    assert cli.main(["report", str(demo_ce), "--by-prior", "--shifted", "backward-50", "uniform", "--out", str(out)]) == 0
+    chosen = [line.split("|")[1].strip() for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+    assert chosen == ["backward-50", "uniform"]
+
+
 def test_the_stored_logits_are_the_selected_checkpoints_and_stand_in_for_it(demo_ce, tmp_path, capsys):
     stored = load_logits(demo_ce)
     assert cli.main(["eval", str(demo_ce)]) == 0

@@ -116,11 +116,13 @@ def cmd_eval(args) -> int:
 
 def cmd_report(args) -> int:
     from longtail.report import (
+        ALL_SHIFTED,
         DEFAULT_SHIFTED,
         load_results,
         markdown_table,
         paired_table,
         plot_summary,
+        shifted_by_prior_table,
         summarize,
         validation_table,
         write_csv,
@@ -130,9 +132,11 @@ def cmd_report(args) -> int:
         print(validation_table(load_results(args.runs)))
         return 0
     rows = summarize(load_results(args.runs), checkpoint=args.checkpoint)
-    shifted = () if args.shifted is None else tuple(args.shifted or DEFAULT_SHIFTED)
-    text = markdown_table(rows, shifted=shifted)
-    if args.against:
+    if args.by_prior:
+        text = shifted_by_prior_table(rows, tuple(args.shifted or ALL_SHIFTED))
+    else:
+        text = markdown_table(rows, shifted=() if args.shifted is None else tuple(args.shifted or DEFAULT_SHIFTED))
+    if args.against and not args.by_prior:
         text += "\n" + paired_table(rows, args.against)
     print(text)
     if args.out:
@@ -324,6 +328,9 @@ def _add_report(sub) -> None:
     r.add_argument("--shifted", nargs="*", metavar="PRIOR", default=None,
                    help="add top-1 under these shifted test priors (default forward-50 uniform backward-50) as "
                    "columns, from each run's `longtail eval --shifted-priors`")
+    r.add_argument("--by-prior", action="store_true",
+                   help="instead: one line per shifted test prior (those of --shifted, else all eleven) with each "
+                   "method's raw, +PR, +LA known and +LA EM top-1 side by side")
     r.add_argument("--validation", action="store_true",
                    help="instead: the settings ranked by best validation top-1, validation-only runs included "
                    "(what `longtail sweep` chooses on)")

@@ -54,6 +54,7 @@ RUN_KEYS = ("dataset", "method", "seed", "checkpoints")  # what every longtail r
 EVAL_FILES = {"best_val": ("eval-best.json", "eval-logits.json"), "last": ("eval-last.json",)}
 SHIFTED_COLUMNS = {"raw": "raw", "pr": "+PR", "known_prior": "+LA known", "estimated_prior": "+LA EM"}
 DEFAULT_SHIFTED = ("forward-50", "uniform", "backward-50")
+ALL_SHIFTED = (*(f"forward-{r}" for r in (50, 25, 10, 5, 2)), "uniform", *(f"backward-{r}" for r in (2, 5, 10, 25, 50)))
 
 
 def _shifted_rows(run_dir: Path, checkpoint: str) -> dict[str, dict]:
@@ -416,6 +417,26 @@ def markdown_table(rows: list[dict], published: dict | None = None, shifted: tup
                  + (" Under a test prior (forward-R: head classes R times as frequent as tail ones, backward-R the "
                     "reverse): the class-weighted top-1 over the balanced test set; +LA known / EM: post-hoc logit "
                     "adjustment toward the true prior / its EM estimate from the test predictions." if shifted else ""))
+    return "\n".join(lines) + "\n"
+
+
+def shifted_by_prior_table(rows: list[dict], priors: tuple[str, ...]) -> str:
+    """Top-1 under shifted test priors with one line per prior and, per row of `rows`, its four figures
+    (raw, +PR, +LA toward the known prior, +LA toward its EM estimate; mean ± std over seeds): the
+    methods side by side as the prior moves from head-heavy to tail-heavy."""
+    several = len({_setting_name(r) for r in rows}) > 1
+    names = [f"{_setting_name(r)} {_method_label(r)}" if several else _method_label(r) for r in rows]
+    head = "| test prior |" + "".join(f" {n} {label} |" for n in names for label in SHIFTED_COLUMNS.values())
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for p in priors:
+        cells = [r[f"shifted.{p}.{col}"] if f"shifted.{p}.{col}" in r["values"] else "-"
+                 for r in rows for col in SHIFTED_COLUMNS]
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    seeds = ", ".join(f"{n} {r['seeds']}" for n, r in zip(names, rows))
+    lines += ["", f"Class-weighted top-1 over the balanced test set, weights proportional to the test prior "
+              f"(forward-R: head classes R times as frequent as tail ones, backward-R the reverse); checkpoint and "
+              f"taus chosen on validation; +LA known / EM: post-hoc logit adjustment toward the true prior / its EM "
+              f"estimate from the test predictions. Seeds: {seeds}."]
     return "\n".join(lines) + "\n"
 
 
