@@ -1,5 +1,5 @@
-"""Carry the CIFAR-100-LT images a run needs to a remote GPU machine whose file transfer takes at
-most 64 MiB per call (the official CIFAR-100 pickles are 179 MB).
+"""Pack the CIFAR-100-LT images a run needs into one small archive (52 MiB for IF100, where the
+official CIFAR-100 pickles are 179 MB) to copy to a GPU machine, and unpack and check it there.
 
     python benchmarks/device_data.py pack [--data-root ../shared/data] [--imb-factor 100] [--out .gpu] [--preset 6]
     python benchmarks/device_data.py unpack .gpu/cifar100_lt_if100.tar.xz --to /tmp/data
@@ -15,7 +15,8 @@ test tensors (images and labels) loaded from the official files.
 `unpack` extracts the archive and loads the benchmark from it with `verify=False` (the blanked
 training pickle no longer has the official MD5), then checks every tensor against the SHA-256s
 taken from the official data, so a run on the copy trains and evaluates on exactly the official
-images. Train on it with `data.root=<to> data.verify=false`.
+images. Train on it with `data.root=<to> data.verify=false`. benchmarks/gpu_benchmark.sh and
+benchmarks/gpu_queue.sh unpack the archive from .gpu/ themselves.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""How small can the CIFAR-100-LT images a run needs be made, losslessly? (A remote GPU machine
-here takes at most 64 MiB of files per call; the official CIFAR-100 pickles are 179 MB.)
+"""How small can the CIFAR-100-LT images a run needs be made, losslessly, to copy them to a GPU
+machine? (The official CIFAR-100 pickles are 179 MB; benchmarks/device_data.py packs them.)
 
     python benchmarks/export_size.py [--data-root ../shared/data] [--imb-factor 100]
 """

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Queue entries of benchmarks/reproduce_cifar.py trained on a remote GPU machine (one H200, at
-# most 10 minutes a command), several at once, resumable across calls while the machine stays warm
-# (entries of one imbalance factor per pack; PACK=.gpu/cifar100_lt_if200.tar.xz for IF200's):
+# Trains queue entries of benchmarks/reproduce_cifar.py on a GPU machine, several at once, within
+# one time limit (TOTAL_S); running the same command again resumes them. Run from the repository
+# root, with the data packed by device_data.py pack in .gpu/ (entries of one imbalance factor per
+# pack; PACK=.gpu/cifar100_lt_if200.tar.xz for IF200's):
 #
-#   python benchmarks/device_data.py pack --out .gpu                          # here; carry .gpu
+#   python benchmarks/device_data.py pack --out .gpu
 #   OUT=<folder> RUNS="cifar100_lt_if100_la_s5 cifar100_lt_if100_ce_s5" TOTAL_S=540 \
-#       bash benchmarks/gpu_queue.sh                                          # there (OUT: the folder that comes back)
+#       bash benchmarks/gpu_queue.sh                                # OUT: folder the results are written to
 #
-# The run folders live in runs/ (ignored by git, so it stays between calls on a warm
-# machine); a call cut by TOTAL_S stops its runs with SIGINT, which checkpoints them, and the same
-# call again resumes them. What comes back under $OUT: gpu.log, results/<run>/ and figures/ for
-# every finished run (as the queue archives them: copy into docs/results and docs/figures), and
-# runs.tar with each run folder's config, log and last.pt (to resume elsewhere if the machine is lost).
+# The run folders live in runs/ (ignored by git, so they stay between calls on the same machine);
+# a call cut by TOTAL_S stops its runs with SIGINT, which checkpoints them, and the same call again
+# resumes them. Written under $OUT: gpu.log, results/<run>/ and figures/ for every finished run (as
+# the queue archives them: copy into docs/results and docs/figures), and runs.tar with each run
+# folder's config, log and last.pt (to resume on another machine).
 # Runs are made with CUDA graphs (compile_mode=reduce-overhead, a runtime key: the same setting as the
 # CPU runs) and the packed data (data.verify=false; device_data.py checks it against the official
 # data's digests as it unpacks).

@@ -1,4 +1,4 @@
-"""Run the CIFAR-100-LT reproduction queue (issue 6), resuming whatever was cut off.
+"""Run the CIFAR-100-LT reproduction queue, resuming whatever was cut off.
 
     python benchmarks/reproduce_cifar.py --out /work/runs               # run (or resume) everything
     python benchmarks/reproduce_cifar.py --out /work/runs --parallel 2  # two runs at once, 1 thread each
@@ -27,6 +27,9 @@ finished is written to OUT/report.md.
 the 2-core CPU this was measured faster than one 2-thread run (ResNet-32 at batch 64 keeps two
 threads only partly busy): see docs/RESULTS.md. Only the throughput changes; each run's result
 does not depend on its thread count beyond floating-point summation order.
+
+On a GPU machine, benchmarks/gpu_queue.sh trains chosen entries with the data packed by
+benchmarks/device_data.py pack, several at once, with CUDA graphs.
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ QUEUE = [
     *[(f"cifar100_lt_if100_{m}", 0) for m in IF100],
     *[(f"cifar100_lt_if100_{m}", 1) for m in ("gala_reference", "ce", "gala_paper", "la", "ala")],
     *[(f"cifar100_lt_if{imb}_{m}", 0) for imb in (200, 50, 10) for m in ("gala_reference", "ce")],
-    # Beyond the issue's list: a second seed where one seed left GALA more than 1 point below the
+    # Beyond the list above: a second seed where one seed left GALA more than 1 point below the
     # published figure (IF200: 46.21 against 48.0), then a third CE IF100 seed.
     ("cifar100_lt_if200_gala_reference", 1),
     ("cifar100_lt_if100_ce", 2),
@@ -64,7 +67,7 @@ QUEUE = [
     # (+PR 50.50 +/- 0.13 over two seeds against the 52.3 target) and LA (level with GALA).
     ("cifar100_lt_if100_gala_reference", 2),
     ("cifar100_lt_if100_la", 2),
-    # Then second GALA seeds at IF50 and IF10, where one seed each is all the issue asks for.
+    # Then second GALA seeds at IF50 and IF10, where the list above has one seed each.
     ("cifar100_lt_if50_gala_reference", 1),
     ("cifar100_lt_if10_gala_reference", 1),
     # Then a second GCL seed, the last IF100 method with one (46.00, stage one only).

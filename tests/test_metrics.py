@@ -1,15 +1,12 @@
 """Metrics (SPEC section 1, shot groups) against independent loop computations."""
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from longtail.metrics import (
-    EvalAccumulator,
     evaluate,
     expected_calibration_error,
     group_accuracies,
@@ -187,60 +184,6 @@ def test_bad_inputs():
         per_class_accuracy(torch.tensor([0, 5]), torch.tensor([0, 1]), 3)
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error(z, y, n_bins=0)
-
-
-def test_accumulator_equals_evaluate_on_concatenation():
-    z, y = _data(70, 5, seed=4)
-    acc = EvalAccumulator()
-    for lo in range(0, 70, 16):
-        acc.update(z[lo:lo + 16].half() if lo == 16 else z[lo:lo + 16], y[lo:lo + 16])
-    assert acc.num_samples == 70
-    z_ref = z.clone()
-    z_ref[16:32] = z_ref[16:32].half().float()  # stored as float32
-    counts = [300, 80, 40, 10, 2]
-    assert acc.compute(counts) == evaluate(z_ref, y, counts)
-    logits, targets = acc.gather()
-    assert torch.equal(logits, z_ref) and torch.equal(targets, y)
-    with pytest.raises(ValueError, match="columns"):
-        acc.update(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
-    acc.reset()
-    assert acc.num_samples == 0
-    with pytest.raises(ValueError, match="no samples"):
-        EvalAccumulator().compute()
-
-
-def _ddp_worker(rank, world, init_file, out_dir, cases):
-    import torch.distributed as dist
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        outs = []
-        for sizes in cases:
-            z, y = _data(sum(sizes), 4, seed=7)
-            lo = sum(sizes[:rank])
-            # a rank that never sees a batch does not know num_classes: it must still take part
-            acc = EvalAccumulator()
-            if sizes[rank]:
-                acc.update(z[lo:lo + sizes[rank]], y[lo:lo + sizes[rank]])
-            res = acc.compute([100, 50, 10, 1])
-            logits, targets = acc.gather()
-            outs.append({"res": res, "logits": logits, "targets": targets})
-        torch.save(outs, os.path.join(out_dir, f"{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_accumulator_gathers_uneven_ranks(tmp_path):
-    # uneven ranks (padding trimmed from the shorter one) and an empty first rank
-    cases = [[7, 3], [2, 9], [0, 5]]
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), cases), nprocs=2, join=True)
-    for rank in range(2):
-        outs = torch.load(tmp_path / f"{rank}.pt")
-        for sizes, out in zip(cases, outs):
-            z, y = _data(sum(sizes), 4, seed=7)
-            # every sample exactly once, in rank order, and the same result on every rank
-            assert torch.equal(out["logits"], z) and torch.equal(out["targets"], y)
-            assert out["res"] == evaluate(z, y, [100, 50, 10, 1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -1,6 +1,6 @@
 """Process-group plumbing for torchrun: who am I, which device, gather results from every rank.
 
-One process: rank 0 of 1 and every helper is a no-op. Under `torchrun` the usual environment
+One process: rank 0 of 1 and every function is a no-op. Under `torchrun` the usual environment
 variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) start a process group: nccl
 on GPUs, gloo on CPUs.
 """

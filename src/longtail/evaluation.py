@@ -16,14 +16,14 @@ from longtail.data.loader import eval_batches
 
 def bf16_is_fast(cpuinfo: str) -> bool:
     """Whether bf16 autocast trains ResNet-32 faster than fp32 on the CPU that `cpuinfo` (the text
-    of /proc/cpuinfo) describes. Model step from benchmarks/precision_probe.py (2 threads, batch 64,
-    channels_last), bf16 autocast against fp32:
-    - AMD EPYC with AVX512-BF16 (no AMX): 1.58x (523 vs 331 images/s, precision_probe_amd_epyc.txt;
-      1.36x in an earlier probe); the whole GALA training step 1.35x (train_step_cpu_amd_epyc.txt);
-    - Intel Xeon with AVX512-BF16 but no AMX: 0.88x (272 vs 309 images/s, precision_probe.txt); its
-      batch-norm backward and dtype casts cost more than its bf16 convolutions save;
+    of /proc/cpuinfo) describes. Model step measured by `python benchmarks/precision_probe.py`
+    (2 threads, batch 64, channels_last), bf16 autocast against fp32; see docs/RESULTS.md, Speed:
+    - AMD EPYC with AVX512-BF16 (no AMX): 1.58x (523 vs 331 images/s; 1.36x in an earlier probe);
+      the whole GALA training step 1.35x (`python benchmarks/train_step.py`);
+    - Intel Xeon with AVX512-BF16 but no AMX: 0.88x (272 vs 309 images/s); its batch-norm backward
+      and dtype casts cost more than its bf16 convolutions save;
     - Intel Xeon with AMX: not probed side by side, but its bf16 runs trained at about 480 images/s
-      per run (two at once) where fp32 runs on the machine above made about 250 (docs/RESULTS.md).
+      per run (two at once) where fp32 runs on the machine above made about 250.
     So AMX, or AVX512-BF16 on AMD; fp32 everywhere else, including unknown CPUs."""
     flags: set[str] = set()
     amd = False

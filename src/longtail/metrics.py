@@ -1,14 +1,9 @@
 """Evaluation metrics for long-tailed classification (SPEC section 1, "Shot groups").
 
-Functional forms plus one accumulator, in the spirit of torchmetrics:
+Functional forms, in the spirit of torchmetrics:
 
     acc = top1(logits, targets)                       # percent
     res = evaluate(logits, targets, train_counts)     # plain dict, JSON-ready
-
-    acc = EvalAccumulator(num_classes)
-    for x, y in loader:
-        acc.update(model(x), y)
-    res = acc.compute(train_counts)                   # same dict on every DDP rank
 
 Shifted test priors (SPEC section 4, test-agnostic protocol)::
 
@@ -37,8 +32,6 @@ __all__ = [
     "evaluate",
     "shifted_priors",
     "weighted_accuracy",
-    "EvalAccumulator",
-    "Accumulator",
 ]
 
 GROUPS = ("many", "medium", "few")
@@ -321,97 +314,3 @@ def weighted_accuracy(logits_or_predictions: torch.Tensor, targets: torch.Tensor
     q = q / q.sum()
     used = q > 0
     return float((q[used] * acc[used]).sum())
-
-
-# ----------------------------------------------------------------------------- accumulator
-
-def _dist_ready() -> bool:
-    from longtail.distributed import is_active
-    return is_active()
-
-
-def _gather_rows(x: torch.Tensor, width: int) -> torch.Tensor:
-    """all_gather a (n_rank, width) tensor whose n_rank differs by rank; concatenated in rank order."""
-    import torch.distributed as dist
-
-    from longtail.distributed import all_gather_varlen
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    return all_gather_varlen(x.reshape(-1, width).to(dev)).to(x.device)
-
-
-class EvalAccumulator:
-    """Collects logits and targets batch by batch; `compute()` gives `evaluate`'s dict.
-
-    Logits are kept (as float32, on `device`, CPU by default) rather than reduced to counts,
-    because the post-hoc adjustments (`longtail.posthoc`) need the whole score matrix.
-
-    Distributed: when torch.distributed is initialised with more than one rank, `gather()`
-    (used by `compute()`) collects every rank's samples, so all ranks get the same, global
-    result; the collective must be called on every rank. Ranks may hold different numbers of
-    samples: they are padded to the largest count and trimmed with the gathered lengths. The
-    caller must pass only real samples: a DistributedSampler pads the dataset by repeating
-    samples so that ranks are equal, and those duplicates must be dropped before `update`
-    (e.g. with `DistributedSampler(..., drop_last=False)` plus an index mask, or an unpadded
-    sharding), otherwise they are counted twice.
-    """
-
-    def __init__(self, num_classes: int | None = None, device: torch.device | str = "cpu"):
-        if num_classes is not None and int(num_classes) <= 0:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
-        self.num_classes = None if num_classes is None else int(num_classes)
-        self.device = torch.device(device)
-        self.reset()
-
-    def reset(self) -> None:
-        self._logits: list[torch.Tensor] = []
-        self._targets: list[torch.Tensor] = []
-
-    @property
-    def num_samples(self) -> int:
-        """Samples seen on this rank (not gathered)."""
-        return sum(t.shape[0] for t in self._targets)
-
-    @torch.no_grad()
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        logits = _check_logits(logits)
-        if self.num_classes is None:
-            self.num_classes = logits.shape[1]
-        elif logits.shape[1] != self.num_classes:
-            raise ValueError(f"logits has {logits.shape[1]} columns but the accumulator holds {self.num_classes} classes")
-        targets = _check_targets(targets, logits.shape[0], self.num_classes)
-        self._logits.append(logits.detach().float().to(self.device))
-        self._targets.append(targets.detach().to(self.device))
-
-    def _local(self) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.num_classes or 0
-        if not self._logits:
-            return torch.zeros((0, c), device=self.device), torch.zeros(0, dtype=torch.long, device=self.device)
-        return torch.cat(self._logits), torch.cat(self._targets)
-
-    def gather(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, targets) of all samples: this rank's, or every rank's (in rank order) under DDP."""
-        logits, targets = self._local()
-        if not _dist_ready():
-            return logits, targets
-        import torch.distributed as dist
-        # A rank that saw no batch may not know the class count: agree on it first.
-        c = torch.tensor([self.num_classes or 0], dtype=torch.int64)
-        if dist.get_backend() == "nccl":
-            c = c.cuda()
-        dist.all_reduce(c, op=dist.ReduceOp.MAX)
-        c = int(c.item())
-        if logits.shape[1] != c:
-            logits = logits.new_zeros((0, c))
-        all_logits = _gather_rows(logits, c)
-        all_targets = _gather_rows(targets[:, None], 1)[:, 0]
-        return all_logits, all_targets
-
-    def compute(self, train_counts=None, many: float = 100, few: float = 20, n_bins: int = 15) -> dict:
-        """`evaluate(...)` on all gathered samples (a collective under DDP: call it on every rank)."""
-        logits, targets = self.gather()
-        if logits.shape[1] == 0:
-            raise ValueError("EvalAccumulator.compute: no samples were added on any rank and num_classes is unknown")
-        return evaluate(logits, targets, train_counts, many, few, n_bins)
-
-
-Accumulator = EvalAccumulator

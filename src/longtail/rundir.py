@@ -41,7 +41,7 @@ from longtail.config import (
 from longtail.evaluation import resolve_precision
 from longtail.safe_load import UnsafeFileError, load_tensors
 
-__all__ = ["CheckpointWriteError", "write_replacing", "atomic_save", "read_checkpoint", "new_run_dir",
+__all__ = ["CheckpointWriteError", "atomic_save", "read_checkpoint", "new_run_dir",
            "refuse_existing_run", "start_run_dir", "environment_info", "made_on", "run_precision", "MetricsLog",
            "write_results", "save_logits", "load_logits", "resume_config", "find_checkpoint", "load_run",
            "load_model", "RESUMABLE_KEYS"]

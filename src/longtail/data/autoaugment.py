@@ -30,7 +30,6 @@ __all__ = [
 
 OPS = ("shearX", "shearY", "translateX", "translateY", "rotate", "color", "posterize", "solarize",
        "contrast", "sharpness", "brightness", "autocontrast", "equalize", "invert")
-_GEOMETRIC = frozenset(range(5))
 
 # (p1, op1, magnitude index 1, p2, op2, magnitude index 2): the 25 sub-policies of CIFAR10Policy.
 CIFAR10_POLICY = (

@@ -3,7 +3,7 @@
 A tensor made on a GPU from Python data (``torch.tensor(list, device="cuda")``) or a host tensor
 moved there (``.to("cuda")``) is a blocking copy from pageable memory: the host waits for the
 device's queue to drain. Done inside a training step, that stalls every step (the first GPU run
-found such copies in the augmentation at every batch). These helpers make each constant on a device once
+found such copies in the augmentation at every batch). These functions make each constant on a device once
 and hand back the same tensor afterwards; nothing may write to what they return.
 """
 from __future__ import annotations

@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# The GPU checks, as one call on a remote GPU machine (one H200; at most 10 minutes a command), run from
-# the repository root with the data packed beside it:
+# The GPU checks and timings, in one script with one overall time limit (TOTAL_S), run on a GPU
+# machine from the repository root, with the data packed by device_data.py pack in .gpu/:
 #
-#   python benchmarks/device_data.py pack --out .gpu          # here: 52 MiB, carried as .gpu
-#   OUT=<folder> bash benchmarks/gpu_session.sh               # there (OUT: the folder that comes back)
+#   python benchmarks/device_data.py pack --out .gpu          # 52 MiB: the IF100 images only
+#   OUT=<folder> bash benchmarks/gpu_benchmark.sh             # OUT: folder the results are written to
 #
 # 1. the tests that need a GPU (CUDA sync debug mode, resuming on cuda);
 # 2. the SPEC section 5 GALA run (CIFAR-100-LT IF100, 200 epochs, AutoAugment, reference mode,
-#    seed 0, the queue's eval.every=2) on cuda with CUDA graphs, timed: issue 5's target is
-#    under 3 minutes of training time on one H100;
+#    seed 0, the queue's eval.every=2) on cuda with CUDA graphs, timed (the target: under 3 minutes
+#    of training time on one H100);
 # 2b. 12 epochs of the same run with data.prefetch=true (the next batch augmented on a side stream);
 # 3. benchmarks/train_step.py on cuda: the released code's path against ours;
 # 4. the whole test suite, in what time is left (on a GPU machine, device=auto tests train there).
 # Each step has its own time limit inside one deadline (TOTAL_S), so a slow or failing step leaves
-# time for the next; what comes back is under $OUT: gpu.log, the run folder (checkpoints left
-# out), the benchmark's table and the suite's output.
+# time for the next. Written under $OUT: gpu.log, the run folder (checkpoints left out), the
+# benchmark's table and the suite's output.
 # Rehearsal without a GPU: DEVICE=cpu STEPS=1 WARMUP=1 EXTRA="optim.epochs=1 data.limit_per_class=5 compile=false".
 set -u
-OUT=${OUT:-/tmp/gpu_session_out}
+OUT=${OUT:-/tmp/gpu_benchmark_out}
 DEVICE=${DEVICE:-cuda}
 TOTAL_S=${TOTAL_S:-570}
 RUN_S=${RUN_S:-330}
@@ -76,7 +76,7 @@ timeout -s INT "$(limit 60)" $PY benchmarks/train_step.py --data-root "$DATA" --
 echo "exit $?"
 
 stamp "4. the whole suite (what is left: $(limit 600) s)"
-# the real-data tests (CI runs them) error there: the shared data folder does not travel
+# the real-data tests (CI runs them) error where the shared data folder is absent
 timeout -s INT "$(limit 600)" $PY -m pytest -q -p no:cacheprovider -n 12 -rfEs tests > "$OUT/pytest_full.txt" 2>&1
 echo "exit $?"; tail -30 "$OUT/pytest_full.txt"
 stamp done
