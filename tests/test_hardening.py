@@ -55,10 +55,12 @@ def test_a_run_resumes_from_any_folder_and_from_a_copy_of_its_data(tmp_path, mon
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "a")
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump(list_config("../images", images, tmp_path, "run")))  # relative, as shipped configs were
+    # root and lists relative to the folder it starts from
+    cfg.write_text(yaml.safe_dump(list_config("../images", Path("../images"), tmp_path, "run")))
     assert cli.main(["train", str(cfg)]) == 0
     run = tmp_path / "run"
-    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(images)  # recorded absolute
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert recorded["root"] == str(images) and recorded["train_list"] == str(images / "train.txt")  # absolute
     finished = json.loads((run / "results.json").read_text())
 
     def unfinished():  # as if stopped during the final evaluation: resume loads the data again
@@ -84,6 +86,18 @@ def test_a_run_resumes_from_any_folder_and_from_a_copy_of_its_data(tmp_path, mon
     assert f"the data at data.root={tmp_path / 'other'} is not the data {run} trained on (data.root={tmp_path / 'copy'})" \
         in err
     assert (run / "last.pt").exists() and not (run / "results.json").exists()
+
+
+def test_weights_and_lists_named_by_a_relative_path_are_recorded_absolute(tmp_path, monkeypatch):
+    from longtail.config import resolve
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.pth").write_bytes(b"")
+    cfg = resolve(config_from_dict({"data": {"name": "cifar100-lt"}, "model": {"name": "resnet32", "pretrained": "w.pth"}}))
+    assert cfg.model.pretrained == str(tmp_path / "w.pth")
+    assert cfg.data.root == str(tmp_path / "data")  # CIFAR's default root
+    missing = resolve(config_from_dict({"model": {"name": "resnet32", "init_from": "missing/run"}}))
+    assert missing.model.init_from == "missing/run"  # not found: left as given, for the error that names it
 
 
 def test_eval_reproduces_a_bf16_channels_last_run_exactly(tmp_path, capsys):

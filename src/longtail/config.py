@@ -468,8 +468,9 @@ def config_from_dict(data: dict) -> Config:
 def resolve(cfg: Config) -> Config:
     """What the run uses, filled in from the declared values (a new Config; nothing is checked here):
     the head from the loss (cosine for ALA, LDAM and GCL, which recover cos as logits / scale, so head
-    and loss share one scale), and data.root absolute (from LONGTAIL_DATA when unset), so a run folder
-    resumes from any working folder."""
+    and loss share one scale); data.root absolute (from LONGTAIL_DATA when unset, ./data for CIFAR),
+    and so are the list files and weights named by a path, so a run folder resumes from any working
+    folder."""
     out = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data), model=dataclasses.replace(cfg.model),
                               loss=dataclasses.replace(cfg.loss, params=dict(cfg.loss.params)))
     cosine = cfg.loss.name in _cosine_losses()
@@ -478,9 +479,14 @@ def resolve(cfg: Config) -> Config:
     if cosine:
         scale = float(cfg.loss.params.get("scale", cfg.model.scale))
         out.model.scale = out.loss.params["scale"] = scale
-    root = out.data.root or os.environ.get("LONGTAIL_DATA")
+    root = out.data.root or os.environ.get("LONGTAIL_DATA") or ("data" if out.data.name.startswith("cifar") else None)
     if root:
         out.data.root = str(Path(root).expanduser().resolve())
+    for section, name in (("data", "train_list"), ("data", "val_list"), ("data", "test_list"),
+                          ("model", "pretrained"), ("model", "init_from")):
+        value = getattr(getattr(out, section), name)
+        if value and Path(value).expanduser().exists():  # else it is reported where it is read
+            setattr(getattr(out, section), name, str(Path(value).expanduser().resolve()))
     return out
 
 

@@ -235,10 +235,11 @@ def setup(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         rundir.refuse_existing_run(run_dir)
     seed_everything(cfg.seed + rt.rank)
     pretrained = (models.PRETRAINED_MEAN, models.PRETRAINED_STD) if cfg.model.pretrained else None
-    bench = load_benchmark(cfg.data, lists_dir=run_dir if resume else None, normalisation=pretrained)
+    bench = load_benchmark(cfg.data, test=cfg.eval.test, lists_dir=run_dir if resume else None, normalisation=pretrained)
     _check_epoch_has_batches(cfg, bench, rt)
     model = models.build_model(cfg.model.name, bench.num_classes, head=cfg.model.head, scale=cfg.model.scale,
-                               in_channels=bench.channels, pretrained=cfg.model.pretrained).to(rt.device)
+                               in_channels=bench.channels,  # a resume's weights come from last.pt
+                               pretrained=None if resume else cfg.model.pretrained).to(rt.device)
     first_stage = load_first_stage(model, cfg) if cfg.model.init_from and not resume else None
     if cfg.model.freeze_backbone:
         model.backbone.requires_grad_(False)
