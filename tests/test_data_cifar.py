@@ -135,7 +135,7 @@ def test_missing_folder_message(tmp_path):
         load_cifar(tmp_path / "nowhere", "cifar100")
     (tmp_path / "cifar-100-python").mkdir()
     (tmp_path / "cifar-100-python" / "meta").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match=r"missing train, test"):
+    with pytest.raises(FileNotFoundError, match=r"missing train;"):  # the split asked for
         load_cifar(tmp_path, "cifar100")
     with pytest.raises(FileNotFoundError, match=r"data\.root"):
         load_benchmark(DataConfig(name="cifar100-lt", root=str(tmp_path / "nowhere")))

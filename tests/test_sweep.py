@@ -56,6 +56,26 @@ def test_the_search_never_reads_the_test_split_and_ranks_on_validation(tmp_path,
         assert results["epochs"] == 2 and results["method"] == run.folder.name.split("_")[0]
 
 
+@pytest.mark.slow
+def test_a_search_in_processes_of_its_own_never_opens_the_test_file(tmp_path, shared_data):
+    data = tmp_path / "data" / "cifar-100-python"
+    data.mkdir(parents=True)
+    for name in ("train", "meta"):  # no test file: opening the test split fails
+        (data / name).symlink_to(shared_data / "cifar-100-python" / name)
+    base = tmp_path / "cifar.yaml"
+    base.write_text(yaml.safe_dump({
+        "data": {"name": "cifar100-lt", "root": str(data.parent), "limit_per_class": 1, "limit_eval_per_class": 1,
+                 "augment": "crop_flip", "workers": 0},
+        "model": {"name": "convnet"}, "loss": {"name": "ce"},
+        "optim": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0}, "precision": "fp32", "channels_last": False}))
+    spec = write_spec(tmp_path, base=str(base), grid={"optim.lr": [0.01, 0.1]}, search=[])
+    assert cli.main(["sweep", str(spec), "--stage", "search", "--jobs", "2"]) == 0
+    assert all(json.loads((r.folder / "results.json").read_text())["test_evaluated"] is False
+               for r in search_runs(read_spec(spec)))
+    # a run that tests does need the file
+    assert cli.main(["train", str(base), "--run-dir", str(tmp_path / "tested")]) == 2
+
+
 def test_a_sweep_started_again_trains_only_what_is_missing(tmp_path, monkeypatch, capsys):
     spec_path = write_spec(tmp_path, final={"seeds": [0], "methods": {"ce": []}})
     assert cli.main(["sweep", str(spec_path)]) == 0

@@ -85,7 +85,7 @@ class Benchmark:
     class_counts: list[int]  # TRAINING counts per class
     train: TensorSplit | ListDataset
     val: TensorSplit | ListDataset | None
-    test: TensorSplit | ListDataset
+    test: TensorSplit | ListDataset | None  # None: loaded for a validation-only run (eval.test=false)
     mean: tuple[float, ...]
     std: tuple[float, ...]
     image_size: int
@@ -154,7 +154,7 @@ def _find_list(kind: str, given, default_name: str | None, subfolder: str, searc
 
 
 
-def _cifar_benchmark(d: DataConfig, root: Path) -> Benchmark:
+def _cifar_benchmark(d: DataConfig, root: Path, test: bool = True) -> Benchmark:
     dataset = "cifar10" if d.name == "cifar10-lt" else "cifar100"
     C, n_max = (10, 5000) if dataset == "cifar10" else (100, 500)
     try:
@@ -163,7 +163,7 @@ def _cifar_benchmark(d: DataConfig, root: Path) -> Benchmark:
         now = f"now {root}" if d.root or os.environ.get("LONGTAIL_DATA") else f"unset, so {root.resolve()}"
         raise FileNotFoundError(f"{e}. Set data.root (or the environment variable LONGTAIL_DATA) to the folder that "
                                 f"holds the data ({now})") from None
-    te = load_cifar(root, dataset, "test", verify=d.verify)
+    te = load_cifar(root, dataset, "test", verify=d.verify) if test else None
     # the community's subset: LDAM-DRW's selection with numpy's legacy seed 0 (SPEC section 1)
     lt_idx = select_lt_indices(tr.labels, lt_counts(n_max, C, d.imb_factor), seed=0)
     val = None
@@ -172,8 +172,8 @@ def _cifar_benchmark(d: DataConfig, root: Path) -> Benchmark:
                                               shortfall=d.val_shortfall)
         val = _take(tr, limit_per_class(tr.labels, val_idx, d.limit_eval_per_class))
     train_idx = limit_per_class(tr.labels, lt_idx, d.limit_per_class)
-    test_idx = limit_per_class(te.labels, np.arange(len(te)), d.limit_eval_per_class)
-    return Benchmark(name=d.name, num_classes=C, train=_take(tr, train_idx), val=val, test=_take(te, test_idx),
+    test_split = _take(te, limit_per_class(te.labels, np.arange(len(te)), d.limit_eval_per_class)) if test else None
+    return Benchmark(name=d.name, num_classes=C, train=_take(tr, train_idx), val=val, test=test_split,
                      class_counts=np.bincount(tr.labels.numpy()[train_idx], minlength=C).tolist(),
                      mean=CIFAR_MEAN, std=CIFAR_STD, image_size=32, class_names=tr.class_names)
 
@@ -227,10 +227,10 @@ def _file_splits(d: DataConfig, root: Path, train, val, test, num_classes: int |
                          "labels must be 0..C-1 with every class present: renumber the labels")
     kw = dict(num_classes=train.num_classes, image_size=d.image_size, resize=d.resize,
               limit_per_class=d.limit_eval_per_class)
-    return train, (ListDataset(root, val, **kw) if val is not None else None), ListDataset(root, test, **kw)
+    return train, *(ListDataset(root, f, **kw) if f is not None else None for f in (val, test))
 
 
-def _list_benchmark(d: DataConfig, root: Path | None) -> Benchmark:
+def _list_benchmark(d: DataConfig, root: Path | None, test: bool = True) -> Benchmark:
     if d.name == "lists":
         display, subfolder, (tr_name, va_name, te_name), C, what = (
             "lists", "", (None, None, None), None, "the images your list files refer to")
@@ -245,7 +245,7 @@ def _list_benchmark(d: DataConfig, root: Path | None) -> Benchmark:
     tr_path = _find_list("train", d.train_list, tr_name, subfolder, dirs, display)
     # an explicit val list is used even where the benchmark has none by default (iNaturalist)
     va_path = _find_list("val", d.val_list, va_name, subfolder, dirs, display) if (d.val_list or va_name) else None
-    te_path = _find_list("test", d.test_list, te_name, subfolder, dirs, display)
+    te_path = _find_list("test", d.test_list, te_name, subfolder, dirs, display) if test else None
     train, val, test = _file_splits(d, root, tr_path, va_path, te_path, C, str(tr_path))
     return Benchmark(name=d.name, num_classes=train.num_classes, class_counts=train.class_counts, train=train, val=val,
                      test=test, mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=d.image_size,
@@ -281,7 +281,7 @@ def _folder_benchmark(d: DataConfig, root: Path | None, lists_dir: Path | None) 
                      notes=notes, split_lists={"train": train, "val": val or [], "test": test, "classes": classes})
 
 
-def load_benchmark(data: DataConfig, *, lists_dir: str | os.PathLike | None = None,
+def load_benchmark(data: DataConfig, *, test: bool = True, lists_dir: str | os.PathLike | None = None,
                    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Benchmark:
     """The benchmark `data` (a longtail.config.DataConfig) describes, with its training augmentation.
 
@@ -301,21 +301,24 @@ def load_benchmark(data: DataConfig, *, lists_dir: str | os.PathLike | None = No
 
     ``root`` unset: the environment variable LONGTAIL_DATA, else ./data. ``limit_per_class`` /
     ``limit_eval_per_class`` keep only the first k images per class of the training / validation and
-    test sets. ``normalisation`` (mean, std) replaces the benchmark's own, e.g. the statistics a
+    test sets. ``test=False`` (a validation-only run) leaves the test images unread: ``test`` is None.
+    ``normalisation`` (mean, std) replaces the benchmark's own, e.g. the statistics a
     pretrained backbone was trained with.
     """
     root = data.root or os.environ.get("LONGTAIL_DATA")
     root = Path(root).expanduser() if root else None
     if data.name in ("cifar10-lt", "cifar100-lt"):
-        bench = _cifar_benchmark(data, root or Path("data"))
+        bench = _cifar_benchmark(data, root or Path("data"), test)
     elif data.name == "digits-lt":
         bench = _digits_benchmark(data)
     elif data.name == "folder":
         bench = _folder_benchmark(data, root, Path(lists_dir) if lists_dir is not None else None)
     elif data.name in LIST_DATASETS:
-        bench = _list_benchmark(data, root)
+        bench = _list_benchmark(data, root, test)
     else:
         raise ValueError(f"unknown benchmark {data.name!r}; choose one of {', '.join(BENCHMARKS)}")
+    if not test:  # choosing settings on validation: the test images stay unread (CIFAR, list files)
+        bench.test = None
     if normalisation is not None:
         bench.mean, bench.std = (tuple(map(float, v)) for v in normalisation)
     # image files take the large-image recipes' random resized crop as they are decoded (_file_splits)

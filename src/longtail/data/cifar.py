@@ -152,13 +152,16 @@ def _layout_help(info: _Info, root: Path) -> str:
 
 
 def find_cifar_dir(root: str | os.PathLike, dataset: str = "cifar100", *, download: bool = False,
-                   url: str | None = None, archive_md5: str | None = None, verify: bool = True) -> Path:
+                   url: str | None = None, archive_md5: str | None = None, verify: bool = True,
+                   split: str | None = None) -> Path:
     """Return the folder holding the pickle files, extracting or downloading the archive if needed.
     An archive found in ``root`` is checked against ``archive_md5`` (default: the official one) when
-    ``verify`` is on, as a downloaded one always is."""
+    ``verify`` is on, as a downloaded one always is. With ``split``, a folder holding that split's
+    files and the metadata will do (a validation-only run needs no test file)."""
     info = _info(dataset)
     root = Path(root).expanduser()
-    required = [n for n, _ in info.train_files + info.test_files] + [info.meta_file[0]]
+    splits = {"train": info.train_files, "test": info.test_files}
+    required = [n for s in ([split] if split else splits) for n, _ in splits[s]] + [info.meta_file[0]]
 
     def complete(d: Path) -> bool:
         return d.is_dir() and all((d / n).is_file() for n in required)
@@ -368,7 +371,8 @@ def load_cifar(root: str | os.PathLike, dataset: str = "cifar100", split: str = 
     info = _info(dataset)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    folder = find_cifar_dir(root, dataset, download=download, url=url, archive_md5=archive_md5, verify=verify)
+    folder = find_cifar_dir(root, dataset, download=download, url=url, archive_md5=archive_md5, verify=verify,
+                            split=split)
     files = info.train_files if split == "train" else info.test_files
     datas, labels = [], []
     for name, md5 in files:
