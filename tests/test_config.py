@@ -208,7 +208,8 @@ def test_resolve_makes_the_data_root_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LONGTAIL_DATA", raising=False)
     assert resolve(load_config(None, ["data.root=data"])).data.root == str(tmp_path / "data")
-    assert resolve(load_config(None)).data.root is None
+    assert resolve(load_config(None)).data.root == str(tmp_path / "data")  # CIFAR's default, ./data
+    assert resolve(load_config(None, ["data.name=digits-lt"])).data.root is None  # embedded: no root
     monkeypatch.setenv("LONGTAIL_DATA", "elsewhere")
     assert resolve(load_config(None)).data.root == str(tmp_path / "elsewhere")
     assert resolve(load_config(None, ["data.root=/given"])).data.root == "/given"  # the config wins
@@ -288,8 +289,9 @@ def test_a_loss_parameter_left_at_its_default_is_the_same_setting():
     assert setting_key(plain) == setting_key(load_config(gcl, ["optim.milestones=[100]", "optim.step_factors=[0.1]"]))
     step = load_config(gcl, ["optim.schedule=step"])
     assert setting_key(step) != setting_key(load_config(gcl, ["optim.schedule=step", "optim.milestones=[100, 150]"]))
-    # an input check changes no result
+    # an input check changes no result, nor does watching the test split (best-on-test) or not
     assert setting_key(plain) == setting_key(load_config(gcl, ["loss.check_values=false"]))
+    assert setting_key(plain) == setting_key(load_config(gcl, ["eval.track_test=false"]))
     # grad_clip 0 and null both mean no clipping; a real clip is another setting
     assert setting_key(plain) == setting_key(load_config(gcl, ["optim.grad_clip=0"]))
     assert setting_key(plain) != setting_key(load_config(gcl, ["optim.grad_clip=5"]))

@@ -194,7 +194,7 @@ class EvalConfig:
     every: int = key(1, min=1)  # evaluate on validation every N epochs (and on the last)
     # false: the test split is never read (while choosing settings); results hold validation figures only
     test: bool = key(True, runtime=True)
-    track_test: bool = key(True)  # also evaluate test at the same cadence, only for the best-on-test figure
+    track_test: bool = key(True, runtime=True)  # also evaluate test at the same cadence, only for the best-on-test figure
     published_pr_tau: float = key(1.0)  # the paper's transductive PR tau, reported beside ours
     tau_grid: list[float] = key(factory=lambda: [round(0.1 * i, 1) for i in range(21)], check=_check_tau_grid)
     batch_size: int = key(512, min=1, runtime=True, resumable=True)
