@@ -40,10 +40,17 @@ def test_prefetch_gives_the_same_batches_one_ahead(monkeypatch):
     monkeypatch.setattr(ahead, "_prepared", lambda x, y, g: prepared.append(1) or (bench.augment(x, g), y))
     monkeypatch.setattr(TrainLoader, "_fetch", lambda self, todo, epoch, start: iter(
         [(self.split.images[b], self.split.labels[b]) for b in todo]))
-    got = []
-    for x, y in ahead.epoch(0, 0, torch.Generator().manual_seed(5)):
+    # the augmentation stream's state after each batch, as a checkpoint there would save it
+    plain_gen, plain_states = torch.Generator().manual_seed(5), []
+    for _ in plain.epoch(0, 0, plain_gen):
+        plain_states.append(plain.generator_state(plain_gen))
+    got, gen = [], torch.Generator().manual_seed(5)
+    for i, (x, y) in enumerate(ahead.epoch(0, 0, gen)):
         got.append((x.clone(), y.clone()))
         assert len(prepared) == len(got) + (len(got) < len(want))  # the next batch is ready before this one trains
+        # though the next batch has drawn already, a checkpoint here saves the state a resume needs
+        assert torch.equal(ahead.generator_state(gen), plain_states[i])
+        assert not torch.equal(gen.get_state(), plain_states[i]) or i == len(want) - 1
     assert len(got) == len(want) and all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, want))
     # each batch: the side stream waits for the default one before it fetches, the default one for the
     # side stream before it trains, and both tensors are recorded on the default stream

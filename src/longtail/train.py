@@ -307,7 +307,7 @@ def save(state: RunState, name: str = "last.pt", so_far: dict | None = None) -> 
     torch e.g. GCL's noise), so each resumes its own; mid-epoch also its sums over the epoch's steps
     so far, so that the resumed epoch's log line, train time and images seen are an uninterrupted one's."""
     rt = state.rt
-    mine = {"aug": state.aug_gen.get_state().cpu(), "torch": torch.get_rng_state(),
+    mine = {"aug": state.loader.generator_state(state.aug_gen).cpu(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None,
             **({"epoch_so_far": so_far} if so_far else {})}
     rngs = [None] * rt.world_size

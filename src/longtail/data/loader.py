@@ -103,6 +103,7 @@ class TrainLoader:
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, drop_last: bool = True,
                  workers: int = 0, prefetch: bool = False):
         self.bench, self.device, self.prefetch = bench, torch.device(device), prefetch
+        self._before_ahead = None  # the generator's state before the batch augmented ahead (prefetch)
         self.batch_size, self.sampler, self.seed = batch_size, sampler, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.on_device = isinstance(bench.train, TensorSplit)
@@ -149,6 +150,11 @@ class TrainLoader:
             self.plan.batches = crop_keyed_batches(self.plan.batches, self.seed, epoch, self.rank, start_step)
         return _from_workers(self.files)
 
+    def generator_state(self, generator: torch.Generator) -> torch.Tensor:
+        """`generator`'s state as of the batches handed out so far, for a checkpoint: under prefetch the
+        next batch has drawn from it already, so the state from before that draw."""
+        return generator.get_state() if self._before_ahead is None else self._before_ahead
+
     def _augmented(self, batches: Iterator, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.prefetch and self.device.type == "cuda":
             yield from self._ahead_on_a_side_stream(batches, generator)
@@ -177,8 +183,11 @@ class TrainLoader:
             main.wait_stream(side)
             for t in ready:  # made on the side stream, used on the default one: not reused before that
                 t.record_stream(main)
+            before = generator.get_state()
             current, ready = ready, ahead()
+            self._before_ahead = before if ready is not None else None
             yield current
+        self._before_ahead = None
 
 
 def eval_batches(split, device: torch.device, batch_size: int, index: torch.Tensor,
