@@ -76,6 +76,17 @@ def test_a_search_in_processes_of_its_own_never_opens_the_test_file(tmp_path, sh
     assert cli.main(["train", str(base), "--run-dir", str(tmp_path / "tested")]) == 2
 
 
+def test_a_run_failing_in_a_process_of_its_own_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "missing"  # a valid sweep whose runs each stop: their list files are not there
+    spec = write_spec(tmp_path, fixed=["progress=quiet", "data.name=lists", f"data.train_list={missing}/train.txt",
+                                       f"data.test_list={missing}/test.txt", f"data.root={missing}"])
+    assert cli.main(["sweep", str(spec), "--stage", "search", "--jobs", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "stopped with exit code 2; its log: " in err and "\n" not in err
+    log = err.rsplit("its log: ", 1)[1]
+    assert "error: " in open(log).read() and str(missing) in open(log).read()  # the run's own reason
+
+
 def test_a_sweep_started_again_trains_only_what_is_missing(tmp_path, monkeypatch, capsys):
     spec_path = write_spec(tmp_path, final={"seeds": [0], "methods": {"ce": []}})
     assert cli.main(["sweep", str(spec_path)]) == 0

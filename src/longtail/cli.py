@@ -397,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from longtail.config import ConfigError
     from longtail.rundir import CheckpointWriteError
+    from longtail.sweep import RunFailed
     from longtail.train import TrainingDiverged, TrainingInterrupted
 
     parser = build_parser()
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return 130
-    except (TrainingDiverged, CheckpointWriteError) as exc:
+    except (TrainingDiverged, CheckpointWriteError, RunFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     # a user's mistake or the machine's state (a missing file or package, no network, a folder given

@@ -36,7 +36,7 @@ from longtail.rundir import resume_config
 from longtail.shipped import resolve_config_path
 from longtail.train import train
 
-__all__ = ["SweepSpec", "read_spec", "search_runs", "final_runs", "rank", "run_all"]
+__all__ = ["RunFailed", "SweepSpec", "read_spec", "search_runs", "final_runs", "rank", "run_all"]
 
 SPEC_KEYS = ("base", "fixed", "grid", "search", "search_seed", "final", "out")
 
@@ -91,6 +91,10 @@ def _name(point: dict) -> str:
 
 def _overrides(spec: SweepSpec, point: dict, extra: list[str], seed: int) -> list[str]:
     return [*spec.fixed, *(f"{k}={v}" for k, v in point.items()), *extra, f"seed={seed}"]
+
+
+class RunFailed(RuntimeError):
+    """A run trained in a process of its own (--jobs) stopped with an error."""
 
 
 @dataclass
@@ -154,7 +158,7 @@ def _train_apart(spec: SweepSpec, run: Run) -> None:
     with open(log, "a") as out:
         code = subprocess.call([sys.executable, "-m", "longtail", *cmd], stdout=out, stderr=subprocess.STDOUT)
     if code:
-        raise RuntimeError(f"{run.folder} stopped with exit code {code}; see {log}")
+        raise RunFailed(f"{run.folder} stopped with exit code {code}; its log: {log}")
 
 
 def _train_all(spec: SweepSpec, runs: list[Run], jobs: int) -> None:
