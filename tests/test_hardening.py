@@ -137,9 +137,10 @@ def test_a_missing_last_pt_points_to_best_pt(tmp_path, capsys):
     assert "copy it to last.pt to resume from that epoch" in err
 
 
-def test_off_a_terminal_each_epoch_is_one_readable_line(tmp_path, capsys):
+def test_off_a_terminal_each_epoch_is_one_readable_line(tmp_path, capsys, monkeypatch):
     data = yaml.safe_load(digits_config(tmp_path).read_text())
-    data.update(progress="log", out_dir=str(tmp_path), run_name="log")
+    data.update(progress="auto", out_dir=str(tmp_path), run_name="log")  # the default
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)  # a log file, a pipe, a batch job
     train_mod.train(config_from_dict(data))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     log = [json.loads(line) for line in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()]
