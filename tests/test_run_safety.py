@@ -272,8 +272,8 @@ def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     monkeypatch.delenv("LONGTAIL_DATA", raising=False)
     assert cli.main(["train", "cifar100_lt_if100_ce"]) == 2
     err = capsys.readouterr().err
-    assert f"Set data.root (or the environment variable LONGTAIL_DATA) to the folder that holds the data (unset, so " \
-           f"{tmp_path / 'data'})" in err
+    assert f"Set data.root (or the environment variable LONGTAIL_DATA) to the folder that holds the data (now " \
+           f"{tmp_path / 'data'}, the default ./data)" in err
     assert not (tmp_path / "runs").exists()
 
 

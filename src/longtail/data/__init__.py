@@ -160,7 +160,8 @@ def _cifar_benchmark(d: DataConfig, root: Path, test: bool = True) -> Benchmark:
     try:
         tr = load_cifar(root, dataset, "train", download=d.download, verify=d.verify)
     except FileNotFoundError as e:
-        now = f"now {root}" if d.root or os.environ.get("LONGTAIL_DATA") else f"unset, so {root.resolve()}"
+        default = not os.environ.get("LONGTAIL_DATA") and Path(d.root or "data").resolve() == Path("data").resolve()
+        now = f"now {root.resolve()}" + (", the default ./data" if default else "")
         raise FileNotFoundError(f"{e}. Set data.root (or the environment variable LONGTAIL_DATA) to the folder that "
                                 f"holds the data ({now})") from None
     te = load_cifar(root, dataset, "test", verify=d.verify) if test else None
