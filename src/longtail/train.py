@@ -392,7 +392,8 @@ def train_step(state: RunState, x: torch.Tensor, y: torch.Tensor, mixing=None,
         state.sam.first_step()
     logits = forward()
     loss = loss_of(logits)
-    state.nonfinite |= ~torch.isfinite(loss.detach())
+    finite = torch.isfinite(loss.detach())
+    state.nonfinite = ~finite if state.nonfinite is None else state.nonfinite | ~finite
     if check_now:
         _raise_if_diverged(state, f"step {state.step + 1}")
     if state.sam:
