@@ -6,7 +6,7 @@ import yaml
 from test_run_safety import digits_config
 
 from longtail import train as train_mod
-from longtail.config import config_from_dict
+from longtail.config import ConfigError, config_from_dict
 
 
 class Untouchable:
@@ -49,3 +49,12 @@ def test_a_validation_only_run_never_touches_the_test_split(test, tmp_path, guar
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all("val_acc" in r and not any(k.startswith("test") for k in r) for r in log)
     assert results["best_val"]["top1"] == max(r["val_acc"] for r in log)
+
+
+def test_a_validation_only_run_without_validation_is_refused(tmp_path):
+    data = yaml.safe_load(digits_config(tmp_path).read_text())
+    data["eval"] = {**data.get("eval", {}), "test": False}
+    data["data"]["val_per_class"] = 0
+    with pytest.raises(ConfigError, match="eval.test=false keeps validation figures only"):
+        train_mod.train(config_from_dict({**data, "out_dir": str(tmp_path), "run_name": "run"}))
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made

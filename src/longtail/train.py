@@ -237,6 +237,9 @@ def setup(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     pretrained = (models.PRETRAINED_MEAN, models.PRETRAINED_STD) if cfg.model.pretrained else None
     bench = load_benchmark(cfg.data, test=cfg.eval.test, lists_dir=run_dir if resume else None, normalisation=pretrained)
     _check_epoch_has_batches(cfg, bench, rt)
+    if not cfg.eval.test and bench.val is None:
+        raise ConfigError("eval.test=false keeps validation figures only, and this data has no validation split: "
+                          "give it one (data.val_per_class > 0, or data.val_list=FILE)")
     model = models.build_model(cfg.model.name, bench.num_classes, head=cfg.model.head, scale=cfg.model.scale,
                                in_channels=bench.channels,  # a resume's weights come from last.pt
                                pretrained=None if resume else cfg.model.pretrained).to(rt.device)
