@@ -4,7 +4,9 @@ import json
 import os
 import socket
 import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -225,3 +227,37 @@ def test_cuda_for_a_process_without_a_gpu_says_how_many_to_start(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(ValueError, match="no GPU is visible"):
         pick_device("cuda")
+
+
+def _folder_worker(rank, world, port, cfg_dict, run_dir, out):
+    import longtail.data as data
+
+    real, calls = data.scan_folder, []
+    data.scan_folder = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    _worker(rank, world, port, cfg_dict, run_dir)
+    (Path(out) / f"scans_rank{rank}").write_text(str(len(calls)))
+
+
+def test_an_image_folder_is_scanned_by_the_main_rank_alone_and_split_alike(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, n in enumerate((16, 10, 6)):
+        (tmp_path / "photos" / f"class{label}").mkdir(parents=True)
+        for i in range(n):
+            pixels = np.clip(rng.normal(60 + 60 * label, 25, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / f"class{label}" / f"{i}.png")
+    cfg = _config(tmp_path, "single", loss="ce")
+    cfg["data"] = {"name": "folder", "root": str(tmp_path / "photos"), "image_size": 8, "resize": 8, "augment": "none",
+                   "val_per_class": 2, "workers": 0}
+    cfg["optim"]["batch_size"] = 8
+    single = train(config_from_dict(cfg))
+    mp.spawn(_folder_worker, args=(2, _free_port(), {**cfg, "run_name": "ddp"}, str(tmp_path / "ddp"), str(tmp_path)),
+             nprocs=2, join=True)
+    assert [(tmp_path / f"scans_rank{r}").read_text() for r in (0, 1)] == ["1", "0"]
+    for name in ("train.txt", "val.txt", "test.txt"):  # the same split as one process makes
+        assert (tmp_path / "ddp" / name).read_text() == (single / name).read_text()
+    a = torch.load(single / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["model"]
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=1e-5, atol=1e-6, msg=key)

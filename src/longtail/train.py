@@ -11,6 +11,7 @@ resumes to the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 import signal
@@ -235,7 +236,7 @@ def setup(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
         rundir.refuse_existing_run(run_dir)
     seed_everything(cfg.seed + rt.rank)
     pretrained = (models.PRETRAINED_MEAN, models.PRETRAINED_STD) if cfg.model.pretrained else None
-    bench = load_benchmark(cfg.data, test=cfg.eval.test, lists_dir=run_dir if resume else None, normalisation=pretrained)
+    bench = _load_data(cfg, rt, run_dir if resume else None, pretrained)
     _check_epoch_has_batches(cfg, bench, rt)
     if not cfg.eval.test and bench.val is None:
         raise ConfigError("eval.test=false keeps validation figures only, and this data has no validation split: "
@@ -281,6 +282,19 @@ def setup(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     distributed.barrier()
     state.net = _wrapped(model, cfg, rt)
     return state
+
+
+def _load_data(cfg: Config, rt: distributed.Runtime, lists_dir: Path | None, normalisation) -> Benchmark:
+    """The run's benchmark. An image folder new to the run is scanned (each image decoded once) and
+    split by the main process alone; the other ranks take its split."""
+    load = functools.partial(load_benchmark, cfg.data, test=cfg.eval.test, lists_dir=lists_dir,
+                             normalisation=normalisation)
+    if not (rt.distributed and cfg.data.name == "folder" and lists_dir is None):
+        return load()
+    bench = load() if rt.is_main else None
+    shared = [bench.split_lists if bench is not None else None]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return bench if bench is not None else load(folder_split=shared[0])
 
 
 def _same_on_every_rank(path: Path, rt: distributed.Runtime) -> Path:

@@ -256,13 +256,16 @@ def _list_benchmark(d: DataConfig, root: Path | None, test: bool = True) -> Benc
 SPLIT_FILES = ("train.txt", "val.txt", "test.txt", "classes.txt")
 
 
-def _folder_benchmark(d: DataConfig, root: Path | None, lists_dir: Path | None) -> Benchmark:
+def _folder_benchmark(d: DataConfig, root: Path | None, lists_dir: Path | None, given: dict | None) -> Benchmark:
     """An image folder: split here (seeded, stratified) or already split into train/val/test; a run
     folder holding the split's lists (`lists_dir`) is read back instead, so a resumed or re-evaluated
-    run sees the same images."""
+    run sees the same images, and a split made already (`given`: another Benchmark's split_lists)
+    is taken as it is."""
     root = _image_root(d, root, "one sub-folder of images per class")
     notes = []
-    if lists_dir is not None and (lists_dir / "classes.txt").is_file():
+    if given is not None:
+        classes, train, val, test = given["classes"], given["train"], given["val"] or None, given["test"]
+    elif lists_dir is not None and (lists_dir / "classes.txt").is_file():
         classes = read_classes(lists_dir / "classes.txt")
         parts = [read_list(lists_dir / name, len(classes)) for name in SPLIT_FILES[:3]]
         train, val, test = ([(p, int(c)) for p, c in zip(*part)] or None for part in parts)
@@ -283,7 +286,7 @@ def _folder_benchmark(d: DataConfig, root: Path | None, lists_dir: Path | None) 
 
 
 def load_benchmark(data: DataConfig, *, test: bool = True, lists_dir: str | os.PathLike | None = None,
-                   normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Benchmark:
+                   folder_split: dict | None = None, normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Benchmark:
     """The benchmark `data` (a longtail.config.DataConfig) describes, with its training augmentation.
 
     cifar10-lt / cifar100-lt: ``root`` holds ``cifar-10-batches-py/`` / ``cifar-100-python/`` (or the
@@ -297,7 +300,8 @@ def load_benchmark(data: DataConfig, *, test: bool = True, lists_dir: str | os.P
       ``val_list`` is given.
     lists: your own ``train_list`` and ``test_list`` (``val_list`` optional); classes = max label + 1.
     folder: ``root`` holds one sub-folder of images per class, or train/, val/, test/ with class
-      sub-folders (longtail.data.folder); ``lists_dir`` is a run folder holding the split it made.
+      sub-folders (longtail.data.folder); ``lists_dir`` is a run folder holding the split it made,
+      ``folder_split`` a split made already (a Benchmark's ``split_lists``), used as it is.
     digits-lt: the embedded scikit-learn digits (root ignored), 50 test images per class.
 
     ``root`` unset: the environment variable LONGTAIL_DATA, else ./data. ``limit_per_class`` /
@@ -313,7 +317,7 @@ def load_benchmark(data: DataConfig, *, test: bool = True, lists_dir: str | os.P
     elif data.name == "digits-lt":
         bench = _digits_benchmark(data)
     elif data.name == "folder":
-        bench = _folder_benchmark(data, root, Path(lists_dir) if lists_dir is not None else None)
+        bench = _folder_benchmark(data, root, Path(lists_dir) if lists_dir is not None else None, folder_split)
     elif data.name in LIST_DATASETS:
         bench = _list_benchmark(data, root, test)
     else:
