@@ -102,6 +102,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def from_main(obj):
+    """The main process's `obj` (any picklable value) on every rank; `obj` itself in one process."""
+    if not is_active():
+        return obj
+    shared = [obj]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Give every rank rank `src`'s buffers (batch-norm running statistics). DDP broadcasts them only at
     the start of a forward, so after a training step each rank holds those of its own share of the batch."""

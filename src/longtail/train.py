@@ -231,7 +231,8 @@ def setup(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
     if threads:
         torch.set_num_threads(threads)
     _check_runnable(cfg, rt)
-    run_dir = Path(run_dir) if run_dir is not None else _same_on_every_rank(rundir.new_run_dir(cfg), rt)
+    # a timestamped name can differ across ranks: the main process's
+    run_dir = Path(run_dir) if run_dir is not None else Path(distributed.from_main(str(rundir.new_run_dir(cfg))))
     if not resume:
         rundir.refuse_existing_run(run_dir)
     seed_everything(cfg.seed + rt.rank)
@@ -265,7 +266,8 @@ def setup(cfg: Config, run_dir: str | Path | None = None, resume: bool = False) 
                      torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16"), loader, precision,
                      torch.Generator(device=rt.device), sam=sam, first_stage=first_stage,
                      # the main process's: it alone writes checkpoints (stat-ing every image file is slow on NFS)
-                     data_fingerprint=data_fingerprint(bench, test=cfg.eval.test) if rt.is_main else "")
+                     data_fingerprint=data_fingerprint(bench, test=cfg.eval.test) if rt.is_main else "",
+                     nonfinite=torch.zeros((), dtype=torch.bool, device=rt.device))
     if cfg.optim.max_norm is not None:
         state.max_norm = MaxNorm.relative(model.head.weight, cfg.optim.max_norm)
     if resume:
@@ -292,18 +294,8 @@ def _load_data(cfg: Config, rt: distributed.Runtime, lists_dir: Path | None, nor
     if not (rt.distributed and cfg.data.name == "folder" and lists_dir is None):
         return load()
     bench = load() if rt.is_main else None
-    shared = [bench.split_lists if bench is not None else None]
-    torch.distributed.broadcast_object_list(shared, src=0)
-    return bench if bench is not None else load(folder_split=shared[0])
-
-
-def _same_on_every_rank(path: Path, rt: distributed.Runtime) -> Path:
-    """The main process's `path` on every rank (a timestamped name can differ across ranks)."""
-    if not rt.distributed:
-        return path
-    shared = [str(path)]
-    torch.distributed.broadcast_object_list(shared, src=0)
-    return Path(shared[0])
+    split = distributed.from_main(bench.split_lists if bench is not None else None)
+    return bench if bench is not None else load(folder_split=split)
 
 
 def _wrapped(model: torch.nn.Module, cfg: Config, rt: distributed.Runtime) -> torch.nn.Module:
@@ -409,8 +401,7 @@ def train_step(state: RunState, x: torch.Tensor, y: torch.Tensor, mixing=None,
         state.sam.first_step()
     logits = forward()
     loss = loss_of(logits)
-    finite = torch.isfinite(loss.detach())
-    state.nonfinite = ~finite if state.nonfinite is None else state.nonfinite | ~finite
+    state.nonfinite |= ~torch.isfinite(loss.detach())
     if check_now:
         _raise_if_diverged(state, f"step {state.step + 1}")
     if state.sam:
