@@ -33,8 +33,7 @@ from longtail.dtypes import working_dtype
 from longtail.metrics import _check_logits, _check_targets
 
 __all__ = ["class_marginal", "rebalance", "adjust", "to_prior", "estimate_prior", "fit_temperature", "tau_normalize",
-           "default_taus",
-           "search_tau"]
+           "default_taus", "search_tau"]
 
 
 def _wide_dtype(t: torch.Tensor) -> torch.dtype:

@@ -220,6 +220,12 @@ def _row_order(key: tuple) -> tuple:
     return (str(dataset), float(imb or 0), *map(str, rest))
 
 
+def _setting_of(result: dict) -> tuple:
+    """What makes runs seeds of one row: (dataset, imbalance factor, method, model, stored setting)."""
+    return (result["dataset"], result.get("imb_factor"), result["method"],
+            (result.get("settings") or {}).get("model.name", ""), result.get("setting", ""))
+
+
 def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
     """One row per setting (the runs that store one "setting" fingerprint: their stored settings
     agree but for the seed and runtime keys): metrics as mean ± std over its seeds, each over the
@@ -229,8 +235,7 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
     without test figures at `checkpoint` are left out with a warning (_with_test_figures)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in _with_test_figures(results, checkpoint):
-        model = (r.get("settings") or {}).get("model.name", "")
-        groups[(r["dataset"], r.get("imb_factor"), r["method"], model, r.get("setting", ""))].append(r)
+        groups[_setting_of(r)].append(r)
     rows, first_runs = [], []
     for (dataset, imb, method, model, setting), runs in sorted(groups.items(), key=lambda kv: _row_order(kv[0])):
         seeds = [r["seed"] for r in runs]
@@ -269,8 +274,7 @@ def validation_table(results: list[dict]) -> str:
     sweep chooses on. Validation-only runs (eval.test=false) count too; no test figure is shown."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
-        groups[(r["dataset"], r.get("imb_factor"), r["method"], (r.get("settings") or {}).get("model.name", ""),
-                r.get("setting", ""))].append(r)
+        groups[_setting_of(r)].append(r)
     rows, first_runs = [], []
     for (dataset, imb, method, model, setting), runs in groups.items():
         values = [r["best_val"]["top1"] for r in runs]
