@@ -105,9 +105,29 @@ def test_a_bad_sweep_is_refused_before_anything_trains(tmp_path, capsys):
         read_spec(write_spec(tmp_path, seeds=[1]))
     with pytest.raises(ConfigError, match="grid must map config keys to non-empty lists"):
         read_spec(write_spec(tmp_path, grid={"optim.lr": []}))
+    with pytest.raises(ConfigError, match="points must be a list of settings"):
+        read_spec(write_spec(tmp_path, points=[{"optim.lr": 0.1}, {}]))
+    with pytest.raises(ConfigError, match="needs settings to search: a grid, points, or both"):
+        read_spec(write_spec(tmp_path, grid={}))
+    assert cli.main(["sweep", str(write_spec(tmp_path, points=[{"optim.momentum": 2}]))]) == 2
+    assert "optim.momentum" in capsys.readouterr().err  # a listed point is checked as the grid's are
     assert cli.main(["sweep", str(write_spec(tmp_path, grid={"optim.lr": [0.1, -1]}))]) == 2
     assert "optim.lr must be > 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()
+
+
+def test_points_are_searched_beside_the_grid_each_setting_once(tmp_path):
+    grid = {"optim.lr": [0.01, 0.1], "optim.weight_decay": [5.0e-4]}
+    points = [{"optim.lr": 0.05, "optim.weight_decay": 1.0e-3},  # keys that move together
+              {"optim.weight_decay": 5.0e-4, "optim.lr": 0.1},    # already in the grid, in another order
+              {"optim.epochs": 3}]                                # one key on the base config
+    runs = search_runs(read_spec(write_spec(tmp_path, grid=grid, points=points)))
+    assert [r.folder.name for r in runs] == ["lr=0.01,weight_decay=0.0005_s0", "lr=0.1,weight_decay=0.0005_s0",
+                                              "lr=0.05,weight_decay=0.001_s0", "epochs=3_s0"]
+    assert runs[2].overrides[1:3] == ["optim.lr=0.05", "optim.weight_decay=0.001"]
+    assert "optim.epochs=3" in runs[3].overrides and not any("optim.lr" in o for o in runs[3].overrides)
+    only_points = search_runs(read_spec(write_spec(tmp_path, grid={}, points=points[:1])))
+    assert [r.folder.name for r in only_points] == ["lr=0.05,weight_decay=0.001_s0"]
 
 
 def test_the_shipped_sweeps_are_valid():
@@ -117,4 +137,5 @@ def test_the_shipped_sweeps_are_valid():
     assert sweeps
     for path in sweeps:
         spec = read_spec(path)  # every setting and every final method loads as a config
-        assert len(search_runs(spec)) == math.prod(len(values) for values in spec.grid.values())
+        grid = math.prod(len(values) for values in spec.grid.values()) if spec.grid else 0
+        assert grid <= len(search_runs(spec)) <= grid + len(spec.points)

@@ -10,6 +10,8 @@ The spec is a YAML file:
     grid:                                 # every combination is one setting of the search
       optim.weight_decay: [5.0e-4, 2.0e-3]
       optim.sam_rho: [0, 0.05]
+    points:                               # and each of these, keys that move together
+      - {optim.lr: 0.02, optim.weight_decay: 2.5e-3}
     search: [optim.epochs=100]            # overrides for the search runs only (a shorter proxy schedule)
     search_seed: 0
     final:                                # the chosen setting, then each method's overrides, at each seed
@@ -38,13 +40,14 @@ from longtail.train import train
 
 __all__ = ["RunFailed", "SweepSpec", "read_spec", "search_runs", "final_runs", "rank", "run_all"]
 
-SPEC_KEYS = ("base", "fixed", "grid", "search", "search_seed", "final", "out")
+SPEC_KEYS = ("base", "fixed", "grid", "points", "search", "search_seed", "final", "out")
 
 
 @dataclass
 class SweepSpec:
     base: str
     grid: dict[str, list]
+    points: list[dict] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
     search: list[str] = field(default_factory=list)
     search_seed: int = 0
@@ -59,12 +62,17 @@ def read_spec(path: str | Path) -> SweepSpec:
     unknown = sorted(set(data) - set(SPEC_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown sweep keys {unknown}; a sweep has {', '.join(SPEC_KEYS)}")
-    if not isinstance(data.get("grid"), dict) or not data["grid"] or not all(
-            isinstance(v, list) and v for v in data["grid"].values()):
+    grid, points = data.get("grid") or {}, data.get("points") or []
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"{path}: grid must map config keys to non-empty lists of values, e.g. "
                           "{optim.weight_decay: [5.0e-4, 2.0e-3]}")
+    if not isinstance(points, list) or not all(isinstance(p, dict) and p for p in points):
+        raise ConfigError(f"{path}: points must be a list of settings, each mapping config keys to one value, "
+                          "e.g. [{optim.lr: 0.02, optim.weight_decay: 2.5e-3}]")
+    if not grid and not points:
+        raise ConfigError(f"{path}: a sweep needs settings to search: a grid, points, or both")
     final = data.get("final") or {}
-    spec = SweepSpec(base=str(data.get("base", "")), grid=data["grid"], fixed=list(data.get("fixed") or []),
+    spec = SweepSpec(base=str(data.get("base", "")), grid=grid, points=points, fixed=list(data.get("fixed") or []),
                      search=list(data.get("search") or []), search_seed=int(data.get("search_seed", 0)),
                      seeds=list(final.get("seeds", [0, 1, 2])), methods=dict(final.get("methods") or {"base": []}),
                      out=str(data.get("out", "runs/sweep")))
@@ -80,12 +88,17 @@ def _base_path(spec: SweepSpec) -> Path:
 
 
 def _points(spec: SweepSpec) -> list[dict]:
+    """The grid's every combination, then the listed points, each setting once."""
     keys = list(spec.grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))]
+    grid = [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))] if keys else []
+    unique = {}
+    for point in grid + spec.points:  # the same values in another key order are the same setting
+        unique.setdefault(tuple(sorted((k, repr(v)) for k, v in point.items())), point)
+    return list(unique.values())
 
 
 def _name(point: dict) -> str:
-    """A folder name for a grid point: its values as key=value, the section dropped."""
+    """A folder name for a setting: its values as key=value, the section dropped."""
     return ",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
 
 
@@ -108,7 +121,7 @@ class Run:
 
 
 def search_runs(spec: SweepSpec) -> list[Run]:
-    """One run per grid point at the search seed, on the search schedule, never reading the test split."""
+    """One run per setting at the search seed, on the search schedule, never reading the test split."""
     root = Path(spec.out) / "search"
     return [Run(root / f"{_name(p)}_s{spec.search_seed}",
                 _overrides(spec, p, [*spec.search, "eval.test=false"], spec.search_seed)) for p in _points(spec)]
