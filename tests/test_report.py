@@ -37,9 +37,9 @@ def _settings(changes=None, model="resnet32") -> dict:
 
 
 def _run(seed, top1, settings=None, method="gala-reference", model="resnet32", ckpts=("best_val", "last"),
-         first_stage=None):
+         first_stage=None, first_method="gcl"):
     """A synthetic results.json: `settings` changes the stored settings, `first_stage` ({key: value}
-    changes) makes it a second stage whose first stage stored those settings."""
+    changes) makes it a second stage whose first stage, of `first_method`, stored those settings."""
     variant = {"top1": top1, "many": top1 + 10, "medium": top1, "few": top1 - 10}
     stored = _settings(settings, model)
     run = {"dataset": stored["data.name"], "imb_factor": 100, "method": method, "seed": seed,
@@ -49,7 +49,7 @@ def _run(seed, top1, settings=None, method="gala-reference", model="resnet32", c
                                "la": {"top1": top1 + 0.5}} for c in ckpts}}
     together = dict(stored)
     if first_stage is not None:
-        run["first_stage"] = {"method": "gcl", "seed": seed, "settings": _settings(first_stage)}
+        run["first_stage"] = {"method": first_method, "seed": seed, "settings": _settings(first_stage)}
         together.update({f"first_stage.{k}": v for k, v in run["first_stage"]["settings"].items()})
     run["setting"] = fingerprint(together)
     return run
@@ -122,6 +122,19 @@ def test_a_second_stage_is_told_apart_by_its_first_stages_stored_settings():
     assert sorted((r["seeds"], r["differs"]) for r in rows) == [(1, "first_stage.loss.noise_mul=0.3"),
                                                                  (2, "first_stage.loss.noise_mul=0.5")]
     assert "| gcl-crt [first_stage.loss.noise_mul=0.5] | resnet32 | 2 |" in markdown_table(rows)
+
+
+def test_second_stages_on_other_methods_are_named_by_the_first_stages_method():
+    la = {"loss.name": "la", "optim.weight_decay": 5e-4}
+    runs = [_run(0, 41.0, method="cb-crt", first_stage=la, first_method="la"),
+            _run(0, 37.0, method="cb-crt", first_stage={"loss.name": "ce", "optim.schedule": "step"}, first_method="ce"),
+            _run(0, 40.0, method="cb-crt", first_stage={**la, "optim.weight_decay": 1e-3}, first_method="la")]
+    differs = sorted(r["differs"] for r in summarize(runs))
+    # the recipe keys that come with another first-stage method (loss.name, optim.schedule) are not
+    # listed; a key that sets apart two first stages of one method is, on every row
+    assert differs == ["first_stage.method=ce, first_stage.optim.weight_decay=0.0005",
+                       "first_stage.method=la, first_stage.optim.weight_decay=0.0005",
+                       "first_stage.method=la, first_stage.optim.weight_decay=0.001"]
 
 
 def test_report_reads_what_runs_stored_without_loading_configs_or_losses():

@@ -122,11 +122,30 @@ def _nothing_found(given: Path, skipped: int) -> str:
 
 def _settings(result: dict) -> dict:
     """The run's stored experiment settings ({"section.key": value}: all but the seed, runtime keys and
-    keys without effect), with its first stage's as "first_stage.<key>" for a second stage ({} if the
-    run stored none)."""
+    keys without effect), with its first stage's method and settings as "first_stage.<key>" for a second
+    stage ({} if the run stored none)."""
     flat = dict(result.get("settings") or {})
-    first = (result.get("first_stage") or {}).get("settings") or {}
-    return {**flat, **{f"first_stage.{k}": v for k, v in first.items()}}
+    first = result.get("first_stage") or {}
+    if first.get("settings"):
+        flat["first_stage.method"] = first.get("method")
+        flat.update({f"first_stage.{k}": v for k, v in first["settings"].items()})
+    return flat
+
+
+def _differing(known: list[dict]) -> list[str]:
+    """The keys whose values differ among these settings. Second stages on first stages of different
+    methods are told apart by that method: its recipe's other keys are named only where they differ
+    between first stages of one method."""
+    def differ(k, group):
+        return len({repr(g.get(k)) for g in group}) > 1
+    keys = sorted({k for f in known for k in f if differ(k, known)})
+    if "first_stage.method" not in keys:
+        return keys
+    by_first = defaultdict(list)
+    for f in known:
+        by_first[f.get("first_stage.method")].append(f)
+    return [k for k in keys if not k.startswith("first_stage.") or k == "first_stage.method"
+            or any(differ(k, group) for group in by_first.values())]
 
 
 def _label_differences(rows: list[dict], first_runs: list[dict]) -> None:
@@ -137,8 +156,7 @@ def _label_differences(rows: list[dict], first_runs: list[dict]) -> None:
     for members in by_method.values():
         if len(members) < 2:
             continue
-        known = [f for _, f in members if f]
-        keys = sorted({k for f in known for k in f if len({repr(g.get(k)) for g in known}) > 1})
+        keys = _differing([f for _, f in members if f])
         for row, flat in members:
             # a key missing from a run's settings has no effect there (e.g. the milestones of a cosine schedule)
             row["differs_values"] = [f"{k}={flat[k]}" for k in keys if k in flat] if flat else ["settings not stored"]
