@@ -257,8 +257,10 @@ def test_the_archived_runs_settings_are_what_this_version_computes():
     import copy
     import json
 
-    archived = sorted((CONFIGS.parent / "docs" / "results").glob("*/results.json"))
-    assert len(archived) > 60
+    from longtail.config import settings_fingerprint
+
+    archived = sorted((CONFIGS.parent / "docs" / "results").rglob("results.json"))  # nested archives too
+    assert len(archived) > 80
     for f in archived:
         run = json.loads(f.read_text())
         if "config" not in run:
@@ -267,6 +269,9 @@ def test_the_archived_runs_settings_are_what_this_version_computes():
         for shim in ("autoaugment_shear", "train_crop"):
             cfg["data"].pop(shim, None)
         assert experiment_settings(config_from_dict(cfg)) == run["settings"], f
+        first = (run.get("first_stage") or {}).get("settings") or {}
+        together = {**run["settings"], **{f"first_stage.{k}": v for k, v in first.items()}}
+        assert settings_fingerprint(together) == run["setting"], f
 
 
 def test_a_loss_parameter_left_at_its_default_is_the_same_setting():
