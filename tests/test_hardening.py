@@ -229,3 +229,22 @@ def test_a_resume_records_its_runtime_overrides_for_eval(tmp_path):
     train_mod.train(resume_config(run, [f"data.root={tmp_path / 'copy'}", "eval.batch_size=7"]), run, resume=True)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["root"] == str(tmp_path / "copy") and saved["eval"]["batch_size"] == 7
+
+
+def test_a_run_saved_by_another_version_is_named_with_the_version_that_made_it(tmp_path, capsys):
+    run = tmp_path / "old"
+    run.mkdir()
+    saved = yaml.safe_load(digits_config(tmp_path).read_text())
+    saved["data"]["autoaugment_shear"] = "nearest"  # a key an earlier version had
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    (run / "environment.json").write_text(json.dumps({"longtail": "0.0.9"}))
+    torch.save({"model": {"w": torch.zeros(1)}}, run / "last.pt")
+    for argv in (["eval", str(run)], ["train", "--resume", str(run)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith(f"error: {run / 'config.yaml'} does not load in this version of")
+        assert "the run was made with 0.0.9" in err and "unknown key 'data.autoaugment_shear'" in err
+    # a new run records the version that made it
+    assert cli.main(["train", str(digits_config(tmp_path)), "optim.epochs=1", "--run-dir", str(tmp_path / "new")]) == 0
+    from longtail import __version__
+    assert json.loads((tmp_path / "new" / "environment.json").read_text())["longtail"] == __version__

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from longtail import distributed, models
+from longtail import __version__, distributed, models
 from longtail.atomic import write_replacing
 from longtail.config import (
     Config,
@@ -109,7 +109,8 @@ def refuse_existing_run(run_dir: Path) -> None:
 
 
 def environment_info(rt: distributed.Runtime, cfg: Config) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+    info = {"longtail": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__,
             "platform": platform.platform(), "device": str(rt.device), "world_size": rt.world_size,
             "threads": torch.get_num_threads(), "seed": cfg.seed, "argv": sys.argv,
             "precision": resolve_precision(cfg.precision, rt.device)}
@@ -238,7 +239,21 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Co
         if name not in RESUMABLE_KEYS:
             raise ConfigError(f"{name} cannot change on --resume (it would change the result); only "
                               f"{', '.join(RESUMABLE_KEYS)} can")
-    return resolve(config_from_dict(apply_overrides(read_yaml(run_dir / "config.yaml"), overrides or [])))
+    return _saved_config(read_yaml(run_dir / "config.yaml"), run_dir / "config.yaml", overrides)
+
+
+def _saved_config(data: dict, source: Path, overrides: list[str] | None) -> Config:
+    """A run's saved config with `overrides` on top; a saved config this version cannot read is named,
+    with the version that wrote it where the run recorded one."""
+    try:
+        config_from_dict(data)
+    except ConfigError as exc:
+        env = source.parent / "environment.json"
+        made = json.loads(env.read_text()).get("longtail") if source.name == "config.yaml" and env.is_file() else None
+        made = f"; the run was made with {made}" if made and made != __version__ else ""
+        raise ConfigError(f"{source} does not load in this version of longtail ({__version__}{made}): {exc}; "
+                          "use the version that made the run") from None
+    return resolve(config_from_dict(apply_overrides(data, overrides or [])))
 
 
 def find_checkpoint(target: str | Path) -> Path:
@@ -265,7 +280,7 @@ def load_run(target: str | Path, overrides: list[str] | None = None) -> tuple[Co
         data = ckpt["config"]
     else:
         raise FileNotFoundError(f"{path} holds no config and {saved} does not exist")
-    return resolve(config_from_dict(apply_overrides(data, overrides or []))), ckpt, path
+    return _saved_config(data, saved if saved.is_file() else path, overrides), ckpt, path
 
 
 def load_model(cfg: Config, ckpt: dict, path: Path, num_classes: int, channels: int, device) -> torch.nn.Module:
