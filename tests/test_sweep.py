@@ -130,6 +130,27 @@ def test_points_are_searched_beside_the_grid_each_setting_once(tmp_path):
     assert [r.folder.name for r in only_points] == ["lr=0.05,weight_decay=0.001_s0"]
 
 
+def test_a_machines_runtime_keys_reach_every_run_and_leave_the_setting_alone(tmp_path, capsys):
+    spec_path = write_spec(tmp_path, grid={"optim.lr": [0.05]}, final={"seeds": [0], "methods": {"ce": []}})
+    assert cli.main(["sweep", str(spec_path), "check_every=3", "--stage", "search"]) == 0
+    run = search_runs(read_spec(spec_path, ["check_every=3"]))[0]
+    assert yaml.safe_load((run.folder / "config.yaml").read_text())["check_every"] == 3
+    plain = search_runs(read_spec(spec_path))[0]
+    from longtail.config import load_config, setting_key
+    base = read_spec(spec_path).base
+    assert setting_key(load_config(base, run.overrides)) == setting_key(load_config(base, plain.overrides))
+    assert "check_every=3" in run.overrides and "check_every=3" not in plain.overrides
+    # refused before anything trains: a key that changes what runs learn, and the keys the sweep sets
+    for text, why in (("optim.lr=0.2", "optim.lr changes what the runs learn, not how they are made: put "
+                                       "optim.lr=0.2 in the sweep's fixed list"),
+                      ("eval.test=true", "eval.test is set by the sweep itself")):
+        refused = write_spec(tmp_path, out=str(tmp_path / "refused"))
+        assert cli.main(["sweep", str(refused), text]) == 2
+        err = capsys.readouterr().err.strip()
+        assert why in err and "\n" not in err
+    assert not (tmp_path / "refused").exists()
+
+
 def test_the_shipped_sweeps_are_valid():
     from pathlib import Path
 

@@ -253,7 +253,7 @@ def cmd_export(args) -> int:
 def cmd_sweep(args) -> int:
     from longtail.sweep import read_spec, run_all
 
-    final = run_all(read_spec(args.spec), stage=args.stage, jobs=args.jobs, dry_run=args.dry_run)
+    final = run_all(read_spec(args.spec, args.overrides), stage=args.stage, jobs=args.jobs, dry_run=args.dry_run)
     if final and all(run.finished for run in final) and not args.dry_run:
         from longtail.report import load_results, markdown_table, summarize
 
@@ -377,6 +377,9 @@ def _add_predict_export(sub) -> None:
 def _add_sweep(sub) -> None:
     sw = sub.add_parser("sweep", help="rank a grid of settings on validation, then train the best at several seeds")
     sw.add_argument("spec", help="the sweep's YAML file (see longtail.sweep)")
+    sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="runtime keys for this machine, the same setting on any: device=cuda, "
+                         "compile_mode=reduce-overhead, data.root=DIR")
     sw.add_argument("--stage", choices=("search", "final", "all"), default="all",
                     help="search: the grid only; final: the chosen setting's runs (the search must be finished)")
     sw.add_argument("--jobs", type=_positive_int, default=1, help="runs side by side, one thread each (default 1)")

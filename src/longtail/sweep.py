@@ -1,7 +1,10 @@
 """Choosing a recipe honestly: a grid of settings ranked on the validation split alone, then the
 chosen one trained at several seeds, each tested once.
 
-    longtail sweep sweeps/cifar100_lt_if100_recipe.yaml [--stage search|final|all] [--jobs 2] [--dry-run]
+    longtail sweep sweeps/cifar100_lt_if100_recipe.yaml [KEY=VALUE ...] [--stage search|final|all] [--jobs 2] [--dry-run]
+
+KEY=VALUE: runtime keys for this machine, how the runs are made and not what they learn
+(device=cuda compile_mode=reduce-overhead data.root=DIR): one spec serves every machine.
 
 The spec is a YAML file:
 
@@ -33,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longtail.config import ConfigError, load_config, read_yaml
+from longtail.config import ConfigError, keys_where, load_config, parse_override, read_yaml
 from longtail.rundir import resume_config
 from longtail.shipped import resolve_config_path
 from longtail.train import train
@@ -54,10 +57,29 @@ class SweepSpec:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     methods: dict[str, list[str]] = field(default_factory=lambda: {"base": []})
     out: str = "runs/sweep"
+    machine: list[str] = field(default_factory=list)  # runtime overrides for this machine
 
 
-def read_spec(path: str | Path) -> SweepSpec:
-    """The sweep YAML at `path`, checked: every key known, every override of the config's form."""
+SWEEP_SETS = ("eval.test", "eval.track_test", "out_dir", "run_name")  # the sweep's own: tests only final runs
+
+
+def _machine_overrides(overrides: list[str]) -> list[str]:
+    runtime = keys_where("runtime")
+    for text in overrides:
+        name = ".".join(parse_override(text)[0])
+        if name in SWEEP_SETS:
+            raise ConfigError(f"{name} is set by the sweep itself (search runs never read the test split; "
+                              "each run has its own folder); leave it out")
+        if name not in runtime:
+            raise ConfigError(f"{name} changes what the runs learn, not how they are made: put {text} in the "
+                              "sweep's fixed list (or its grid); on the command line go only runtime keys "
+                              "(device, compile_mode, data.root, threads, ...)")
+    return list(overrides)
+
+
+def read_spec(path: str | Path, machine: list[str] | None = None) -> SweepSpec:
+    """The sweep YAML at `path`, checked: every key known, every override of the config's form;
+    `machine`: runtime overrides for every run (KEY=VALUE)."""
     data = read_yaml(path)
     unknown = sorted(set(data) - set(SPEC_KEYS))
     if unknown:
@@ -75,7 +97,7 @@ def read_spec(path: str | Path) -> SweepSpec:
     spec = SweepSpec(base=str(data.get("base", "")), grid=grid, points=points, fixed=list(data.get("fixed") or []),
                      search=list(data.get("search") or []), search_seed=int(data.get("search_seed", 0)),
                      seeds=list(final.get("seeds", [0, 1, 2])), methods=dict(final.get("methods") or {"base": []}),
-                     out=str(data.get("out", "runs/sweep")))
+                     out=str(data.get("out", "runs/sweep")), machine=_machine_overrides(list(machine or [])))
     for point in _points(spec):  # every setting must be a valid config before anything trains
         load_config(_base_path(spec), _overrides(spec, point, spec.search, spec.search_seed))
         for extra in spec.methods.values():
@@ -103,7 +125,7 @@ def _name(point: dict) -> str:
 
 
 def _overrides(spec: SweepSpec, point: dict, extra: list[str], seed: int) -> list[str]:
-    return [*spec.fixed, *(f"{k}={v}" for k, v in point.items()), *extra, f"seed={seed}"]
+    return [*spec.fixed, *spec.machine, *(f"{k}={v}" for k, v in point.items()), *extra, f"seed={seed}"]
 
 
 class RunFailed(RuntimeError):
@@ -153,19 +175,26 @@ def _point_of(spec: SweepSpec, run: Run) -> dict:
     raise ValueError(f"{run.folder} is not a run of this sweep")
 
 
+def _on_resume(spec: SweepSpec) -> list[str]:
+    """The machine's overrides a resume may change (the others are in the run's saved config)."""
+    resumable = keys_where("resumable")
+    return [o for o in spec.machine if ".".join(parse_override(o)[0]) in resumable]
+
+
 def _train_here(spec: SweepSpec, run: Run) -> None:
     if (run.folder / "last.pt").exists():
-        train(resume_config(run.folder), run.folder, resume=True)
+        train(resume_config(run.folder, _on_resume(spec)), run.folder, resume=True)
     else:
         train(load_config(_base_path(spec), run.overrides), run.folder)
 
 
 def _train_apart(spec: SweepSpec, run: Run) -> None:
-    """Train in a process of its own (one thread), so that `--jobs` runs side by side."""
+    """Train in a process of its own (one thread unless the machine's overrides say otherwise), so
+    that `--jobs` runs side by side."""
     if (run.folder / "last.pt").exists():
-        cmd = ["train", "--resume", str(run.folder), "threads=1"]
+        cmd = ["train", "--resume", str(run.folder), "threads=1", *_on_resume(spec)]
     else:
-        cmd = ["train", str(_base_path(spec)), *run.overrides, "threads=1", "--run-dir", str(run.folder)]
+        cmd = ["train", str(_base_path(spec)), "threads=1", *run.overrides, "--run-dir", str(run.folder)]
     log = run.folder.with_name(run.folder.name + ".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as out:
