@@ -1,10 +1,12 @@
 """With eval.test=false (while choosing settings) a run never reads its test split."""
 import json
 
+import numpy as np
 import pytest
 import yaml
 from test_run_safety import digits_config
 
+from longtail import cli
 from longtail import train as train_mod
 from longtail.config import ConfigError, config_from_dict
 
@@ -49,6 +51,36 @@ def test_a_validation_only_run_never_touches_the_test_split(test, tmp_path, guar
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all("val_acc" in r and not any(k.startswith("test") for k in r) for r in log)
     assert results["best_val"]["top1"] == max(r["val_acc"] for r in log)
+    # the selected weights' validation figures by shot group, and their logits (no test split in them)
+    assert results["validation"]["top1"] == pytest.approx(results["best_val"]["top1"], abs=1e-6)
+    with np.load(run / "logits.npz") as stored:
+        assert sorted(stored.files) == ["val_labels", "val_logits"]
+        expected = shot_group_accuracies(stored["val_logits"], stored["val_labels"], results["data"]["class_counts"])
+    for group, value in expected.items():
+        assert results["validation"][group] == pytest.approx(value, abs=1e-3), group
+
+
+def shot_group_accuracies(logits, labels, counts) -> dict:
+    """Mean per-class accuracy over the classes with more than 100, 20 to 100, and fewer than 20
+    training images (SPEC section 3), in numpy."""
+    counts = np.asarray(counts)
+    correct = logits.astype(np.float32).argmax(1) == labels
+    per_class = np.array([correct[labels == c].mean() * 100 for c in range(len(counts))])
+    groups = {"many": counts > 100, "medium": (counts >= 20) & (counts <= 100), "few": counts < 20}
+    return {g: float(per_class[m].mean()) for g, m in groups.items() if m.any()}
+
+
+def test_a_tested_run_stores_its_validation_figures_too(tmp_path, capsys):
+    run = train_mod.train(config_from_dict({**yaml.safe_load(digits_config(tmp_path).read_text()),
+                                            "out_dir": str(tmp_path), "run_name": "run"}))
+    results = json.loads((run / "results.json").read_text())
+    with np.load(run / "logits.npz") as stored:
+        expected = shot_group_accuracies(stored["val_logits"], stored["val_labels"], results["data"]["class_counts"])
+    assert results["validation"]["top1"] == pytest.approx(results["best_val"]["top1"], abs=1e-6)
+    assert all(results["validation"][g] == pytest.approx(v, abs=1e-3) for g, v in expected.items())
+    assert cli.main(["report", str(run), "--validation"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| digits-lt"))
+    assert [f"{results['validation'][g]:.2f}" for g in ("many", "medium", "few")] == row.split(" | ")[5:8]
 
 
 def test_a_validation_only_run_without_validation_is_refused(tmp_path):

@@ -60,6 +60,9 @@ def _eval_from_logits(run_dir: Path, args):
 
     results = json.loads((run_dir / "results.json").read_text())
     preds = load_logits(run_dir)
+    if "test" not in preds:
+        raise ValueError(f"{run_dir} is a validation-only run (eval.test=false) without checkpoints: its stored "
+                         "logits hold no test split; train the setting with eval.test=true to test it")
     val = preds.get("val", (None, None))
     counts = results["data"]["class_counts"]
     tau_grid = results["config"]["eval"]["tau_grid"]

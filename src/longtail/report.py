@@ -289,24 +289,28 @@ def summarize(results: list[dict], checkpoint: str = "best_val") -> list[dict]:
 
 def validation_table(results: list[dict]) -> str:
     """The settings ranked by their best validation top-1 (mean ± std over seeds), best first: what a
-    sweep chooses on. Validation-only runs (eval.test=false) count too; no test figure is shown."""
+    sweep chooses on, with the selected weights' validation accuracy by shot group where the runs
+    stored it. Validation-only runs (eval.test=false) count too; no test figure is shown."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
         groups[_setting_of(r)].append(r)
     rows, first_runs = [], []
     for (dataset, imb, method, model, setting), runs in groups.items():
         values = [r["best_val"]["top1"] for r in runs]
+        shots = {g: _mean_std([(r.get("validation") or {}).get(g) for r in runs]) for g in ("many", "medium", "few")}
         rows.append({"dataset": dataset, "imb_factor": imb, "method": method, "model": model, "setting": setting,
-                     "seeds": len(runs), "mean": statistics.mean(values), "best_val": _mean_std(values),
+                     "seeds": len(runs), "mean": statistics.mean(values), "best_val": _mean_std(values), **shots,
                      "epochs": [r["best_val"]["epoch"] for r in runs], "differs": ""})
         first_runs.append(runs[0])
     _label_differences(rows, first_runs)
     order = sorted(range(len(rows)), key=lambda i: -rows[i]["mean"])
-    lines = ["| dataset | method | model | seeds | best validation top-1 | at epoch |", "|---|---|---|---|---|---|"]
+    lines = ["| dataset | method | model | seeds | best validation top-1 | many | medium | few | at epoch |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in (rows[i] for i in order):
         lines.append(f"| {_setting_name(r)} | {_method_label(r)} | {r['model']} | {r['seeds']} | {r['best_val']} | "
-                     f"{', '.join(map(str, r['epochs']))} |")
+                     f"{r['many']} | {r['medium']} | {r['few']} | {', '.join(map(str, r['epochs']))} |")
     lines += ["", "Best validation top-1: each run's checkpoint selected on validation, mean ± std over seeds; "
+              "many / medium / few: its validation accuracy by shot group (- where the run did not store it); "
               "the test split plays no part here."]
     return "\n".join(lines) + "\n"
 

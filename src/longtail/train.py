@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from longtail import distributed, losses, models, rundir
+from longtail import distributed, losses, metrics, models, rundir
 from longtail.config import (
     Config,
     ConfigError,
@@ -578,22 +578,25 @@ def finish(state: RunState) -> dict:
                         "mean": list(state.bench.mean), "std": list(state.bench.std), "image_size": cfg.data.image_size,
                         "resize": cfg.data.resize},
                "checkpoints": {}}
-    if not cfg.eval.test:  # validation figures only (best_val above): the test split is never read
+    if not cfg.eval.test:  # validation figures only: the test split is never read
         results["test_evaluated"] = False
+        if _load_best(state) and state.bench.val is not None:
+            args = (state.bench.eval_transform, rt.device, state.precision, cfg.eval.batch_size, cfg.channels_last,
+                    cfg.data.workers)
+            val = predict(state.model, state.bench.val, *args)
+            results["validation"] = metrics.evaluate(*val, state.bench.class_counts)
+            if state.main:
+                rundir.save_logits(run_dir, {"val": val})
         if state.main:
             rundir.write_results(run_dir, results, f"# {_title(results)}\n\nValidation only (eval.test=false): "
                                  f"best validation top-1 {state.best_val:.2f} at epoch {state.best_val_epoch}.\n")
         return results
-    # the model holds the last weights; the best-on-validation ones were kept in memory when found
-    # (every rank has them: validation accuracy is gathered), or come from best.pt after a resume
     results["checkpoints"]["last"], preds = evaluate_model(state.model, state.bench, cfg, rt.device, state.precision)
-    best = state.best_weights
-    if best is None and state.best_val_epoch is not None:  # found before a resume: in best.pt
-        best = rundir.read_checkpoint(run_dir / "best.pt")["model"]
-    if best is not None:
-        state.model.load_state_dict(best)
+    if _load_best(state):
         report, preds = evaluate_model(state.model, state.bench, cfg, rt.device, state.precision)
         results["checkpoints"] = {"best_val": report, **results["checkpoints"]}
+    if "val" in preds:  # the selected weights on the validation split, by shot group: what a search compares
+        results["validation"] = metrics.evaluate(*preds["val"], state.bench.class_counts)
     if state.main:
         from longtail.report import plot_per_class  # matplotlib: only when a run ends
 
@@ -604,6 +607,18 @@ def finish(state: RunState) -> dict:
                        state.bench.class_counts, run_dir / "per_class.png", title=_title(results))
         rundir.write_results(run_dir, results, f"# {_title(results)}\n\n" + report_markdown(results))
     return results
+
+
+def _load_best(state: RunState) -> bool:
+    """Put the best-on-validation weights into the model: kept in memory when found (every rank has
+    them: validation accuracy is gathered), or read from best.pt after a resume. False if there are none."""
+    best = state.best_weights
+    if best is None and state.best_val_epoch is not None:  # found before a resume: in best.pt
+        best = rundir.read_checkpoint(state.run_dir / "best.pt")["model"]
+    if best is None:
+        return False
+    state.model.load_state_dict(best)
+    return True
 
 
 def _title(results: dict) -> str:
