@@ -106,11 +106,14 @@ def test_eval_reproduces_a_bf16_channels_last_run_exactly(tmp_path, capsys):
     data.update(precision="bf16", channels_last=True)
     cfg.write_text(yaml.safe_dump(data))
     assert cli.main(["train", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
-    final = json.loads((tmp_path / "run" / "results.json").read_text())["checkpoints"]["best_val"]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    final = results["checkpoints"]["best_val"]
     assert cli.main(["eval", str(tmp_path / "run")]) == 0
-    again = json.loads((tmp_path / "run" / "eval-best.json").read_text())["checkpoints"]["best"]
+    evaluated = json.loads((tmp_path / "run" / "eval-best.json").read_text())
+    again = evaluated["checkpoints"]["best"]
     for variant in ("raw", "pr", "la", "pr_transductive"):
         assert again[variant] == final[variant], variant
+    assert evaluated["validation"] == results["validation"]  # by shot group, as the run stored them
 
 
 def test_a_bad_image_in_a_worker_is_the_same_one_line_error(tmp_path, capsys):

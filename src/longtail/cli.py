@@ -104,6 +104,10 @@ def cmd_eval(args) -> int:
     if stored_only and args.overrides:
         raise ValueError(f"{target} has no checkpoint, only its stored logits: overrides cannot change them")
     results, preds, counts, tau_grid, out = _eval_from_logits(target, args) if stored_only else _eval_checkpoint(args)
+    if "val" in preds:  # as results.json holds them: the checkpoint's validation figures by shot group
+        from longtail.metrics import evaluate
+
+        results["validation"] = evaluate(*preds["val"], counts)
     print(report_markdown(results))
     if args.shifted_priors:
         if "val" not in preds:
