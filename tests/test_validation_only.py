@@ -52,7 +52,7 @@ def test_a_validation_only_run_never_touches_the_test_split(test, tmp_path, guar
     assert all("val_acc" in r and not any(k.startswith("test") for k in r) for r in log)
     assert results["best_val"]["top1"] == max(r["val_acc"] for r in log)
     # the selected weights' validation figures by shot group, and their logits (no test split in them)
-    assert results["validation"]["top1"] == pytest.approx(results["best_val"]["top1"], abs=1e-6)
+    assert results["validation"]["top1"] == pytest.approx(results["best_val"]["top1"], abs=1e-4)
     with np.load(run / "logits.npz") as stored:
         assert sorted(stored.files) == ["val_labels", "val_logits"]
         expected = shot_group_accuracies(stored["val_logits"], stored["val_labels"], results["data"]["class_counts"])
@@ -76,7 +76,7 @@ def test_a_tested_run_stores_its_validation_figures_too(tmp_path, capsys):
     results = json.loads((run / "results.json").read_text())
     with np.load(run / "logits.npz") as stored:
         expected = shot_group_accuracies(stored["val_logits"], stored["val_labels"], results["data"]["class_counts"])
-    assert results["validation"]["top1"] == pytest.approx(results["best_val"]["top1"], abs=1e-6)
+    assert results["validation"]["top1"] == pytest.approx(results["best_val"]["top1"], abs=1e-4)
     assert all(results["validation"][g] == pytest.approx(v, abs=1e-3) for g, v in expected.items())
     assert cli.main(["report", str(run), "--validation"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| digits-lt"))
