@@ -110,8 +110,7 @@ def refuse_existing_run(run_dir: Path) -> None:
 
 def environment_info(rt: distributed.Runtime, cfg: Config) -> dict:
     info = {"longtail": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__,
-            "platform": platform.platform(), "device": str(rt.device), "world_size": rt.world_size,
+            "numpy": np.__version__, "platform": platform.platform(), "device": str(rt.device), "world_size": rt.world_size,
             "threads": torch.get_num_threads(), "seed": cfg.seed, "argv": sys.argv,
             "precision": resolve_precision(cfg.precision, rt.device)}
     if rt.device.type == "cuda":

@@ -520,10 +520,14 @@ def _global_mean(total: torch.Tensor, count: int) -> float:
     return float(t[0] / max(float(t[1]), 1.0))
 
 
-def _top1(model, split, state: RunState) -> float:
+def _logits(model, split, state: RunState) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = state.cfg
-    logits, targets = predict(model, split, state.bench.eval_transform, state.rt.device, state.precision,
-                              cfg.eval.batch_size, cfg.channels_last, cfg.data.workers)
+    return predict(model, split, state.bench.eval_transform, state.rt.device, state.precision,
+                   cfg.eval.batch_size, cfg.channels_last, cfg.data.workers)
+
+
+def _top1(model, split, state: RunState) -> float:
+    logits, targets = _logits(model, split, state)
     return 100.0 * float((logits.argmax(1) == targets).float().mean()) if len(targets) else 0.0
 
 
@@ -581,9 +585,7 @@ def finish(state: RunState) -> dict:
     if not cfg.eval.test:  # validation figures only: the test split is never read
         results["test_evaluated"] = False
         if _load_best(state) and state.bench.val is not None:
-            args = (state.bench.eval_transform, rt.device, state.precision, cfg.eval.batch_size, cfg.channels_last,
-                    cfg.data.workers)
-            val = predict(state.model, state.bench.val, *args)
+            val = _logits(state.model, state.bench.val, state)
             results["validation"] = metrics.evaluate(*val, state.bench.class_counts)
             if state.main:
                 rundir.save_logits(run_dir, {"val": val})
