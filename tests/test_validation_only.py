@@ -90,3 +90,31 @@ def test_a_validation_only_run_without_validation_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="eval.test=false keeps validation figures only"):
         train_mod.train(config_from_dict({**data, "out_dir": str(tmp_path), "run_name": "run"}))
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+def test_eval_of_a_validation_only_run_stays_on_validation(tmp_path, monkeypatch, capsys):
+    data = yaml.safe_load(digits_config(tmp_path).read_text())
+    data["eval"] = {**data.get("eval", {}), "test": False}
+    run = train_mod.train(config_from_dict({**data, "out_dir": str(tmp_path), "run_name": "run"}))
+    stored = json.loads((run / "results.json").read_text())["validation"]
+    import longtail.data
+
+    real, asked = longtail.data.load_benchmark, []
+
+    def guarded(cfg, **kw):
+        asked.append(kw.get("test", True))
+        bench = real(cfg, **kw)
+        if bench.test is not None:
+            bench.test = Untouchable()
+        return bench
+    monkeypatch.setattr(longtail.data, "load_benchmark", guarded)
+    assert cli.main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert asked == [False] and f"top-1 {stored['top1']:.2f}, many {stored['many']:.2f}" in out
+    evaluated = json.loads((run / "eval-best.json").read_text())
+    assert evaluated["validation"] == stored and evaluated["test_evaluated"] is False
+    assert evaluated["checkpoints"] == {}
+    assert cli.main(["eval", str(run), "--shifted-priors"]) == 2
+    assert "--shifted-priors scores the test split; add eval.test=true" in capsys.readouterr().err
+    with pytest.raises(AssertionError, match="the test split was read"):  # asked for explicitly, it is scored
+        cli.main(["eval", str(run), "eval.test=true"])

@@ -76,7 +76,7 @@ def _eval_from_logits(run_dir: Path, args):
 def _eval_checkpoint(args):
     from longtail.data import load_benchmark
     from longtail.distributed import pick_device
-    from longtail.evaluation import evaluate_model
+    from longtail.evaluation import evaluate_model, predict
     from longtail.models import PRETRAINED_MEAN, PRETRAINED_STD
     from longtail.rundir import load_model, load_run, run_precision
     from longtail.train import method_name
@@ -86,11 +86,22 @@ def _eval_checkpoint(args):
         cfg.eval.published_pr_tau = args.pr_tau
     device = pick_device(cfg.device)
     norm = (PRETRAINED_MEAN, PRETRAINED_STD) if cfg.model.pretrained else None
-    bench = load_benchmark(cfg.data, lists_dir=path.parent, normalisation=norm)
+    # a validation-only run (eval.test=false) is evaluated on validation alone: its test images stay
+    # unread unless the command asks for them (eval.test=true)
+    bench = load_benchmark(cfg.data, test=cfg.eval.test, lists_dir=path.parent, normalisation=norm)
     model = load_model(cfg, ckpt, path, bench.num_classes, bench.channels, device)
     # the run's own numerics: its precision and memory format, as its final evaluation had them
-    report, preds = evaluate_model(model, bench, cfg, device, run_precision(cfg, path.parent, device))
-    evaluated = {"method": method_name(cfg), "checkpoint": str(path), "checkpoints": {path.stem: report}}
+    precision = run_precision(cfg, path.parent, device)
+    evaluated = {"method": method_name(cfg), "checkpoint": str(path), "checkpoints": {}}
+    if cfg.eval.test:
+        evaluated["checkpoints"][path.stem], preds = evaluate_model(model, bench, cfg, device, precision)
+    elif bench.val is None:
+        raise ValueError(f"{path} has no validation split to evaluate and eval.test=false leaves out the test split; "
+                         "set eval.test=true")
+    else:
+        evaluated["test_evaluated"] = False
+        preds = {"val": predict(model, bench.val, bench.eval_transform, device, precision, cfg.eval.batch_size,
+                                cfg.channels_last, cfg.data.workers)}
     return evaluated, preds, bench.class_counts, cfg.eval.tau_grid, path.parent / f"eval-{path.stem}.json"
 
 
@@ -108,7 +119,15 @@ def cmd_eval(args) -> int:
         from longtail.metrics import evaluate
 
         results["validation"] = evaluate(*preds["val"], counts)
-    print(report_markdown(results))
+    if "test" not in preds:
+        if args.shifted_priors:
+            raise ValueError(f"{target} is a validation-only run (eval.test=false): --shifted-priors scores the "
+                             "test split; add eval.test=true to score it")
+        v = results["validation"]
+        groups = ", ".join(f"{g} {'-' if v[g] is None else format(v[g], '.2f')}" for g in ("many", "medium", "few"))
+        print(f"Validation only (eval.test=false; eval.test=true scores test too): top-1 {v['top1']:.2f}, {groups}")
+    else:
+        print(report_markdown(results))
     if args.shifted_priors:
         if "val" not in preds:
             raise ValueError("--shifted-priors chooses its taus on validation, and this run has no validation split")
