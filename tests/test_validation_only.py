@@ -79,8 +79,10 @@ def test_a_tested_run_stores_its_validation_figures_too(tmp_path, capsys):
     assert results["validation"]["top1"] == pytest.approx(results["best_val"]["top1"], abs=1e-4)
     assert all(results["validation"][g] == pytest.approx(v, abs=1e-3) for g, v in expected.items())
     assert cli.main(["report", str(run), "--validation"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| digits-lt"))
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| digits-lt"))
     assert [f"{results['validation'][g]:.2f}" for g in ("many", "medium", "few")] == row.split(" | ")[5:8]
+    assert "| train s / run |" in out and row.endswith(f"| {results['train_time_s']:.2f} |")  # a short run: seconds
 
 
 def test_a_validation_only_run_without_validation_is_refused(tmp_path):

@@ -300,17 +300,21 @@ def validation_table(results: list[dict]) -> str:
         shots = {g: _mean_std([(r.get("validation") or {}).get(g) for r in runs]) for g in ("many", "medium", "few")}
         rows.append({"dataset": dataset, "imb_factor": imb, "method": method, "model": model, "setting": setting,
                      "seeds": len(runs), "mean": statistics.mean(values), "best_val": _mean_std(values), **shots,
-                     "epochs": [r["best_val"]["epoch"] for r in runs], "differs": ""})
+                     "epochs": [r["best_val"]["epoch"] for r in runs], "differs": "",
+                     "train_seconds": [r["train_time_s"] for r in runs if r.get("train_time_s") is not None]})
         first_runs.append(runs[0])
     _label_differences(rows, first_runs)
     order = sorted(range(len(rows)), key=lambda i: -rows[i]["mean"])
-    lines = ["| dataset | method | model | seeds | best validation top-1 | many | medium | few | at epoch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    unit, per_unit = _time_unit(rows)
+    lines = ["| dataset | method | model | seeds | best validation top-1 | many | medium | few | at epoch | "
+             f"train {unit} / run |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in (rows[i] for i in order):
         lines.append(f"| {_setting_name(r)} | {_method_label(r)} | {r['model']} | {r['seeds']} | {r['best_val']} | "
-                     f"{r['many']} | {r['medium']} | {r['few']} | {', '.join(map(str, r['epochs']))} |")
+                     f"{r['many']} | {r['medium']} | {r['few']} | {', '.join(map(str, r['epochs']))} | "
+                     f"{_mean_std([t / per_unit for t in r['train_seconds']])} |")
     lines += ["", "Best validation top-1: each run's checkpoint selected on validation, mean ± std over seeds; "
               "many / medium / few: its validation accuracy by shot group (- where the run did not store it); "
+              "train time: from each run's results.json, on whatever machine and load it ran; "
               "the test split plays no part here."]
     return "\n".join(lines) + "\n"
 
