@@ -501,6 +501,11 @@ def _is_text_key(path: list[str]) -> bool:
     return tp is str or (typing.get_origin(tp) is not None and set(typing.get_args(tp)) == {str, type(None)})
 
 
+def override_key(text: str) -> str:
+    """The dotted key of a `key=value` override ("optim.lr")."""
+    return ".".join(parse_override(text)[0])
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`key=value` as (["section", "key"], value). The value is read as YAML (numbers, true/false,
     lists, null), except that a key declared as text takes the text as typed: run_name=007 is "007"

@@ -33,7 +33,7 @@ from longtail.config import (
     apply_overrides,
     config_from_dict,
     keys_where,
-    parse_override,
+    override_key,
     read_yaml,
     resolve,
     save_config,
@@ -234,7 +234,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Co
                   "resume from that epoch" if (run_dir / "best.pt").exists() else "")
         raise FileNotFoundError(f"{run_dir} has no last.pt checkpoint to resume from{backup}")
     for text in overrides or []:
-        name = ".".join(parse_override(text)[0])
+        name = override_key(text)
         if name not in RESUMABLE_KEYS:
             raise ConfigError(f"{name} cannot change on --resume (it would change the result); only "
                               f"{', '.join(RESUMABLE_KEYS)} can")

@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longtail.config import ConfigError, keys_where, load_config, parse_override, read_yaml
-from longtail.rundir import resume_config
+from longtail.config import ConfigError, keys_where, load_config, override_key, read_yaml
+from longtail.rundir import RESUMABLE_KEYS, resume_config
 from longtail.shipped import resolve_config_path
 from longtail.train import train
 
@@ -66,7 +66,7 @@ SWEEP_SETS = ("eval.test", "eval.track_test", "out_dir", "run_name")  # the swee
 def _machine_overrides(overrides: list[str]) -> list[str]:
     runtime = keys_where("runtime")
     for text in overrides:
-        name = ".".join(parse_override(text)[0])
+        name = override_key(text)
         if name in SWEEP_SETS:
             raise ConfigError(f"{name} is set by the sweep itself (search runs never read the test split; "
                               "each run has its own folder); leave it out")
@@ -177,8 +177,7 @@ def _point_of(spec: SweepSpec, run: Run) -> dict:
 
 def _on_resume(spec: SweepSpec) -> list[str]:
     """The machine's overrides a resume may change (the others are in the run's saved config)."""
-    resumable = keys_where("resumable")
-    return [o for o in spec.machine if ".".join(parse_override(o)[0]) in resumable]
+    return [o for o in spec.machine if override_key(o) in RESUMABLE_KEYS]
 
 
 def _train_here(spec: SweepSpec, run: Run) -> None:
