@@ -76,7 +76,7 @@ def _eval_from_logits(run_dir: Path, args):
 def _eval_checkpoint(args):
     from longtail.data import load_benchmark
     from longtail.distributed import pick_device
-    from longtail.evaluation import evaluate_model, predict
+    from longtail.evaluation import evaluate_model, predict_split
     from longtail.models import PRETRAINED_MEAN, PRETRAINED_STD
     from longtail.rundir import load_model, load_run, run_precision
     from longtail.train import method_name
@@ -100,8 +100,7 @@ def _eval_checkpoint(args):
                          "set eval.test=true")
     else:
         evaluated["test_evaluated"] = False
-        preds = {"val": predict(model, bench.val, bench.eval_transform, device, precision, cfg.eval.batch_size,
-                                cfg.channels_last, cfg.data.workers)}
+        preds = {"val": predict_split(model, bench.val, bench, cfg, device, precision)}
     return evaluated, preds, bench.class_counts, cfg.eval.tau_grid, path.parent / f"eval-{path.stem}.json"
 
 

@@ -125,14 +125,20 @@ def posthoc_report(val_logits: torch.Tensor | None, val_targets: torch.Tensor | 
     return report
 
 
+def predict_split(model, split, bench, cfg, device: torch.device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predict` on one of the benchmark's splits as a run evaluates: its evaluation transform, batch
+    size, memory format and workers."""
+    return predict(model, split, bench.eval_transform, device, precision, cfg.eval.batch_size, cfg.channels_last,
+                   cfg.data.workers)
+
+
 def evaluate_model(model, bench, cfg, device: torch.device, precision: str) -> tuple[dict, dict]:
     """The one evaluation of a trained model, used by training's end and by `longtail eval`: logits
     of validation and test with `model` as it is (its memory format, the run's precision and
     evaluation batch size), then `posthoc_report` (taus on validation). Returns (report,
     {"val"/"test": (logits, labels)})."""
-    args = (bench.eval_transform, device, precision, cfg.eval.batch_size, cfg.channels_last, cfg.data.workers)
-    preds = {"val": predict(model, bench.val, *args)} if bench.val is not None else {}
-    preds["test"] = predict(model, bench.test, *args)
+    preds = {"val": predict_split(model, bench.val, bench, cfg, device, precision)} if bench.val is not None else {}
+    preds["test"] = predict_split(model, bench.test, bench, cfg, device, precision)
     val = preds.get("val", (None, None))
     return posthoc_report(*val, *preds["test"], bench.class_counts, cfg.eval.tau_grid, cfg.eval.published_pr_tau), preds
 

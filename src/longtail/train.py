@@ -584,7 +584,7 @@ def finish(state: RunState) -> dict:
                "checkpoints": {}}
     if not cfg.eval.test:  # validation figures only: the test split is never read
         results["test_evaluated"] = False
-        if _load_best(state) and state.bench.val is not None:
+        if _load_best(state):  # setup refused a validation-only run without a validation split
             val = _logits(state.model, state.bench.val, state)
             results["validation"] = metrics.evaluate(*val, state.bench.class_counts)
             if state.main:
